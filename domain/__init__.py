@@ -1,0 +1,1 @@
+"""Pure business types and rules. No I/O, no heavy imports: workflows import this package."""

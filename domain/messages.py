@@ -1,0 +1,310 @@
+"""One frozen-ish dataclass in and one out for every workflow, activity, signal and update.
+
+Fields with defaults can be added later without breaking histories already recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# --------------------------------------------------------------------------- order workflow
+
+
+@dataclass(frozen=True)
+class OrderLine:
+    sku: str
+    quantity: int
+    unit_price_cents: int
+    """Price snapshotted from the catalogue when the order was accepted."""
+
+
+@dataclass(frozen=True)
+class DeliveryAddress:
+    address: str
+    lat: float
+    lng: float
+
+
+@dataclass(frozen=True)
+class OrderTimeouts:
+    payment_timeout_s: float = 900.0
+    """How long an order waits in AWAITING_PAYMENT."""
+    offer_timeout_s: float = 30.0
+    """How long one courier has to accept an offer."""
+    max_offers: int = 5
+    """How many couriers are tried before the order fails with NO_COURIER."""
+
+
+@dataclass(frozen=True)
+class CheckoutInput:
+    order_id: str
+    customer_id: str
+    location_id: str
+    currency: str
+    lines: list[OrderLine]
+    delivery: DeliveryAddress
+    payment_token: str
+    delivery_fee_cents: int
+    created_at: str
+    """RFC 3339 UTC time the API accepted the order."""
+    timeouts: OrderTimeouts = field(default_factory=OrderTimeouts)
+    dispatch_task_queue: str = "dispatch"
+
+
+@dataclass
+class ItemView:
+    sku: str
+    quantity: int
+    unit_price_cents: int
+
+
+@dataclass
+class AmountsView:
+    subtotal_cents: int
+    delivery_fee_cents: int
+    total_cents: int
+    authorized_cents: int = 0
+    captured_cents: int = 0
+    refunded_cents: int = 0
+
+
+@dataclass
+class PaymentView:
+    status: str = "PENDING"
+    payment_id: str | None = None
+
+
+@dataclass
+class DeliveryView:
+    status: str = "NOT_STARTED"
+    offered_to: str | None = None
+    courier_id: str | None = None
+
+
+@dataclass
+class TimelineEntry:
+    status: str
+    at: str
+
+
+@dataclass
+class OrderView:
+    """The ``Order`` resource of the REST contract, exactly as clients see it."""
+
+    order_id: str
+    workflow_id: str
+    customer_id: str
+    location_id: str
+    status: str
+    failure_reason: str | None
+    items: list[ItemView]
+    currency: str
+    amounts: AmountsView
+    payment: PaymentView
+    delivery: DeliveryView
+    refunds: list[dict[str, object]]
+    timeline: list[TimelineEntry]
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class RecordOrderInput:
+    view: OrderView
+    seq: int
+    """Transition counter; the read model ignores a write older than the one it holds."""
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    reason: str
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    accepted: bool
+    status: str
+
+
+@dataclass(frozen=True)
+class CourierEvent:
+    courier_id: str
+    type: str
+    """One of ``CourierEventType``."""
+
+
+@dataclass(frozen=True)
+class CourierEventResult:
+    accepted: bool
+    status: str
+
+
+@dataclass(frozen=True)
+class DeliveryProgress:
+    """Child delivery workflow -> order workflow: the dispatch state changed."""
+
+    status: str
+    offered_to: str | None = None
+    courier_id: str | None = None
+
+
+# ------------------------------------------------------------------------- payment workflow
+
+
+@dataclass(frozen=True)
+class PaymentInput:
+    order_id: str
+    customer_id: str
+    amount_cents: int
+    currency: str
+    token: str
+    payment_timeout_s: float
+    parent_workflow_id: str
+
+
+@dataclass(frozen=True)
+class PaymentResult:
+    status: str
+    """AUTHORIZED, DECLINED, TIMEOUT or ABORTED."""
+    payment_id: str | None = None
+    authorized_cents: int = 0
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class PaymentProgress:
+    """Child payment workflow -> order workflow: the payment state changed."""
+
+    status: str
+    payment_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PaymentOutcome:
+    """Webhook -> payment workflow: the PSP's final word on an intent that required action."""
+
+    event_id: str
+    type: str
+    """``payment_intent.succeeded`` or ``payment_intent.failed``."""
+    payment_id: str
+    amount_cents: int
+
+
+@dataclass(frozen=True)
+class AbortPayment:
+    reason: str
+
+
+# ------------------------------------------------------------------------ delivery workflow
+
+
+@dataclass(frozen=True)
+class DeliveryInput:
+    order_id: str
+    location_id: str
+    parent_workflow_id: str
+    offer_timeout_s: float
+    max_offers: int
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    status: str
+    """ASSIGNED or FAILED (no courier accepted within ``max_offers`` offers)."""
+    courier_id: str | None = None
+    offers_made: int = 0
+
+
+@dataclass
+class DeliveryState:
+    status: str = "DISPATCHING"
+    offered_to: str | None = None
+    courier_id: str | None = None
+    tried: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------- activities
+
+
+@dataclass(frozen=True)
+class ReservationKey:
+    """One TCC branch: (order, location, sku)."""
+
+    order_id: str
+    location_id: str
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class ReservationResult:
+    state: str
+    """The branch's ``ReservationState`` after the call."""
+    changed: bool
+    """False when the call was a repeat (idempotent) or an empty rollback."""
+
+
+@dataclass(frozen=True)
+class AuthorizeInput:
+    order_id: str
+    amount_cents: int
+    currency: str
+    token: str
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class AuthorizeResult:
+    status: str
+    """AUTHORIZED, REQUIRES_ACTION or DECLINED."""
+    payment_id: str
+    authorized_cents: int = 0
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class CaptureInput:
+    order_id: str
+    payment_id: str
+    amount_cents: int
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    payment_id: str
+    captured_cents: int
+
+
+@dataclass(frozen=True)
+class VoidInput:
+    order_id: str
+    payment_id: str | None
+    """None when authorization never returned an id: the activity looks it up by order."""
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class VoidResult:
+    payment_id: str | None
+    voided: bool
+    """False when there was nothing to void (no intent, or already captured/declined)."""
+
+
+@dataclass(frozen=True)
+class FindCourierInput:
+    order_id: str
+    location_id: str
+    exclude: list[str]
+
+
+@dataclass(frozen=True)
+class CourierOffer:
+    order_id: str
+    courier_id: str
+
+
+@dataclass(frozen=True)
+class OfferResult:
+    offered: bool
+    """False when the courier was taken or went off shift between search and offer."""

@@ -1,0 +1,69 @@
+"""Names shared by workflows, workers, activities and the API: ids, queues, activity names.
+
+Activities are referred to by name from workflow code so that workflow modules never import
+activity implementations (and their drivers) into the sandbox.
+"""
+
+# Task queues: one per role, so a worker process can serve some roles only.
+ORDERS_TASK_QUEUE = "orders"
+DISPATCH_TASK_QUEUE = "dispatch"
+ALL_TASK_QUEUES = (ORDERS_TASK_QUEUE, DISPATCH_TASK_QUEUE)
+
+
+def order_workflow_id(order_id: str) -> str:
+    return f"order-{order_id}"
+
+
+def payment_workflow_id(order_id: str) -> str:
+    return f"payment-{order_id}"
+
+
+def delivery_workflow_id(order_id: str) -> str:
+    return f"delivery-{order_id}"
+
+
+def refund_workflow_id(refund_id: str) -> str:
+    return f"refund-{refund_id}"
+
+
+# Workflow type names.
+ORDER_WORKFLOW = "OrderWorkflow"
+PAYMENT_WORKFLOW = "PaymentWorkflow"
+DELIVERY_WORKFLOW = "DeliveryWorkflow"
+
+# Activity names (registered by the activity classes under exactly these names).
+ACT_RECORD_ORDER = "record_order"
+ACT_TRY_RESERVE = "try_reserve"
+ACT_CONFIRM_RESERVATION = "confirm_reservation"
+ACT_CANCEL_RESERVATION = "cancel_reservation"
+ACT_RETURN_STOCK = "return_stock"
+ACT_AUTHORIZE_PAYMENT = "authorize_payment"
+ACT_CAPTURE_PAYMENT = "capture_payment"
+ACT_VOID_PAYMENT = "void_payment"
+ACT_FIND_NEAREST_COURIER = "find_nearest_courier"
+ACT_OFFER_TO_COURIER = "offer_to_courier"
+ACT_ASSIGN_COURIER = "assign_courier"
+ACT_RELEASE_COURIER = "release_courier"
+
+# Signal / update / query names.
+QUERY_ORDER = "order"
+UPDATE_CANCEL = "cancel"
+UPDATE_COURIER_EVENT = "courier_event"
+SIGNAL_DELIVERY_PROGRESS = "delivery_progress"
+SIGNAL_PAYMENT_PROGRESS = "payment_progress"
+SIGNAL_PAYMENT_OUTCOME = "payment_outcome"
+SIGNAL_ABORT_PAYMENT = "abort"
+UPDATE_COURIER_RESPONSE = "courier_response"
+QUERY_DELIVERY = "delivery"
+
+# Custom search attributes (registered on the dev server by the launcher).
+SA_ORDER_STATUS = "OrderStatus"
+SA_CUSTOMER_ID = "CustomerId"
+SA_ORDER_TOTAL_CENTS = "OrderTotalCents"
+SA_FAILURE_REASON = "FailureReason"
+SEARCH_ATTRIBUTE_TYPES = {
+    SA_ORDER_STATUS: "Keyword",
+    SA_CUSTOMER_ID: "Keyword",
+    SA_ORDER_TOTAL_CENTS: "Int",
+    SA_FAILURE_REASON: "Keyword",
+}

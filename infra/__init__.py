@@ -1,0 +1,1 @@
+"""Reusable primitives with no business knowledge."""

@@ -1,0 +1,140 @@
+"""Every process reads its configuration here, from the environment (names in api.md)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
+_UNIT_SECONDS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+
+
+def parse_rate(text: str) -> float:
+    """``"10/s"`` -> 10.0 events per second; ``"30/m"`` -> 0.5."""
+    m = _RATE.match(text)
+    if not m:
+        raise ValueError(f"rate must look like '10/s', '30/m' or '100/h', got {text!r}")
+    return float(m.group(1)) / _UNIT_SECONDS[m.group(2)]
+
+
+def _on_off(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"on", "1", "true", "yes"}:
+        return True
+    if text in {"off", "0", "false", "no"}:
+        return False
+    raise ValueError(f"expected on/off, got {value!r}")
+
+
+def _secret_file(data_dir: Path, name: str) -> str:
+    """A random secret kept per data dir, so restarts keep the same value."""
+    path = data_dir / name
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(24)
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    data_dir: Path = Field(default=Path(".data"), alias="TRADEFLOW_DATA_DIR")
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", alias="REDIS_URL")
+    temporal_address: str = Field(default="127.0.0.1:7233", alias="TEMPORAL_ADDRESS")
+    temporal_namespace: str = Field(default="default", alias="TEMPORAL_NAMESPACE")
+    temporal_ui_port: int = Field(default=8233, alias="TEMPORAL_UI_PORT")
+    api_port: int = Field(default=8000, alias="API_PORT")
+    psp_port: int = Field(default=8100, alias="PSP_PORT")
+    bind_host: str = Field(default="127.0.0.1", alias="BIND_HOST")
+    admin_token: str | None = Field(default=None, alias="TRADEFLOW_ADMIN_TOKEN")
+    webhook_secret: str | None = Field(default=None, alias="TRADEFLOW_WEBHOOK_SECRET")
+    courier_simulator: bool = Field(default=True, alias="TRADEFLOW_COURIER_SIMULATOR")
+    payment_timeout_s: float = Field(default=900.0, alias="TRADEFLOW_PAYMENT_TIMEOUT_S", gt=0)
+    offer_timeout_s: float = Field(default=30.0, alias="TRADEFLOW_OFFER_TIMEOUT_S", gt=0)
+    max_offers: int = Field(default=5, alias="TRADEFLOW_MAX_OFFERS", ge=1)
+    psp_action_delay_s: float = Field(default=3.0, alias="TRADEFLOW_PSP_ACTION_DELAY_S", ge=0)
+    checkout_rate: str = Field(default="10/s", alias="TRADEFLOW_CHECKOUT_RATE")
+    checkout_burst: int = Field(default=20, alias="TRADEFLOW_CHECKOUT_BURST", ge=1)
+    demo: bool = Field(default=True, alias="TRADEFLOW_DEMO")
+    psp_url: str | None = Field(default=None, alias="TRADEFLOW_PSP_URL")
+    """Base URL of the PSP; defaults to the simulator on ``PSP_PORT``."""
+    api_url: str | None = Field(default=None, alias="TRADEFLOW_API_URL")
+    """Base URL of the API, for the courier simulator; defaults to ``API_PORT``."""
+    otel_exporter: str = Field(default="none", alias="TRADEFLOW_OTEL_EXPORTER")
+    """``none``, ``console`` or ``otlp`` (then OTEL_EXPORTER_OTLP_ENDPOINT applies)."""
+    task_queues: str = Field(default="orders,dispatch", alias="TRADEFLOW_TASK_QUEUES")
+    courier_step_s: float = Field(default=2.0, alias="TRADEFLOW_COURIER_STEP_S", ge=0)
+    """Simulated courier: seconds between accept, pick-up and delivery."""
+
+    @field_validator("courier_simulator", "demo", mode="before")
+    @classmethod
+    def _parse_on_off(cls, v: object) -> bool:
+        return _on_off(v)
+
+    @field_validator("checkout_rate")
+    @classmethod
+    def _check_rate(cls, v: str) -> str:
+        parse_rate(v)
+        return v
+
+    @property
+    def checkout_rate_per_s(self) -> float:
+        return parse_rate(self.checkout_rate)
+
+    @property
+    def sync_database_url(self) -> str:
+        """URL for synchronous tools (Alembic)."""
+        if self.database_url:
+            return to_sync_url(self.database_url)
+        return f"sqlite:///{(self.data_dir / 'tradeflow.db').resolve()}"
+
+    @property
+    def async_database_url(self) -> str:
+        return to_async_url(self.sync_database_url)
+
+    @property
+    def resolved_psp_url(self) -> str:
+        return self.psp_url or f"http://127.0.0.1:{self.psp_port}"
+
+    @property
+    def resolved_api_url(self) -> str:
+        return self.api_url or f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def resolved_admin_token(self) -> str:
+        return self.admin_token or _secret_file(self.data_dir, "admin_token")
+
+    @property
+    def resolved_webhook_secret(self) -> str:
+        return self.webhook_secret or _secret_file(self.data_dir, "webhook_secret")
+
+
+def to_sync_url(url: str) -> str:
+    if url.startswith("sqlite+aiosqlite:"):
+        return "sqlite:" + url[len("sqlite+aiosqlite:") :]
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def to_async_url(url: str) -> str:
+    url = to_sync_url(url)
+    if url.startswith("sqlite:"):
+        return "sqlite+aiosqlite:" + url[len("sqlite:") :]
+    return url  # postgresql+psycopg serves both sync and async engines
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Tables, engine factory, migrations and the statements that must be atomic."""

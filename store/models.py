@@ -1,0 +1,137 @@
+"""SQLModel tables. Timestamps are RFC 3339 UTC strings (fixed width, so they sort)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, CheckConstraint, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Product(SQLModel, table=True):
+    __tablename__ = "products"
+
+    sku: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=200)
+    price_cents: int
+    currency: str = Field(max_length=3)
+    hot: bool = False
+    updated_at: str = Field(default_factory=utcnow_iso, max_length=32)
+
+
+class Location(SQLModel, table=True):
+    __tablename__ = "locations"
+
+    location_id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=200)
+    lat: float
+    lng: float
+
+
+class Stock(SQLModel, table=True):
+    """Per location and SKU: ``available + reserved + sold == stocked`` always holds."""
+
+    __tablename__ = "stock"
+    __table_args__ = (
+        CheckConstraint("available >= 0", name="ck_stock_available"),
+        CheckConstraint("reserved >= 0", name="ck_stock_reserved"),
+        CheckConstraint("sold >= 0", name="ck_stock_sold"),
+    )
+
+    location_id: str = Field(primary_key=True, max_length=64)
+    sku: str = Field(primary_key=True, max_length=64)
+    available: int = 0
+    reserved: int = 0
+    sold: int = 0
+    stocked: int = 0
+    """Net units ever put on sale here (admin sets and returns add, admin reductions subtract)."""
+    updated_at: str = Field(default_factory=utcnow_iso, max_length=32)
+
+
+class Reservation(SQLModel, table=True):
+    """The TCC fence: one row per branch, written in the same transaction as the stock change."""
+
+    __tablename__ = "reservations"
+
+    order_id: str = Field(primary_key=True, max_length=64)
+    location_id: str = Field(primary_key=True, max_length=64)
+    sku: str = Field(primary_key=True, max_length=64)
+    quantity: int
+    state: str = Field(max_length=16, index=True)
+    created_at: str = Field(default_factory=utcnow_iso, max_length=32)
+    updated_at: str = Field(default_factory=utcnow_iso, max_length=32)
+
+
+class Order(SQLModel, table=True):
+    """Read model of orders, written by the order workflow at every transition."""
+
+    __tablename__ = "orders"
+    __table_args__ = (
+        UniqueConstraint("customer_id", "idempotency_key", name="uq_orders_customer_key"),
+        Index("ix_orders_customer_created", "customer_id", "created_at", "order_id"),
+        Index("ix_orders_status_created", "status", "created_at", "order_id"),
+        Index("ix_orders_created", "created_at", "order_id"),
+    )
+
+    order_id: str = Field(primary_key=True, max_length=64)
+    customer_id: str = Field(max_length=128)
+    idempotency_key: str = Field(max_length=255)
+    request_hash: str = Field(max_length=64)
+    location_id: str = Field(max_length=64)
+    status: str = Field(max_length=32)
+    failure_reason: str | None = Field(default=None, max_length=32)
+    currency: str = Field(max_length=3)
+    total_cents: int
+    seq: int = 0
+    """Highest transition written; an older write never overwrites a newer one."""
+    view: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    """The full ``Order`` resource as of ``seq``."""
+    created_at: str = Field(max_length=32)
+    updated_at: str = Field(max_length=32)
+
+
+class OrderTimeline(SQLModel, table=True):
+    __tablename__ = "order_timeline"
+
+    order_id: str = Field(primary_key=True, max_length=64)
+    seq: int = Field(primary_key=True)
+    status: str = Field(max_length=32)
+    at: str = Field(max_length=32)
+
+
+class Payment(SQLModel, table=True):
+    """tradeflow's own record of an order's payment, written before every money-moving call."""
+
+    __tablename__ = "payments"
+
+    order_id: str = Field(primary_key=True, max_length=64)
+    payment_id: str | None = Field(default=None, max_length=64, index=True)
+    idempotency_key: str = Field(max_length=255)
+    status: str = Field(max_length=32)
+    currency: str = Field(max_length=3)
+    amount_cents: int
+    authorized_cents: int = 0
+    captured_cents: int = 0
+    refunded_cents: int = 0
+    updated_at: str = Field(default_factory=utcnow_iso, max_length=32)
+
+
+class Courier(SQLModel, table=True):
+    """A courier and the one order it holds (offered or assigned), if any."""
+
+    __tablename__ = "couriers"
+
+    courier_id: str = Field(primary_key=True, max_length=64)
+    lat: float
+    lng: float
+    available: bool = True
+    """On shift and willing to take offers (set by the courier app / admin)."""
+    current_order_id: str | None = Field(default=None, max_length=64, index=True)
+    assignment: str | None = Field(default=None, max_length=16)
+    """``OFFERED`` or ``ASSIGNED`` while ``current_order_id`` is set."""
+    updated_at: str = Field(default_factory=utcnow_iso, max_length=32)
