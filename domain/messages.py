@@ -308,3 +308,9 @@ class CourierOffer:
 class OfferResult:
     offered: bool
     """False when the courier was taken or went off shift between search and offer."""
+
+
+@dataclass(frozen=True)
+class FoundCourier:
+    courier_id: str | None
+    """The nearest free courier not yet tried, or None when nobody is free nearby."""

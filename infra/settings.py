@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     otel_exporter: str = Field(default="none", alias="TRADEFLOW_OTEL_EXPORTER")
     """``none``, ``console`` or ``otlp`` (then OTEL_EXPORTER_OTLP_ENDPOINT applies)."""
     task_queues: str = Field(default="orders,dispatch", alias="TRADEFLOW_TASK_QUEUES")
+    worker_metrics_port: int = Field(default=0, alias="TRADEFLOW_WORKER_METRICS_PORT", ge=0)
+    """Prometheus port for the worker's Temporal SDK metrics; 0 turns them off."""
     courier_step_s: float = Field(default=2.0, alias="TRADEFLOW_COURIER_STEP_S", ge=0)
     """Simulated courier: seconds between accept, pick-up and delivery."""
 

@@ -1,0 +1,1 @@
+"""Every side effect a workflow needs, as classes with injected dependencies."""

@@ -1,0 +1,22 @@
+"""The orders read model, written by the order workflow at every transition."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+
+from domain.messages import RecordOrderInput
+from domain.names import ACT_RECORD_ORDER
+from store import orders as read_model
+
+
+class OrderActivities:
+    def __init__(self, *, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessionmaker
+
+    @activity.defn(name=ACT_RECORD_ORDER)
+    async def record_order(self, inp: RecordOrderInput) -> bool:
+        async with self._sessions() as s, s.begin():
+            return await read_model.record_order(s, view=asdict(inp.view), seq=inp.seq)

@@ -1,0 +1,91 @@
+"""Courier offers: a courier holds at most one order (offered or assigned) at a time.
+
+Each change is one conditional UPDATE keyed by (courier, order), so a retried activity or a
+late duplicate cannot take a courier from another order or free it from one it now serves.
+"""
+
+from __future__ import annotations
+
+import math
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from store.models import Courier, Location, utcnow_iso
+
+C = Courier.__table__
+L = Location.__table__
+
+OFFERED = "OFFERED"
+ASSIGNED = "ASSIGNED"
+
+
+def haversine_km(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
+    r = 6371.0
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lng2 - lng1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * r * math.asin(math.sqrt(a))
+
+
+async def nearest_free_courier(
+    s: AsyncSession, *, location_id: str, exclude: list[str], radius_km: float = 50.0
+) -> str | None:
+    loc = (await s.execute(select(L.c.lat, L.c.lng).where(L.c.location_id == location_id))).first()
+    if loc is None:
+        return None
+    # A bounding box keeps the scan to nearby couriers; exact distance is ranked in Python.
+    dlat = radius_km / 111.0
+    dlng = radius_km / (111.0 * max(math.cos(math.radians(loc.lat)), 0.01))
+    rows = (
+        await s.execute(
+            select(C.c.courier_id, C.c.lat, C.c.lng).where(
+                C.c.available.is_(True)
+                & C.c.current_order_id.is_(None)
+                & C.c.lat.between(loc.lat - dlat, loc.lat + dlat)
+                & C.c.lng.between(loc.lng - dlng, loc.lng + dlng)
+            )
+        )
+    ).all()
+    ranked = sorted(
+        (haversine_km(loc.lat, loc.lng, r.lat, r.lng), r.courier_id)
+        for r in rows
+        if r.courier_id not in exclude
+    )
+    return ranked[0][1] if ranked and ranked[0][0] <= radius_km else None
+
+
+async def offer(s: AsyncSession, *, order_id: str, courier_id: str) -> bool:
+    res = await s.execute(
+        update(C)
+        .where(
+            (C.c.courier_id == courier_id)
+            & C.c.available.is_(True)
+            & C.c.current_order_id.is_(None)
+        )
+        .values(current_order_id=order_id, assignment=OFFERED, updated_at=utcnow_iso())
+    )
+    if res.rowcount == 1:
+        return True
+    held = (
+        await s.execute(select(C.c.current_order_id).where(C.c.courier_id == courier_id))
+    ).scalar_one_or_none()
+    return held == order_id  # a retry of an offer that already landed
+
+
+async def assign(s: AsyncSession, *, order_id: str, courier_id: str) -> bool:
+    res = await s.execute(
+        update(C)
+        .where((C.c.courier_id == courier_id) & (C.c.current_order_id == order_id))
+        .values(assignment=ASSIGNED, updated_at=utcnow_iso())
+    )
+    return res.rowcount == 1
+
+
+async def release(s: AsyncSession, *, order_id: str, courier_id: str) -> bool:
+    res = await s.execute(
+        update(C)
+        .where((C.c.courier_id == courier_id) & (C.c.current_order_id == order_id))
+        .values(current_order_id=None, assignment=None, updated_at=utcnow_iso())
+    )
+    return res.rowcount == 1

@@ -1,0 +1,183 @@
+"""The inventory ledger as a TCC participant.
+
+Every branch (order, location, sku) has one fence row in ``reservations``, written in the same
+transaction as the stock change it guards, as Seata's tcc_fence_log and DTM's barrier do:
+
+* try      inserts the fence (TRIED) and moves ``available -> reserved`` with one conditional
+           UPDATE; not enough stock rolls the whole transaction back, fence row included.
+* confirm  TRIED -> CONFIRMED and ``reserved -> sold``; a repeat is a no-op.
+* cancel   TRIED -> CANCELLED and ``reserved -> available``; with no fence row it records an
+           empty rollback (CANCELLED, quantity 0) so a try arriving later is refused.
+* return   CONFIRMED -> RETURNED and ``sold -> available`` (compensation after confirm).
+
+Each state change is a conditional UPDATE on the fence row, so two racing callers cannot both
+move stock: exactly one sees rowcount 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from domain.status import ReservationState
+from store.models import Reservation, Stock, utcnow_iso
+from store.sql import insert_ignore
+
+R = Reservation.__table__
+S = Stock.__table__
+
+
+class OutOfStock(Exception):
+    pass
+
+
+class FenceRefused(Exception):
+    """The fence forbids this call (try after cancel, confirm after cancel, cancel after confirm...)."""
+
+    def __init__(self, message: str, *, state: str | None) -> None:
+        super().__init__(message)
+        self.state = state
+
+
+@dataclass(frozen=True)
+class BranchOutcome:
+    state: str
+    changed: bool
+
+
+def _key(order_id: str, location_id: str, sku: str):  # type: ignore[no-untyped-def]
+    return (R.c.order_id == order_id) & (R.c.location_id == location_id) & (R.c.sku == sku)
+
+
+async def _fence_row(s: AsyncSession, order_id: str, location_id: str, sku: str) -> tuple[str, int] | None:
+    row = (
+        await s.execute(select(R.c.state, R.c.quantity).where(_key(order_id, location_id, sku)))
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+async def _set_state(
+    s: AsyncSession, order_id: str, location_id: str, sku: str, *, frm: ReservationState, to: ReservationState
+) -> int | None:
+    """Move the fence from ``frm`` to ``to``; return its quantity if this call moved it."""
+    res = await s.execute(
+        update(R)
+        .where(_key(order_id, location_id, sku) & (R.c.state == frm.value))
+        .values(state=to.value, updated_at=utcnow_iso())
+        .returning(R.c.quantity)
+    )
+    row = res.first()
+    return row[0] if row else None
+
+
+async def try_reserve(
+    s: AsyncSession, *, order_id: str, location_id: str, sku: str, quantity: int
+) -> BranchOutcome:
+    """Call inside ``async with session.begin()``; raising rolls the fence row back too."""
+    if quantity < 1:
+        raise ValueError("quantity must be >= 1")
+    now = utcnow_iso()
+    inserted = await s.execute(
+        insert_ignore(
+            s,
+            R,
+            dict(
+                order_id=order_id, location_id=location_id, sku=sku, quantity=quantity,
+                state=ReservationState.TRIED.value, created_at=now, updated_at=now,
+            ),
+        )
+    )
+    if inserted.rowcount != 1:
+        existing = await _fence_row(s, order_id, location_id, sku)
+        state = existing[0] if existing else None
+        if state in (ReservationState.TRIED, ReservationState.CONFIRMED):
+            return BranchOutcome(state=state, changed=False)
+        raise FenceRefused(f"try refused: branch already {state} (anti-hanging)", state=state)
+    moved = await s.execute(
+        update(S)
+        .where((S.c.location_id == location_id) & (S.c.sku == sku) & (S.c.available >= quantity))
+        .values(available=S.c.available - quantity, reserved=S.c.reserved + quantity, updated_at=now)
+    )
+    if moved.rowcount != 1:
+        raise OutOfStock(f"{sku} at {location_id}: fewer than {quantity} available")
+    return BranchOutcome(state=ReservationState.TRIED, changed=True)
+
+
+async def confirm(s: AsyncSession, *, order_id: str, location_id: str, sku: str) -> BranchOutcome:
+    qty = await _set_state(
+        s, order_id, location_id, sku, frm=ReservationState.TRIED, to=ReservationState.CONFIRMED
+    )
+    if qty is not None:
+        await s.execute(
+            update(S)
+            .where((S.c.location_id == location_id) & (S.c.sku == sku))
+            .values(reserved=S.c.reserved - qty, sold=S.c.sold + qty, updated_at=utcnow_iso())
+        )
+        return BranchOutcome(state=ReservationState.CONFIRMED, changed=True)
+    existing = await _fence_row(s, order_id, location_id, sku)
+    state = existing[0] if existing else None
+    if state == ReservationState.CONFIRMED:
+        return BranchOutcome(state=state, changed=False)
+    raise FenceRefused(f"confirm refused: branch is {state or 'not tried'}", state=state)
+
+
+async def cancel(
+    s: AsyncSession, *, order_id: str, location_id: str, sku: str
+) -> BranchOutcome:
+    now = utcnow_iso()
+    # Empty rollback: no try ever landed. Record the cancel so a late try is refused.
+    inserted = await s.execute(
+        insert_ignore(
+            s,
+            R,
+            dict(
+                order_id=order_id, location_id=location_id, sku=sku, quantity=0,
+                state=ReservationState.CANCELLED.value, created_at=now, updated_at=now,
+            ),
+        )
+    )
+    if inserted.rowcount == 1:
+        return BranchOutcome(state=ReservationState.CANCELLED, changed=False)
+    qty = await _set_state(
+        s, order_id, location_id, sku, frm=ReservationState.TRIED, to=ReservationState.CANCELLED
+    )
+    if qty is not None:
+        await s.execute(
+            update(S)
+            .where((S.c.location_id == location_id) & (S.c.sku == sku))
+            .values(available=S.c.available + qty, reserved=S.c.reserved - qty, updated_at=now)
+        )
+        return BranchOutcome(state=ReservationState.CANCELLED, changed=True)
+    existing = await _fence_row(s, order_id, location_id, sku)
+    state = existing[0] if existing else None
+    if state in (ReservationState.CANCELLED, ReservationState.RETURNED):
+        return BranchOutcome(state=state, changed=False)
+    raise FenceRefused(f"cancel refused: branch is {state}", state=state)
+
+
+async def return_stock(
+    s: AsyncSession, *, order_id: str, location_id: str, sku: str
+) -> BranchOutcome:
+    """Undo a confirmed branch (sold -> available). On a branch never confirmed, acts as cancel."""
+    qty = await _set_state(
+        s, order_id, location_id, sku, frm=ReservationState.CONFIRMED, to=ReservationState.RETURNED
+    )
+    if qty is not None:
+        await s.execute(
+            update(S)
+            .where((S.c.location_id == location_id) & (S.c.sku == sku))
+            .values(available=S.c.available + qty, sold=S.c.sold - qty, updated_at=utcnow_iso())
+        )
+        return BranchOutcome(state=ReservationState.RETURNED, changed=True)
+    existing = await _fence_row(s, order_id, location_id, sku)
+    if existing and existing[0] == ReservationState.RETURNED:
+        return BranchOutcome(state=ReservationState.RETURNED, changed=False)
+    return await cancel(s, order_id=order_id, location_id=location_id, sku=sku)
+
+
+async def stock_levels(s: AsyncSession, *, location_id: str, sku: str) -> Stock | None:
+    return (
+        await s.execute(select(Stock).where((Stock.location_id == location_id) & (Stock.sku == sku)))
+    ).scalar_one_or_none()

@@ -1,0 +1,1 @@
+"""Deterministic orchestration only: imports the standard library, temporalio and domain/."""

@@ -1,0 +1,543 @@
+"""The order saga: reserve stock, authorize payment, confirm, dispatch, capture at pick-up.
+
+One workflow per order (``order-<order_id>``). It is the single authority on the order's
+status: cancellation and courier pick-up are both Updates on this workflow, so the question
+"was it cancelled before it was picked up?" always has exactly one answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+from temporalio import workflow
+from temporalio.common import SearchAttributeKey, WorkflowIDReusePolicy
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+
+with workflow.unsafe.imports_passed_through():
+    from domain import errors, names
+    from domain.messages import (
+        AbortPayment,
+        AmountsView,
+        CancelRequest,
+        CancelResult,
+        CaptureInput,
+        CaptureResult,
+        CheckoutInput,
+        CourierEvent,
+        CourierEventResult,
+        CourierOffer,
+        DeliveryInput,
+        DeliveryProgress,
+        DeliveryResult,
+        DeliveryView,
+        ItemView,
+        OfferResult,
+        OrderView,
+        PaymentInput,
+        PaymentProgress,
+        PaymentResult,
+        PaymentView,
+        RecordOrderInput,
+        ReservationKey,
+        ReservationResult,
+        TimelineEntry,
+        VoidInput,
+        VoidResult,
+    )
+    from domain.status import (
+        CANCELLABLE_STATUSES,
+        CourierEventType,
+        DeliveryStatus,
+        FailureReason,
+        OrderStatus,
+        PaymentStatus,
+        check_transition,
+    )
+
+    from workflows import options
+    from workflows.saga import Saga
+
+SA_STATUS = SearchAttributeKey.for_keyword(names.SA_ORDER_STATUS)
+SA_CUSTOMER = SearchAttributeKey.for_keyword(names.SA_CUSTOMER_ID)
+SA_TOTAL = SearchAttributeKey.for_int(names.SA_ORDER_TOTAL_CENTS)
+SA_FAILURE = SearchAttributeKey.for_keyword(names.SA_FAILURE_REASON)
+
+
+def _now_iso() -> str:
+    return workflow.now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class _Cancelled(Exception):
+    """Raised inside the saga when an accepted cancel must stop the forward path."""
+
+
+class _Failed(Exception):
+    def __init__(self, reason: FailureReason, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@workflow.defn(name=names.ORDER_WORKFLOW)
+class OrderWorkflow:
+    @workflow.init
+    def __init__(self, inp: CheckoutInput) -> None:
+        self._inp = inp
+        subtotal = sum(line.unit_price_cents * line.quantity for line in inp.lines)
+        self._view = OrderView(
+            order_id=inp.order_id,
+            workflow_id=names.order_workflow_id(inp.order_id),
+            customer_id=inp.customer_id,
+            location_id=inp.location_id,
+            status=OrderStatus.PENDING.value,
+            failure_reason=None,
+            items=[ItemView(li.sku, li.quantity, li.unit_price_cents) for li in inp.lines],
+            currency=inp.currency,
+            amounts=AmountsView(
+                subtotal_cents=subtotal,
+                delivery_fee_cents=inp.delivery_fee_cents,
+                total_cents=subtotal + inp.delivery_fee_cents,
+            ),
+            payment=PaymentView(),
+            delivery=DeliveryView(),
+            refunds=[],
+            timeline=[TimelineEntry(OrderStatus.PENDING.value, inp.created_at)],
+            created_at=inp.created_at,
+            updated_at=inp.created_at,
+        )
+        self._seq = 0
+        self._cancel_reason: str | None = None
+        self._closing = False
+        """Set once the saga has decided on a terminal outcome; no more cancels accepted."""
+        self._awaiting_action = False
+        self._picked_up = False
+        self._delivered = False
+
+    # ------------------------------------------------------------------------------ handlers
+
+    @workflow.query(name=names.QUERY_ORDER)
+    def order(self) -> OrderView:
+        return self._view
+
+    @workflow.update(name=names.UPDATE_CANCEL)
+    async def cancel(self, req: CancelRequest) -> CancelResult:
+        if self._cancel_reason is None:
+            self._cancel_reason = req.reason or "cancelled"
+            workflow.logger.info("cancel accepted: %s", self._cancel_reason)
+        return CancelResult(accepted=True, status=self._view.status)
+
+    @cancel.validator
+    def _validate_cancel(self, req: CancelRequest) -> None:
+        if self._cancel_reason is not None or self._view.status == OrderStatus.CANCELLED:
+            return  # repeating an accepted cancel is fine
+        if self._picked_up or self._closing or OrderStatus(self._view.status) not in CANCELLABLE_STATUSES:
+            raise ApplicationError(
+                f"order is {self._view.status}" + (" and picked up" if self._picked_up else ""),
+                type="NotCancellable",
+            )
+
+    @workflow.update(name=names.UPDATE_COURIER_EVENT)
+    async def courier_event(self, ev: CourierEvent) -> CourierEventResult:
+        if ev.type == CourierEventType.PICKED_UP:
+            self._picked_up = True
+        elif ev.type == CourierEventType.DELIVERED:
+            self._delivered = True
+        return CourierEventResult(accepted=True, status=self._view.status)
+
+    @courier_event.validator
+    def _validate_courier_event(self, ev: CourierEvent) -> None:
+        d = self._view.delivery
+        if ev.type not in (CourierEventType.PICKED_UP, CourierEventType.DELIVERED):
+            raise ApplicationError(
+                f"{ev.type} goes to the dispatch of this order, not to the order", type="OutOfOrder"
+            )
+        if d.courier_id is None:
+            raise ApplicationError("no courier is assigned to this order", type="OutOfOrder")
+        if ev.courier_id != d.courier_id:
+            raise ApplicationError(
+                f"order is assigned to another courier, not {ev.courier_id}", type="CourierMismatch"
+            )
+        if self._cancel_reason is not None or self._closing:
+            raise ApplicationError("order was cancelled or has ended", type="OutOfOrder")
+        if ev.type == CourierEventType.PICKED_UP and self._delivered:
+            raise ApplicationError("order is already delivered", type="OutOfOrder")
+        if ev.type == CourierEventType.DELIVERED and not self._picked_up:
+            raise ApplicationError("delivered before picked_up", type="OutOfOrder")
+
+    @workflow.signal(name=names.SIGNAL_DELIVERY_PROGRESS)
+    def delivery_progress(self, p: DeliveryProgress) -> None:
+        d = self._view.delivery
+        if d.status in (DeliveryStatus.PICKED_UP, DeliveryStatus.DELIVERED):
+            return
+        d.status = p.status
+        d.offered_to = p.offered_to
+        if p.courier_id is not None:
+            d.courier_id = p.courier_id
+        self._touch()
+
+    @workflow.signal(name=names.SIGNAL_PAYMENT_PROGRESS)
+    def payment_progress(self, p: PaymentProgress) -> None:
+        self._view.payment.status = p.status
+        if p.payment_id is not None:
+            self._view.payment.payment_id = p.payment_id
+        if p.status == PaymentStatus.REQUIRES_ACTION:
+            self._awaiting_action = True
+        self._touch()
+
+    # ---------------------------------------------------------------------------------- run
+
+    @workflow.run
+    async def run(self, inp: CheckoutInput) -> OrderView:
+        workflow.upsert_search_attributes(
+            [
+                SA_STATUS.value_set(OrderStatus.PENDING.value),
+                SA_CUSTOMER.value_set(inp.customer_id),
+                SA_TOTAL.value_set(self._view.amounts.total_cents),
+            ]
+        )
+        saga = Saga()
+        try:
+            await self._record()
+            await self._fulfil(saga)
+        except _Cancelled:
+            await self._finish(saga, OrderStatus.CANCELLED, None)
+        except _Failed as f:
+            await self._finish(saga, OrderStatus.FAILED, f.reason)
+        except asyncio.CancelledError:
+            # Cancelled from outside (UI, CLI): undo what ran, then let Temporal close the run
+            # as cancelled. After pick-up the goods are gone, so an operator must look.
+            if self._picked_up:
+                await asyncio.shield(asyncio.ensure_future(self._park("cancelled after pick-up")))
+            else:
+                self._cancel_reason = self._cancel_reason or "workflow cancelled"
+                await asyncio.shield(
+                    asyncio.ensure_future(self._finish(saga, OrderStatus.CANCELLED, None))
+                )
+            raise
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self._view
+
+    async def _fulfil(self, saga: Saga) -> None:
+        inp = self._inp
+        # 1-3. Reserve every line (TCC try, in parallel). A cancel is registered for every line
+        # tried, whatever it answered: the fence makes a cancel with no try a recorded no-op.
+        self._details("reserving stock")
+        keys = [ReservationKey(inp.order_id, inp.location_id, li.sku, li.quantity) for li in inp.lines]
+        for key in keys:
+            saga.add(f"stock:{key.sku}", self._undo_reservation(key))
+        results = await asyncio.gather(
+            *(
+                workflow.execute_activity(
+                    names.ACT_TRY_RESERVE,
+                    key,
+                    result_type=ReservationResult,
+                    start_to_close_timeout=options.SHORT,
+                    retry_policy=options.FORWARD,
+                )
+                for key in keys
+            ),
+            return_exceptions=True,
+        )
+        for r in results:
+            if isinstance(r, BaseException):
+                if _is_app_error(r, errors.OUT_OF_STOCK, errors.RESERVATION_CANCELLED):
+                    raise _Failed(FailureReason.OUT_OF_STOCK, str(r.__cause__ or r))
+                raise _Failed(FailureReason.INVALID_ORDER, str(r.__cause__ or r))
+        self._check_cancel()
+        await self._transition(OrderStatus.RESERVED)
+
+        # 4. Authorize through the payment child workflow.
+        self._check_cancel()
+        saga.add("payment", self._undo_payment)
+        payment = await self._authorize()
+        self._view.payment.payment_id = payment.payment_id
+        self._view.amounts.authorized_cents = payment.authorized_cents
+        self._view.payment.status = PaymentStatus.AUTHORIZED.value
+
+        # 5. Confirm stock: from here a cancel returns sold units instead of cancelling a hold.
+        self._details("confirming stock")
+        confirmed = await asyncio.gather(
+            *(
+                workflow.execute_activity(
+                    names.ACT_CONFIRM_RESERVATION,
+                    key,
+                    result_type=ReservationResult,
+                    start_to_close_timeout=options.SHORT,
+                    retry_policy=options.FORWARD,
+                )
+                for key in keys
+            ),
+            return_exceptions=True,
+        )
+        for key, r in zip(keys, confirmed, strict=True):
+            if not isinstance(r, BaseException):
+                saga.replace(f"stock:{key.sku}", self._undo_confirmed_stock(key))
+        for r in confirmed:
+            if isinstance(r, BaseException):
+                # The hold is gone (released by someone else): this order cannot be filled.
+                raise _Failed(FailureReason.OUT_OF_STOCK, str(r.__cause__ or r))
+        await self._transition(OrderStatus.PAID)
+        self._check_cancel()
+
+        # 6. Dispatch.
+        courier_id = await self._dispatch(saga)
+
+        # 7. Pick-up -> capture -> out for delivery -> delivered.
+        self._details(f"waiting for courier {courier_id} to pick up")
+        await workflow.wait_condition(lambda: self._picked_up or self._cancel_reason is not None)
+        self._check_cancel()
+        self._view.delivery.status = DeliveryStatus.PICKED_UP.value
+        self._details("capturing payment")
+        try:
+            await self._capture()
+        except ActivityError as e:
+            await self._park(f"capture failed: {e.__cause__ or e}")
+            return
+        saga.discard("payment")
+        await self._transition(OrderStatus.OUT_FOR_DELIVERY)
+        self._details(f"out for delivery with courier {courier_id}")
+        await workflow.wait_condition(lambda: self._delivered)
+        self._closing = True
+        self._view.delivery.status = DeliveryStatus.DELIVERED.value
+        await workflow.execute_activity(
+            names.ACT_RELEASE_COURIER,
+            CourierOffer(inp.order_id, courier_id),
+            result_type=OfferResult,
+            start_to_close_timeout=options.SHORT,
+            retry_policy=options.FORWARD,
+        )
+        saga.discard("courier")
+        await self._transition(OrderStatus.DELIVERED)
+        self._details("delivered")
+
+    async def _authorize(self) -> PaymentResult:
+        inp = self._inp
+        self._details("authorizing payment")
+        child = await workflow.start_child_workflow(
+            names.PAYMENT_WORKFLOW,
+            PaymentInput(
+                order_id=inp.order_id,
+                customer_id=inp.customer_id,
+                amount_cents=self._view.amounts.total_cents,
+                currency=inp.currency,
+                token=inp.payment_token,
+                payment_timeout_s=inp.timeouts.payment_timeout_s,
+                parent_workflow_id=workflow.info().workflow_id,
+            ),
+            id=names.payment_workflow_id(inp.order_id),
+            task_queue=workflow.info().task_queue,
+            result_type=PaymentResult,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            static_summary=f"Payment of {self._view.amounts.total_cents} {inp.currency} for order {inp.order_id}",
+        )
+        abort_sent = False
+        while True:
+            await workflow.wait_condition(
+                lambda: child.done()
+                or (self._cancel_reason is not None and not abort_sent)
+                or (self._awaiting_action and self._view.status == OrderStatus.RESERVED)
+            )
+            if child.done():
+                break
+            if self._cancel_reason is not None and not abort_sent:
+                await child.signal(names.SIGNAL_ABORT_PAYMENT, AbortPayment(self._cancel_reason))
+                abort_sent = True
+                continue
+            await self._transition(OrderStatus.AWAITING_PAYMENT)
+            self._details(
+                f"waiting up to {inp.timeouts.payment_timeout_s:.0f}s for the customer to complete payment"
+            )
+        result = child.result()
+        if result.payment_id:
+            self._view.payment.payment_id = result.payment_id
+        self._check_cancel()
+        if result.status == "AUTHORIZED":
+            return result
+        if result.status == "TIMEOUT":
+            raise _Failed(FailureReason.PAYMENT_TIMEOUT, result.detail or "")
+        self._view.payment.status = PaymentStatus.DECLINED.value
+        raise _Failed(FailureReason.PAYMENT_DECLINED, result.detail or result.status)
+
+    async def _dispatch(self, saga: Saga) -> str:
+        inp = self._inp
+        await self._transition(OrderStatus.DISPATCHING)
+        self._view.delivery.status = DeliveryStatus.DISPATCHING.value
+        self._details("looking for a courier")
+        child = await workflow.start_child_workflow(
+            names.DELIVERY_WORKFLOW,
+            DeliveryInput(
+                order_id=inp.order_id,
+                location_id=inp.location_id,
+                parent_workflow_id=workflow.info().workflow_id,
+                offer_timeout_s=inp.timeouts.offer_timeout_s,
+                max_offers=inp.timeouts.max_offers,
+            ),
+            id=names.delivery_workflow_id(inp.order_id),
+            task_queue=inp.dispatch_task_queue,
+            result_type=DeliveryResult,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            static_summary=f"Dispatch of order {inp.order_id} from {inp.location_id}",
+        )
+        await workflow.wait_condition(lambda: child.done() or self._cancel_reason is not None)
+        if not child.done():
+            child.cancel()
+        try:
+            result = await child
+        except ChildWorkflowError:
+            result = None  # cancelled: the child released any courier it was offering to
+        if result is not None and result.status == "ASSIGNED" and result.courier_id:
+            courier_id = result.courier_id
+            saga.add("courier", self._undo_courier(courier_id))
+            self._view.delivery = DeliveryView(
+                status=DeliveryStatus.ASSIGNED.value, offered_to=None, courier_id=courier_id
+            )
+        self._check_cancel()
+        if result is None or result.status != "ASSIGNED" or not result.courier_id:
+            self._view.delivery.status = DeliveryStatus.FAILED.value
+            self._view.delivery.offered_to = None
+            raise _Failed(FailureReason.NO_COURIER, f"no courier accepted within {inp.timeouts.max_offers} offers")
+        await self._transition(OrderStatus.COURIER_ASSIGNED)
+        return result.courier_id
+
+    async def _capture(self) -> None:
+        inp = self._inp
+        assert self._view.payment.payment_id is not None
+        res = await workflow.execute_activity(
+            names.ACT_CAPTURE_PAYMENT,
+            CaptureInput(
+                order_id=inp.order_id,
+                payment_id=self._view.payment.payment_id,
+                amount_cents=self._view.amounts.authorized_cents,
+                idempotency_key=f"capture:{inp.order_id}",
+            ),
+            result_type=CaptureResult,
+            start_to_close_timeout=options.PSP_CALL,
+            retry_policy=options.FORWARD,
+        )
+        self._view.amounts.captured_cents = res.captured_cents
+        self._view.payment.status = PaymentStatus.CAPTURED.value
+
+    # ------------------------------------------------------------------------ compensations
+
+    def _undo_reservation(self, key: ReservationKey):  # type: ignore[no-untyped-def]
+        async def undo() -> None:
+            await workflow.execute_activity(
+                names.ACT_CANCEL_RESERVATION,
+                key,
+                result_type=ReservationResult,
+                start_to_close_timeout=options.SHORT,
+                retry_policy=options.COMPENSATION,
+            )
+
+        return undo
+
+    def _undo_confirmed_stock(self, key: ReservationKey):  # type: ignore[no-untyped-def]
+        async def undo() -> None:
+            await workflow.execute_activity(
+                names.ACT_RETURN_STOCK,
+                key,
+                result_type=ReservationResult,
+                start_to_close_timeout=options.SHORT,
+                retry_policy=options.COMPENSATION,
+            )
+
+        return undo
+
+    async def _undo_payment(self) -> None:
+        res = await workflow.execute_activity(
+            names.ACT_VOID_PAYMENT,
+            VoidInput(
+                order_id=self._inp.order_id,
+                payment_id=self._view.payment.payment_id,
+                idempotency_key=f"void:{self._inp.order_id}",
+            ),
+            result_type=VoidResult,
+            start_to_close_timeout=options.PSP_CALL,
+            retry_policy=options.COMPENSATION,
+        )
+        if res.payment_id:
+            self._view.payment.payment_id = res.payment_id
+        if res.voided:
+            self._view.payment.status = PaymentStatus.VOIDED.value
+            self._view.amounts.authorized_cents = 0
+
+    def _undo_courier(self, courier_id: str):  # type: ignore[no-untyped-def]
+        async def undo() -> None:
+            await workflow.execute_activity(
+                names.ACT_RELEASE_COURIER,
+                CourierOffer(self._inp.order_id, courier_id),
+                result_type=OfferResult,
+                start_to_close_timeout=options.SHORT,
+                retry_policy=options.COMPENSATION,
+            )
+
+        return undo
+
+    # ------------------------------------------------------------------------------ helpers
+
+    def _check_cancel(self) -> None:
+        if self._cancel_reason is not None:
+            raise _Cancelled()
+
+    async def _finish(self, saga: Saga, status: OrderStatus, reason: FailureReason | None) -> None:
+        self._closing = True
+        self._details(f"compensating ({', '.join(reversed(saga.names)) or 'nothing to undo'})")
+        failed = await saga.compensate()
+        d = self._view.delivery
+        if d.status in (DeliveryStatus.DISPATCHING, DeliveryStatus.ASSIGNED):
+            d.status = DeliveryStatus.FAILED.value
+        d.offered_to = None
+        if failed:
+            await self._park(f"compensations failed: {', '.join(failed)}")
+            return
+        await self._transition(status, reason)
+        self._details(
+            f"{status.value}" + (f" ({reason.value})" if reason else "")
+            + (f": {self._cancel_reason}" if status == OrderStatus.CANCELLED else "")
+        )
+
+    async def _park(self, why: str) -> None:
+        self._closing = True
+        await self._transition(OrderStatus.NEEDS_ATTENTION)
+        self._details(f"NEEDS_ATTENTION: {why}")
+
+    async def _transition(self, status: OrderStatus, reason: FailureReason | None = None) -> None:
+        check_transition(OrderStatus(self._view.status), status)
+        at = _now_iso()
+        self._view.status = status.value
+        self._view.failure_reason = reason.value if reason else None
+        self._view.timeline.append(TimelineEntry(status.value, at))
+        self._view.updated_at = at
+        workflow.upsert_search_attributes(
+            [SA_STATUS.value_set(status.value)]
+            + ([SA_FAILURE.value_set(reason.value)] if reason else [])
+        )
+        self._seq += 1
+        await workflow.execute_activity(
+            names.ACT_RECORD_ORDER,
+            RecordOrderInput(view=copy.deepcopy(self._view), seq=self._seq),
+            start_to_close_timeout=options.SHORT,
+            retry_policy=options.RECORD,
+        )
+
+    async def _record(self) -> None:
+        self._seq += 1
+        await workflow.execute_activity(
+            names.ACT_RECORD_ORDER,
+            RecordOrderInput(view=copy.deepcopy(self._view), seq=self._seq),
+            start_to_close_timeout=options.SHORT,
+            retry_policy=options.RECORD,
+        )
+
+    def _touch(self) -> None:
+        self._view.updated_at = _now_iso()
+
+    def _details(self, text: str) -> None:
+        workflow.set_current_details(f"**{self._view.status}** — {text}")
+
+
+def _is_app_error(e: BaseException, *types: str) -> bool:
+    cause = e.__cause__ if isinstance(e, (ActivityError, ChildWorkflowError)) else e
+    return isinstance(cause, ApplicationError) and cause.type in types
+
+

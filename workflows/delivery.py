@@ -1,0 +1,161 @@
+"""Dispatch of one order (``delivery-<order_id>``) on the dispatch task queue.
+
+Offers the order to the nearest free courier, waits for an accept with a timeout, and re-offers
+to the next one up to ``max_offers`` times. Courier answers arrive as an Update, so a courier the
+order is not offered to learns it at once (HTTP 409) instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from domain import names
+    from domain.messages import (
+        CourierEvent,
+        CourierEventResult,
+        CourierOffer,
+        DeliveryInput,
+        DeliveryProgress,
+        DeliveryResult,
+        DeliveryState,
+        FindCourierInput,
+        FoundCourier,
+        OfferResult,
+    )
+    from domain.status import CourierEventType, DeliveryStatus
+
+    from workflows import options
+
+
+@workflow.defn(name=names.DELIVERY_WORKFLOW)
+class DeliveryWorkflow:
+    @workflow.init
+    def __init__(self, inp: DeliveryInput) -> None:
+        self._inp = inp
+        self._state = DeliveryState()
+        self._answer: CourierEvent | None = None
+        self._assigned = False
+
+    @workflow.query(name=names.QUERY_DELIVERY)
+    def delivery(self) -> DeliveryState:
+        return self._state
+
+    @workflow.update(name=names.UPDATE_COURIER_RESPONSE)
+    async def courier_response(self, ev: CourierEvent) -> CourierEventResult:
+        self._answer = ev
+        if ev.type == CourierEventType.DECLINED:
+            self._state.offered_to = None
+            return CourierEventResult(accepted=True, status=self._state.status)
+        # Accepted: the courier is this order's from now on, in the DB and in the order
+        # workflow, before the courier hears back.
+        self._state.status = DeliveryStatus.ASSIGNED.value
+        self._state.courier_id = ev.courier_id
+        self._state.offered_to = None
+        await workflow.execute_activity(
+            names.ACT_ASSIGN_COURIER,
+            CourierOffer(self._inp.order_id, ev.courier_id),
+            result_type=OfferResult,
+            start_to_close_timeout=options.SHORT,
+            retry_policy=options.FORWARD,
+        )
+        await self._tell_parent(DeliveryProgress(DeliveryStatus.ASSIGNED.value, None, ev.courier_id))
+        self._assigned = True
+        return CourierEventResult(accepted=True, status=self._state.status)
+
+    @courier_response.validator
+    def _validate(self, ev: CourierEvent) -> None:
+        if ev.type not in (CourierEventType.ACCEPTED, CourierEventType.DECLINED):
+            raise ApplicationError(f"{ev.type} is not an answer to an offer", type="OutOfOrder")
+        if self._state.status != DeliveryStatus.DISPATCHING or self._state.offered_to is None:
+            raise ApplicationError("the order has no open offer", type="OutOfOrder")
+        if ev.courier_id != self._state.offered_to:
+            raise ApplicationError(
+                f"the order is not offered to {ev.courier_id}", type="CourierMismatch"
+            )
+
+    @workflow.run
+    async def run(self, inp: DeliveryInput) -> DeliveryResult:
+        offers = 0
+        try:
+            for _ in range(inp.max_offers):
+                found = await workflow.execute_activity(
+                    names.ACT_FIND_NEAREST_COURIER,
+                    FindCourierInput(inp.order_id, inp.location_id, list(self._state.tried)),
+                    result_type=FoundCourier,
+                    start_to_close_timeout=options.SHORT,
+                    retry_policy=options.FORWARD,
+                )
+                if found.courier_id is None:
+                    workflow.set_current_details("no free courier nearby; searching again shortly")
+                    await workflow.sleep(timedelta(seconds=inp.offer_timeout_s), summary="no courier free")
+                    continue
+                courier = found.courier_id
+                self._state.tried.append(courier)
+                # Open the offer before the courier can see it, so a fast accept validates.
+                self._state.offered_to = courier
+                self._answer = None
+                offer = await workflow.execute_activity(
+                    names.ACT_OFFER_TO_COURIER,
+                    CourierOffer(inp.order_id, courier),
+                    result_type=OfferResult,
+                    start_to_close_timeout=options.SHORT,
+                    retry_policy=options.FORWARD,
+                )
+                if not offer.offered:
+                    self._state.offered_to = None
+                    continue
+                offers += 1
+                await self._tell_parent(DeliveryProgress(DeliveryStatus.DISPATCHING.value, courier))
+                workflow.set_current_details(
+                    f"offer {offers}/{inp.max_offers}: waiting {inp.offer_timeout_s:.0f}s for {courier}"
+                )
+                try:
+                    await workflow.wait_condition(
+                        lambda: self._answer is not None,
+                        timeout=timedelta(seconds=inp.offer_timeout_s),
+                        timeout_summary="offer timeout",
+                    )
+                except asyncio.TimeoutError:
+                    pass
+                if self._answer is not None and self._answer.type == CourierEventType.ACCEPTED:
+                    await workflow.wait_condition(
+                        lambda: self._assigned and workflow.all_handlers_finished()
+                    )
+                    workflow.set_current_details(f"assigned to {courier}")
+                    return DeliveryResult("ASSIGNED", courier, offers)
+                # Declined or timed out: close the offer so a late accept is refused, free them.
+                self._state.offered_to = None
+                await self._release(courier)
+                await self._tell_parent(DeliveryProgress(DeliveryStatus.DISPATCHING.value, None))
+        except asyncio.CancelledError:
+            offered = self._state.offered_to
+            self._state.offered_to = None
+            if offered is not None and not self._assigned:
+                await asyncio.shield(asyncio.ensure_future(self._release(offered)))
+            raise
+        self._state.status = DeliveryStatus.FAILED.value
+        await self._tell_parent(DeliveryProgress(DeliveryStatus.FAILED.value, None))
+        workflow.set_current_details(f"no courier accepted after {offers} offers")
+        return DeliveryResult("FAILED", None, offers)
+
+    async def _release(self, courier: str) -> None:
+        await workflow.execute_activity(
+            names.ACT_RELEASE_COURIER,
+            CourierOffer(self._inp.order_id, courier),
+            result_type=OfferResult,
+            start_to_close_timeout=options.SHORT,
+            retry_policy=options.COMPENSATION,
+        )
+
+    async def _tell_parent(self, progress: DeliveryProgress) -> None:
+        try:
+            await workflow.get_external_workflow_handle(self._inp.parent_workflow_id).signal(
+                names.SIGNAL_DELIVERY_PROGRESS, progress
+            )
+        except Exception as e:  # the parent may be gone (terminated); dispatch goes on
+            workflow.logger.warning("could not tell %s: %s", self._inp.parent_workflow_id, e)

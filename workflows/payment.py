@@ -1,0 +1,127 @@
+"""Authorization of one order's payment (``payment-<order_id>``), a child of the order.
+
+Creates the PSP intent under a key derived from the order, and when the card needs customer
+action (3-D Secure, QR) waits for the PSP's webhook, an abort from the order, or the timeout.
+Capture and void are run by the order workflow, which owns the decision to take the money.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from domain import errors, names
+    from domain.messages import (
+        AbortPayment,
+        AuthorizeInput,
+        AuthorizeResult,
+        PaymentInput,
+        PaymentOutcome,
+        PaymentProgress,
+        PaymentResult,
+    )
+    from domain.status import PaymentStatus
+
+    from workflows import options
+
+SUCCEEDED = "payment_intent.succeeded"
+FAILED = "payment_intent.failed"
+
+
+@workflow.defn(name=names.PAYMENT_WORKFLOW)
+class PaymentWorkflow:
+    @workflow.init
+    def __init__(self, inp: PaymentInput) -> None:
+        self._inp = inp
+        self._payment_id: str | None = None
+        self._outcome: PaymentOutcome | None = None
+        self._abort: str | None = None
+        self._seen_events: set[str] = set()
+
+    @workflow.signal(name=names.SIGNAL_PAYMENT_OUTCOME)
+    def payment_outcome(self, ev: PaymentOutcome) -> None:
+        # Webhooks come at least once and maybe out of order: the first final word for this
+        # intent wins; duplicates and events for another intent change nothing.
+        if ev.event_id in self._seen_events:
+            return
+        self._seen_events.add(ev.event_id)
+        if self._payment_id is not None and ev.payment_id != self._payment_id:
+            workflow.logger.warning("event %s is for intent %s, not ours", ev.event_id, ev.payment_id)
+            return
+        if self._outcome is None and ev.type in (SUCCEEDED, FAILED):
+            self._outcome = ev
+
+    @workflow.signal(name=names.SIGNAL_ABORT_PAYMENT)
+    def abort(self, req: AbortPayment) -> None:
+        self._abort = self._abort or req.reason
+
+    @workflow.run
+    async def run(self, inp: PaymentInput) -> PaymentResult:
+        workflow.set_current_details("authorizing with the PSP")
+        try:
+            auth = await workflow.execute_activity(
+                names.ACT_AUTHORIZE_PAYMENT,
+                AuthorizeInput(
+                    order_id=inp.order_id,
+                    amount_cents=inp.amount_cents,
+                    currency=inp.currency,
+                    token=inp.token,
+                    idempotency_key=f"authorize:{inp.order_id}",
+                ),
+                result_type=AuthorizeResult,
+                start_to_close_timeout=options.PSP_CALL,
+                # A PSP that stays down longer than the customer would wait ends the attempt;
+                # the order's void compensation looks the intent up by order in case it landed.
+                schedule_to_close_timeout=timedelta(seconds=max(inp.payment_timeout_s, 60)),
+                retry_policy=options.FORWARD,
+            )
+        except ActivityError as e:
+            cause = e.__cause__
+            if isinstance(cause, ApplicationError) and cause.type in (
+                errors.PAYMENT_INVALID,
+                errors.PAYMENT_DECLINED,
+            ):
+                return self._done(PaymentResult(status="DECLINED", detail=str(cause)))
+            if isinstance(cause, TimeoutError):
+                return self._done(PaymentResult(status="TIMEOUT", detail="PSP did not answer in time"))
+            raise
+        self._payment_id = auth.payment_id
+        if auth.status == PaymentStatus.AUTHORIZED:
+            return self._done(PaymentResult("AUTHORIZED", auth.payment_id, auth.authorized_cents))
+        if auth.status == PaymentStatus.DECLINED:
+            return self._done(PaymentResult("DECLINED", auth.payment_id, detail=auth.detail))
+
+        # REQUIRES_ACTION: tell the order, then wait for the webhook, an abort or the timeout.
+        await self._tell_parent(PaymentProgress(PaymentStatus.REQUIRES_ACTION.value, auth.payment_id))
+        workflow.set_current_details(
+            f"waiting up to {inp.payment_timeout_s:.0f}s for the customer to complete {auth.payment_id}"
+        )
+        try:
+            await workflow.wait_condition(
+                lambda: self._outcome is not None or self._abort is not None,
+                timeout=timedelta(seconds=inp.payment_timeout_s),
+                timeout_summary="payment timeout",
+            )
+        except asyncio.TimeoutError:
+            return self._done(PaymentResult("TIMEOUT", auth.payment_id, detail="customer did not complete payment"))
+        if self._outcome is not None and self._outcome.type == SUCCEEDED:
+            return self._done(PaymentResult("AUTHORIZED", auth.payment_id, inp.amount_cents))
+        if self._outcome is not None:
+            return self._done(PaymentResult("DECLINED", auth.payment_id, detail="customer action failed"))
+        return self._done(PaymentResult("ABORTED", auth.payment_id, detail=self._abort))
+
+    def _done(self, result: PaymentResult) -> PaymentResult:
+        workflow.set_current_details(f"{result.status}" + (f": {result.detail}" if result.detail else ""))
+        return result
+
+    async def _tell_parent(self, progress: PaymentProgress) -> None:
+        try:
+            await workflow.get_external_workflow_handle(self._inp.parent_workflow_id).signal(
+                names.SIGNAL_PAYMENT_PROGRESS, progress
+            )
+        except Exception as e:  # the parent may already have closed; it no longer cares
+            workflow.logger.warning("could not tell %s: %s", self._inp.parent_workflow_id, e)
