@@ -64,8 +64,9 @@ async def offer(s: AsyncSession, *, order_id: str, courier_id: str) -> bool:
             & C.c.current_order_id.is_(None)
         )
         .values(current_order_id=order_id, assignment=OFFERED, updated_at=utcnow_iso())
+        .returning(C.c.courier_id)
     )
-    if res.rowcount == 1:
+    if res.first() is not None:
         return True
     held = (
         await s.execute(select(C.c.current_order_id).where(C.c.courier_id == courier_id))
@@ -78,8 +79,9 @@ async def assign(s: AsyncSession, *, order_id: str, courier_id: str) -> bool:
         update(C)
         .where((C.c.courier_id == courier_id) & (C.c.current_order_id == order_id))
         .values(assignment=ASSIGNED, updated_at=utcnow_iso())
+        .returning(C.c.courier_id)
     )
-    return res.rowcount == 1
+    return res.first() is not None
 
 
 async def release(s: AsyncSession, *, order_id: str, courier_id: str) -> bool:
@@ -87,5 +89,6 @@ async def release(s: AsyncSession, *, order_id: str, courier_id: str) -> bool:
         update(C)
         .where((C.c.courier_id == courier_id) & (C.c.current_order_id == order_id))
         .values(current_order_id=None, assignment=None, updated_at=utcnow_iso())
+        .returning(C.c.courier_id)
     )
-    return res.rowcount == 1
+    return res.first() is not None

@@ -11,7 +11,7 @@ transaction as the stock change it guards, as Seata's tcc_fence_log and DTM's ba
 * return   CONFIRMED -> RETURNED and ``sold -> available`` (compensation after confirm).
 
 Each state change is a conditional UPDATE on the fence row, so two racing callers cannot both
-move stock: exactly one sees rowcount 1.
+move stock: exactly one gets its row back from RETURNING.
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ def _key(order_id: str, location_id: str, sku: str):  # type: ignore[no-untyped-
     return (R.c.order_id == order_id) & (R.c.location_id == location_id) & (R.c.sku == sku)
 
 
-async def _fence_row(s: AsyncSession, order_id: str, location_id: str, sku: str) -> tuple[str, int] | None:
+async def _fence_row(
+    s: AsyncSession, order_id: str, location_id: str, sku: str
+) -> tuple[str, int] | None:
     row = (
         await s.execute(select(R.c.state, R.c.quantity).where(_key(order_id, location_id, sku)))
     ).first()
@@ -59,7 +61,13 @@ async def _fence_row(s: AsyncSession, order_id: str, location_id: str, sku: str)
 
 
 async def _set_state(
-    s: AsyncSession, order_id: str, location_id: str, sku: str, *, frm: ReservationState, to: ReservationState
+    s: AsyncSession,
+    order_id: str,
+    location_id: str,
+    sku: str,
+    *,
+    frm: ReservationState,
+    to: ReservationState,
 ) -> int | None:
     """Move the fence from ``frm`` to ``to``; return its quantity if this call moved it."""
     res = await s.execute(
@@ -84,12 +92,17 @@ async def try_reserve(
             s,
             R,
             dict(
-                order_id=order_id, location_id=location_id, sku=sku, quantity=quantity,
-                state=ReservationState.TRIED.value, created_at=now, updated_at=now,
+                order_id=order_id,
+                location_id=location_id,
+                sku=sku,
+                quantity=quantity,
+                state=ReservationState.TRIED.value,
+                created_at=now,
+                updated_at=now,
             ),
         )
     )
-    if inserted.rowcount != 1:
+    if inserted.first() is None:
         existing = await _fence_row(s, order_id, location_id, sku)
         state = existing[0] if existing else None
         if state in (ReservationState.TRIED, ReservationState.CONFIRMED):
@@ -98,9 +111,12 @@ async def try_reserve(
     moved = await s.execute(
         update(S)
         .where((S.c.location_id == location_id) & (S.c.sku == sku) & (S.c.available >= quantity))
-        .values(available=S.c.available - quantity, reserved=S.c.reserved + quantity, updated_at=now)
+        .values(
+            available=S.c.available - quantity, reserved=S.c.reserved + quantity, updated_at=now
+        )
+        .returning(S.c.sku)
     )
-    if moved.rowcount != 1:
+    if moved.first() is None:
         raise OutOfStock(f"{sku} at {location_id}: fewer than {quantity} available")
     return BranchOutcome(state=ReservationState.TRIED, changed=True)
 
@@ -123,9 +139,7 @@ async def confirm(s: AsyncSession, *, order_id: str, location_id: str, sku: str)
     raise FenceRefused(f"confirm refused: branch is {state or 'not tried'}", state=state)
 
 
-async def cancel(
-    s: AsyncSession, *, order_id: str, location_id: str, sku: str
-) -> BranchOutcome:
+async def cancel(s: AsyncSession, *, order_id: str, location_id: str, sku: str) -> BranchOutcome:
     now = utcnow_iso()
     # Empty rollback: no try ever landed. Record the cancel so a late try is refused.
     inserted = await s.execute(
@@ -133,12 +147,17 @@ async def cancel(
             s,
             R,
             dict(
-                order_id=order_id, location_id=location_id, sku=sku, quantity=0,
-                state=ReservationState.CANCELLED.value, created_at=now, updated_at=now,
+                order_id=order_id,
+                location_id=location_id,
+                sku=sku,
+                quantity=0,
+                state=ReservationState.CANCELLED.value,
+                created_at=now,
+                updated_at=now,
             ),
         )
     )
-    if inserted.rowcount == 1:
+    if inserted.first() is not None:
         return BranchOutcome(state=ReservationState.CANCELLED, changed=False)
     qty = await _set_state(
         s, order_id, location_id, sku, frm=ReservationState.TRIED, to=ReservationState.CANCELLED
@@ -179,5 +198,7 @@ async def return_stock(
 
 async def stock_levels(s: AsyncSession, *, location_id: str, sku: str) -> Stock | None:
     return (
-        await s.execute(select(Stock).where((Stock.location_id == location_id) & (Stock.sku == sku)))
+        await s.execute(
+            select(Stock).where((Stock.location_id == location_id) & (Stock.sku == sku))
+        )
     ).scalar_one_or_none()

@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from store.models import Order, OrderTimeline
 from store.sql import insert_ignore
 
-O = Order.__table__
-T = OrderTimeline.__table__
+ORDERS = Order.__table__
+TIMELINE = OrderTimeline.__table__
 
 
 async def record_order(s: AsyncSession, *, view: dict[str, Any], seq: int) -> bool:
@@ -21,8 +21,8 @@ async def record_order(s: AsyncSession, *, view: dict[str, Any], seq: int) -> bo
     """
     order_id = view["order_id"]
     res = await s.execute(
-        update(O)
-        .where((O.c.order_id == order_id) & (O.c.seq < seq))
+        update(ORDERS)
+        .where((ORDERS.c.order_id == order_id) & (ORDERS.c.seq < seq))
         .values(
             status=view["status"],
             failure_reason=view["failure_reason"],
@@ -30,16 +30,19 @@ async def record_order(s: AsyncSession, *, view: dict[str, Any], seq: int) -> bo
             seq=seq,
             updated_at=view["updated_at"],
         )
+        .returning(ORDERS.c.order_id)
     )
-    written = res.rowcount == 1
+    written = res.first() is not None
     if not written:
-        exists = (await s.execute(select(O.c.seq).where(O.c.order_id == order_id))).first()
+        exists = (
+            await s.execute(select(ORDERS.c.seq).where(ORDERS.c.order_id == order_id))
+        ).first()
         if exists is None:
             # Started without the API (tests, operators replaying a workflow): create the row.
             ins = await s.execute(
                 insert_ignore(
                     s,
-                    O,
+                    ORDERS,
                     dict(
                         order_id=order_id,
                         customer_id=view["customer_id"],
@@ -57,9 +60,11 @@ async def record_order(s: AsyncSession, *, view: dict[str, Any], seq: int) -> bo
                     ),
                 )
             )
-            written = ins.rowcount == 1
+            written = ins.first() is not None
     for i, entry in enumerate(view["timeline"]):
         await s.execute(
-            insert_ignore(s, T, dict(order_id=order_id, seq=i, status=entry["status"], at=entry["at"]))
+            insert_ignore(
+                s, TIMELINE, dict(order_id=order_id, seq=i, status=entry["status"], at=entry["at"])
+            )
         )
     return written

@@ -1,4 +1,8 @@
-"""Dialect helpers for the few statements SQLite and PostgreSQL spell differently."""
+"""Dialect helpers for the few statements SQLite and PostgreSQL spell differently.
+
+Decisions are taken from ``RETURNING`` rows, never from ``rowcount``: psycopg reports -1 for
+``INSERT ... ON CONFLICT DO NOTHING`` through SQLAlchemy's insert path.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,16 @@ from typing import Any
 
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 
-def _insert(session: AsyncSession, table: Table) -> Any:
-    dialect = session.bind.dialect.name
+def insert_ignore(s: AsyncSession | AsyncConnection, table: Table, values: dict[str, Any]) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING RETURNING <pk>``: a row comes back iff it inserted."""
+    dialect = s.bind.dialect.name if isinstance(s, AsyncSession) else s.dialect.name
     if dialect == "postgresql":
-        return postgresql.insert(table)
-    if dialect == "sqlite":
-        return sqlite.insert(table)
-    raise RuntimeError(f"unsupported database dialect {dialect!r}")
-
-
-def insert_ignore(session: AsyncSession, table: Table, values: dict[str, Any]) -> Insert:
-    """``INSERT ... ON CONFLICT DO NOTHING``; the result's rowcount says whether it inserted."""
-    stmt: Insert = _insert(session, table).values(**values).on_conflict_do_nothing()
-    return stmt
+        ins: Any = postgresql.insert(table)
+    elif dialect == "sqlite":
+        ins = sqlite.insert(table)
+    else:
+        raise RuntimeError(f"unsupported database dialect {dialect!r}")
+    return ins.values(**values).on_conflict_do_nothing().returning(*table.primary_key.columns)
