@@ -1,0 +1,371 @@
+"""Payment activities: authorize, capture and void at the PSP, recorded in ``payments``.
+
+Every call that moves money carries the workflow's idempotency key, so a retry cannot charge
+twice; when a call ends with an unknown outcome (timeout, dropped connection) the next attempt
+first looks the intent up at the PSP and continues from what really happened.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from sqlalchemy import Table, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.sql.dml import Insert
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from domain import errors
+from domain.messages import (
+    AuthorizeInput,
+    AuthorizeResult,
+    CaptureInput,
+    CaptureResult,
+    VoidInput,
+    VoidResult,
+)
+from domain.names import ACT_AUTHORIZE_PAYMENT, ACT_CAPTURE_PAYMENT, ACT_VOID_PAYMENT
+from domain.status import PaymentStatus
+from store.models import Payment, utcnow_iso
+
+# ApplicationError types raised here besides those in domain.errors.
+PSP_UNAVAILABLE = "PspUnavailable"
+"""Retryable: the PSP answered 5xx/429 or could not be reached."""
+PSP_UNKNOWN_OUTCOME = "PspUnknownOutcome"
+"""Retryable: no answer in time; the next attempt looks the intent up before calling again."""
+PSP_PROTOCOL_ERROR = "PspProtocolError"
+"""Non-retryable: the PSP refused the request in a way a retry cannot fix."""
+ALREADY_CAPTURED = "AlreadyCaptured"
+PAYMENT_NOT_CAPTURABLE = "PaymentNotCapturable"
+CAPTURE_EXCEEDS_AUTHORIZED = "CaptureExceedsAuthorized"
+PAYMENT_NOT_FOUND = "PaymentNotFound"
+
+_PAYMENTS: Table = Payment.__table__  # type: ignore[attr-defined]
+
+_S = PaymentStatus
+#: The row statuses each new status may overwrite. A late or repeated activity never moves a
+#: payment backwards (e.g. an authorize retry cannot undo a capture or a void).
+_MAY_FOLLOW: dict[PaymentStatus, frozenset[PaymentStatus]] = {
+    _S.REQUIRES_ACTION: frozenset({_S.PENDING, _S.REQUIRES_ACTION}),
+    _S.AUTHORIZED: frozenset({_S.PENDING, _S.REQUIRES_ACTION, _S.AUTHORIZED}),
+    _S.DECLINED: frozenset({_S.PENDING, _S.REQUIRES_ACTION, _S.DECLINED}),
+    _S.CAPTURED: frozenset({_S.PENDING, _S.REQUIRES_ACTION, _S.AUTHORIZED, _S.CAPTURED}),
+    _S.VOIDED: frozenset({_S.PENDING, _S.REQUIRES_ACTION, _S.AUTHORIZED, _S.VOIDED}),
+}
+
+
+def insert_ignoring_conflicts(
+    session: AsyncSession, table: Table, values: dict[str, Any]
+) -> Insert:
+    """``INSERT ... ON CONFLICT DO NOTHING`` in the session's dialect (SQLite or PostgreSQL)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table).values(**values).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite.insert(table).values(**values).on_conflict_do_nothing()
+    raise RuntimeError(f"unsupported database dialect {dialect!r}")
+
+
+def _authorize_result(intent: dict[str, Any]) -> AuthorizeResult:
+    status = intent["status"]
+    if status in ("requires_capture", "succeeded"):
+        return AuthorizeResult(
+            status=_S.AUTHORIZED.value,
+            payment_id=intent["id"],
+            authorized_cents=intent["amount_cents"],
+        )
+    if status == "requires_action":
+        return AuthorizeResult(status=_S.REQUIRES_ACTION.value, payment_id=intent["id"])
+    detail = intent.get("last_error") or status
+    return AuthorizeResult(status=_S.DECLINED.value, payment_id=intent["id"], detail=detail)
+
+
+def _error_code(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return f"http_{response.status_code}"
+
+
+def _refused(
+    response: httpx.Response, what: str, error_type: str = PSP_PROTOCOL_ERROR
+) -> ApplicationError:
+    code = _error_code(response)
+    return ApplicationError(
+        f"PSP refused {what}: {response.status_code} {code}",
+        code,
+        type=error_type,
+        non_retryable=True,
+    )
+
+
+class PaymentActivities:
+    """Talks to the PSP over ``http`` and keeps tradeflow's ``payments`` row in step."""
+
+    def __init__(
+        self,
+        *,
+        http: httpx.AsyncClient,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        psp_url: str,
+        timeout_s: float = 3.0,
+    ) -> None:
+        self._http = http
+        self._sessions = sessionmaker
+        self._psp_url = psp_url.rstrip("/")
+        self._timeout_s = timeout_s
+
+    # ----------------------------------------------------------------------- activities
+
+    @activity.defn(name=ACT_AUTHORIZE_PAYMENT)
+    async def authorize_payment(self, inp: AuthorizeInput) -> AuthorizeResult:
+        # Our own record comes first, so a crash after the PSP call still leaves a trace.
+        await self._record_pending(inp)
+        intent: dict[str, Any] | None = None
+        if activity.info().attempt > 1:
+            intent = await self._find_intent(inp.order_id, idempotency_key=inp.idempotency_key)
+            if intent is not None:
+                activity.logger.info(
+                    "authorize retry found intent %s (%s)", intent["id"], intent["status"]
+                )
+        if intent is None:
+            response = await self._call(
+                "POST",
+                "/v1/payment_intents",
+                key=inp.idempotency_key,
+                json={
+                    "order_id": inp.order_id,
+                    "amount_cents": inp.amount_cents,
+                    "currency": inp.currency,
+                    "token": inp.token,
+                    "capture_method": "manual",
+                },
+            )
+            intent = self._authorization_from(response)
+        result = _authorize_result(intent)
+        await self._set_status(
+            inp.order_id,
+            PaymentStatus(result.status),
+            payment_id=result.payment_id,
+            authorized_cents=result.authorized_cents,
+        )
+        activity.logger.info(
+            "payment for order %s: %s (%s)", inp.order_id, result.status, result.payment_id
+        )
+        return result
+
+    @activity.defn(name=ACT_CAPTURE_PAYMENT)
+    async def capture_payment(self, inp: CaptureInput) -> CaptureResult:
+        await self._note_payment_id(inp.order_id, inp.payment_id)
+        intent: dict[str, Any] | None = None
+        if activity.info().attempt > 1:
+            found = await self._get_intent(inp.payment_id)
+            if found is not None and found["status"] == "succeeded":
+                intent = found
+        if intent is None:
+            body = {"amount_cents": inp.amount_cents} if inp.amount_cents > 0 else {}
+            response = await self._call(
+                "POST",
+                f"/v1/payment_intents/{inp.payment_id}/capture",
+                key=inp.idempotency_key,
+                json=body,
+            )
+            intent = await self._captured_from(response, inp.payment_id)
+        captured = int(intent["amount_received"])
+        await self._set_status(
+            inp.order_id, PaymentStatus.CAPTURED, payment_id=inp.payment_id, captured_cents=captured
+        )
+        activity.logger.info("captured %s on %s", captured, inp.payment_id)
+        return CaptureResult(payment_id=inp.payment_id, captured_cents=captured)
+
+    @activity.defn(name=ACT_VOID_PAYMENT)
+    async def void_payment(self, inp: VoidInput) -> VoidResult:
+        if inp.payment_id is not None:
+            candidates = [inp.payment_id]
+        else:
+            # Authorization never told us an id: every intent the PSP holds for the order.
+            candidates = [i["id"] for i in await self._list_intents(order_id=inp.order_id)]
+            if not candidates:
+                activity.logger.info("nothing to void for order %s", inp.order_id)
+                return VoidResult(payment_id=None, voided=False)
+        result = VoidResult(payment_id=candidates[-1], voided=False)
+        for payment_id in candidates:
+            if await self._cancel(payment_id, inp.idempotency_key):
+                result = VoidResult(payment_id=payment_id, voided=True)
+        if result.voided:
+            await self._set_status(inp.order_id, PaymentStatus.VOIDED, payment_id=result.payment_id)
+        activity.logger.info(
+            "void for order %s: %s (%s)", inp.order_id, result.voided, result.payment_id
+        )
+        return result
+
+    # --------------------------------------------------------------------- PSP calls
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        key: str | None = None,
+        json: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """One PSP request; transport failures and 5xx become retryable errors."""
+        headers = {"Idempotency-Key": key} if key else {}
+        try:
+            response = await self._http.request(
+                method,
+                f"{self._psp_url}{path}",
+                json=json,
+                params=params,
+                headers=headers,
+                timeout=self._timeout_s,
+            )
+        except httpx.TimeoutException as exc:
+            raise ApplicationError(
+                f"PSP {method} {path}: no answer within {self._timeout_s}s, outcome unknown",
+                type=PSP_UNKNOWN_OUTCOME,
+            ) from exc
+        except httpx.TransportError as exc:
+            raise ApplicationError(
+                f"PSP {method} {path} unreachable: {exc!r}", type=PSP_UNAVAILABLE
+            ) from exc
+        if response.status_code >= 500 or response.status_code == 429:
+            raise ApplicationError(
+                f"PSP {method} {path} answered {response.status_code}", type=PSP_UNAVAILABLE
+            )
+        return response
+
+    def _authorization_from(self, response: httpx.Response) -> dict[str, Any]:
+        if response.status_code in (200, 201):
+            intent: dict[str, Any] = response.json()
+            return intent
+        if response.status_code == 402:
+            # A decline is a business outcome, returned to the workflow, never raised.
+            declined: dict[str, Any] = response.json()["intent"]
+            return declined
+        if response.status_code == 400:
+            raise _refused(response, "the payment", errors.PAYMENT_INVALID)
+        raise _refused(response, "the payment")
+
+    async def _captured_from(self, response: httpx.Response, payment_id: str) -> dict[str, Any]:
+        if response.status_code in (200, 201):
+            intent: dict[str, Any] = response.json()
+            return intent
+        if response.status_code == 409:
+            # Not capturable now: fine if it is captured already (by an earlier attempt).
+            current = response.json().get("intent") or await self._get_intent(payment_id)
+            if current is not None and current["status"] == "succeeded":
+                return dict(current)
+            status = current["status"] if current else "unknown"
+            raise ApplicationError(
+                f"payment {payment_id} cannot be captured: it is {status}",
+                status,
+                type=PAYMENT_NOT_CAPTURABLE,
+                non_retryable=True,
+            )
+        if response.status_code == 404:
+            raise _refused(response, f"capture of {payment_id}", PAYMENT_NOT_FOUND)
+        if response.status_code == 422:
+            raise _refused(response, f"capture of {payment_id}", CAPTURE_EXCEEDS_AUTHORIZED)
+        raise _refused(response, f"capture of {payment_id}")
+
+    async def _cancel(self, payment_id: str, key: str) -> bool:
+        """True when the intent is (now or already) canceled; False when nothing was held."""
+        response = await self._call("POST", f"/v1/payment_intents/{payment_id}/cancel", key=key)
+        if response.status_code == 200:
+            return bool(response.json()["status"] == "canceled")
+        if response.status_code == 404:
+            activity.logger.warning("void: PSP does not know intent %s", payment_id)
+            return False
+        if response.status_code == 409:
+            current = response.json().get("intent") or await self._get_intent(payment_id)
+            status = current["status"] if current else "unknown"
+            if status == "succeeded":
+                raise ApplicationError(
+                    f"payment {payment_id} is captured; refund it instead of voiding",
+                    payment_id,
+                    type=ALREADY_CAPTURED,
+                    non_retryable=True,
+                )
+            return False  # declined: no money was ever held
+        raise _refused(response, f"void of {payment_id}")
+
+    async def _get_intent(self, payment_id: str) -> dict[str, Any] | None:
+        response = await self._call("GET", f"/v1/payment_intents/{payment_id}")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise _refused(response, f"lookup of {payment_id}")
+        intent: dict[str, Any] = response.json()
+        return intent
+
+    async def _list_intents(
+        self, *, order_id: str, idempotency_key: str | None = None
+    ) -> list[dict[str, Any]]:
+        params = {"order_id": order_id}
+        if idempotency_key is not None:
+            params["idempotency_key"] = idempotency_key
+        response = await self._call("GET", "/v1/payment_intents", params=params)
+        if response.status_code != 200:
+            raise _refused(response, f"lookup of order {order_id}")
+        items: list[dict[str, Any]] = response.json()["items"]
+        return items
+
+    async def _find_intent(self, order_id: str, *, idempotency_key: str) -> dict[str, Any] | None:
+        """The intent an earlier attempt created with this key, if the PSP has it."""
+        items = await self._list_intents(order_id=order_id, idempotency_key=idempotency_key)
+        return items[-1] if items else None
+
+    # -------------------------------------------------------------------- payments row
+
+    async def _record_pending(self, inp: AuthorizeInput) -> None:
+        async with self._sessions() as session, session.begin():
+            await session.exec(
+                insert_ignoring_conflicts(
+                    session,
+                    _PAYMENTS,
+                    {
+                        "order_id": inp.order_id,
+                        "payment_id": None,
+                        "idempotency_key": inp.idempotency_key,
+                        "status": PaymentStatus.PENDING.value,
+                        "currency": inp.currency,
+                        "amount_cents": inp.amount_cents,
+                        "authorized_cents": 0,
+                        "captured_cents": 0,
+                        "refunded_cents": 0,
+                        "updated_at": utcnow_iso(),
+                    },
+                )
+            )
+
+    async def _note_payment_id(self, order_id: str, payment_id: str) -> None:
+        """Record the intent id before moving money, if the row does not have it yet."""
+        c = _PAYMENTS.c
+        async with self._sessions() as session, session.begin():
+            await session.exec(
+                update(_PAYMENTS)
+                .where(c.order_id == order_id, c.payment_id.is_(None))
+                .values(payment_id=payment_id, updated_at=utcnow_iso())
+            )
+
+    async def _set_status(self, order_id: str, status: PaymentStatus, **values: Any) -> None:
+        """One conditional UPDATE: applies only where ``status`` may follow the current one."""
+        c = _PAYMENTS.c
+        allowed = [s.value for s in _MAY_FOLLOW[status]]
+        async with self._sessions() as session, session.begin():
+            result = await session.exec(
+                update(_PAYMENTS)
+                .where(c.order_id == order_id, c.status.in_(allowed))
+                .values(status=status.value, updated_at=utcnow_iso(), **values)
+            )
+        if result.rowcount == 0:
+            activity.logger.info(
+                "payments row of order %s not moved to %s (absent or further along)",
+                order_id,
+                status.value,
+            )

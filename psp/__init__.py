@@ -1,0 +1,1 @@
+"""Payment-provider simulator: a stand-in for Stripe PaymentIntents with its own ledger."""
