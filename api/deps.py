@@ -1,0 +1,97 @@
+"""``Annotated`` dependency aliases, so handlers read like sentences."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import redis.asyncio as aioredis
+from fastapi import Depends, Header, Request
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import Client
+
+from api.errors import FORBIDDEN, TEMPORAL_UNAVAILABLE, UNAUTHORIZED, ApiProblem, unavailable
+from api.state import AppState
+from infra.settings import Settings
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.tradeflow
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def get_session(state: StateDep) -> AsyncIterator[AsyncSession]:
+    async with state.sessionmaker() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def get_redis(state: StateDep) -> aioredis.Redis:
+    return state.redis
+
+
+RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
+
+
+def get_temporal(state: StateDep) -> Client:
+    client = state.temporal.client
+    if client is None:
+        raise unavailable(TEMPORAL_UNAVAILABLE, "not connected to the workflow service yet")
+    return client
+
+
+TemporalDep = Annotated[Client, Depends(get_temporal)]
+
+
+def get_optional_temporal(state: StateDep) -> Client | None:
+    return state.temporal.client
+
+
+OptionalTemporalDep = Annotated[Client | None, Depends(get_optional_temporal)]
+
+
+def require_admin(
+    state: StateDep,
+    x_admin_token: Annotated[str | None, Header(alias="X-Admin-Token")] = None,
+) -> None:
+    if not x_admin_token:
+        raise ApiProblem(401, UNAUTHORIZED, "the X-Admin-Token header is required")
+    if not hmac.compare_digest(
+        x_admin_token.encode("utf-8", "surrogateescape"), state.admin_token.encode("utf-8")
+    ):
+        raise ApiProblem(403, FORBIDDEN, "the admin token is not valid")
+
+
+AdminDep = Depends(require_admin)
+"""Use as ``dependencies=[AdminDep]`` on an admin router."""
+
+
+def idempotency_key(
+    key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> str:
+    # A 400 (not FastAPI's 422): the contract calls a missing key a bad request.
+    if key is None or not key.strip():
+        raise ApiProblem(400, "validation_error", "the Idempotency-Key header is required")
+    if len(key) > MAX_IDEMPOTENCY_KEY:
+        raise ApiProblem(
+            400, "validation_error", f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters"
+        )
+    return key
+
+
+IdempotencyKeyDep = Annotated[str, Depends(idempotency_key)]

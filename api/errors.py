@@ -1,0 +1,234 @@
+"""Every error leaves the API as ``application/problem+json`` with a stable ``code``.
+
+``{"type", "title", "status", "detail", "code"}`` (RFC 9457 plus ``code``). Nothing becomes a
+500: malformed requests are 4xx, failures of the database, Redis or Temporal are 503 with a
+``Retry-After``, and an exception nobody expected is logged with its traceback and answered
+with 503 ``internal_unavailable``.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from temporalio.service import RPCError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+# Stable codes the API answers with (besides the business codes raised by the services).
+VALIDATION_ERROR = "validation_error"
+NOT_FOUND = "not_found"
+METHOD_NOT_ALLOWED = "method_not_allowed"
+UNAUTHORIZED = "unauthorized"
+FORBIDDEN = "forbidden"
+CONFLICT = "conflict"
+TEMPORAL_UNAVAILABLE = "temporal_unavailable"
+DATABASE_UNAVAILABLE = "database_unavailable"
+REDIS_UNAVAILABLE = "redis_unavailable"
+INTERNAL_UNAVAILABLE = "internal_unavailable"
+
+_CODE_BY_STATUS = {
+    400: "bad_request",
+    401: UNAUTHORIZED,
+    403: FORBIDDEN,
+    404: NOT_FOUND,
+    405: METHOD_NOT_ALLOWED,
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: VALIDATION_ERROR,
+}
+
+RETRY_AFTER_UNAVAILABLE_S = 1
+
+
+class ApiProblem(Exception):
+    """Raise anywhere in a request to answer with a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        title: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.title = title
+        self.headers = headers
+        self.extra = extra
+
+    def response(self) -> JSONResponse:
+        return problem_response(
+            self.status,
+            self.code,
+            self.detail,
+            title=self.title,
+            headers=self.headers,
+            extra=self.extra,
+        )
+
+
+def unavailable(code: str, detail: str) -> ApiProblem:
+    return ApiProblem(503, code, detail, headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)})
+
+
+def problem_body(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    title: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": f"urn:tradeflow:problem:{code}",
+        "title": title or _phrase(status),
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    if extra:
+        body.update({k: v for k, v in extra.items() if k not in body})
+    return body
+
+
+def problem_response(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        problem_body(status, code, detail, title=title, extra=extra),
+        status_code=status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    out = []
+    for err in exc.errors():
+        loc = [p if isinstance(p, int) else str(p) for p in err.get("loc", ())]
+        out.append({"loc": loc, "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))})
+    return out
+
+
+async def _on_api_problem(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiProblem)
+    return exc.response()
+
+
+async def _on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = _validation_errors(exc)
+    detail = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in errors[:5]
+    )
+    return problem_response(
+        422, VALIDATION_ERROR, detail or "invalid request", extra={"errors": errors}
+    )
+
+
+async def _on_http_exception(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    if status >= 500:
+        # Starlette raises these only for its own faults; never let them surface as a 5xx
+        # other than "unavailable".
+        status = 503
+    code = _CODE_BY_STATUS.get(status, "http_error")
+    headers = dict(exc.headers) if exc.headers else None
+    return problem_response(status, code, str(exc.detail), headers=headers)
+
+
+async def _on_database_error(_request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, IntegrityError):
+        log.warning("integrity error: %s", exc)
+        return problem_response(409, CONFLICT, "the request conflicts with the stored data")
+    if isinstance(exc, DataError):
+        log.warning("data error: %s", exc)
+        return problem_response(422, VALIDATION_ERROR, "a value is out of range for storage")
+    log.error("database unavailable: %s", exc)
+    return unavailable(DATABASE_UNAVAILABLE, "the database is not answering").response()
+
+
+async def _on_redis_error(_request: Request, exc: Exception) -> JSONResponse:
+    log.error("redis unavailable: %s", exc)
+    return unavailable(REDIS_UNAVAILABLE, "redis is not answering").response()
+
+
+async def _on_temporal_error(_request: Request, exc: Exception) -> JSONResponse:
+    log.error("temporal call failed: %s", exc)
+    return unavailable(TEMPORAL_UNAVAILABLE, "the workflow service is not answering").response()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiProblem, _on_api_problem)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(SQLAlchemyError, _on_database_error)
+    app.add_exception_handler(RedisError, _on_redis_error)
+    app.add_exception_handler(RPCError, _on_temporal_error)
+    app.add_middleware(CatchAllMiddleware)
+
+
+class CatchAllMiddleware:
+    """Turns any exception that escaped the handlers into a 503 problem (never a 500).
+
+    Starlette's own last-resort handler answers 500 and re-raises; this sits inside it and
+    swallows the exception after logging it, so servers and test transports see a response.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError | OSError):
+                log.error("infrastructure failure on %s: %r", scope.get("path"), exc)
+            else:
+                log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                return  # the client sees a cut response; nothing better can be done now
+            response = unavailable(INTERNAL_UNAVAILABLE, "the service failed to answer").response()
+            await response(scope, receive, send)

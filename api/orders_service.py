@@ -1,0 +1,538 @@
+"""Orders through the API: accept idempotently, read your writes, cancel, courier events.
+
+The API never moves stock, money or couriers itself. Accepting an order is: price the cart
+from the catalogue (the price snapshot), insert the read-model row keyed by
+``(customer_id, Idempotency-Key)``, start ``OrderWorkflow``. Everything after that is the
+workflow's; the API asks it with queries and updates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Any
+
+from redis.exceptions import RedisError
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import (
+    Client,
+    RPCTimeoutOrCancelledError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from api import queries
+from api.errors import (
+    INTERNAL_UNAVAILABLE,
+    NOT_FOUND,
+    TEMPORAL_UNAVAILABLE,
+    VALIDATION_ERROR,
+    ApiProblem,
+    unavailable,
+)
+from api.pagination import decode_cursor, encode_cursor
+from api.schemas import INT32_MAX, MAX_QUANTITY, CheckoutBody, CourierEventIn
+from api.state import AppState
+from domain.messages import (
+    AmountsView,
+    CancelRequest,
+    CancelResult,
+    CheckoutInput,
+    CourierEvent,
+    CourierEventResult,
+    DeliveryAddress,
+    DeliveryView,
+    ItemView,
+    OrderLine,
+    OrderTimeouts,
+    OrderView,
+    PaymentView,
+    TimelineEntry,
+)
+from domain.money import DELIVERY_FEE_CENTS, line_total
+from domain.names import (
+    ORDER_WORKFLOW,
+    QUERY_ORDER,
+    SA_CUSTOMER_ID,
+    SA_FAILURE_REASON,
+    SA_ORDER_STATUS,
+    SA_ORDER_TOTAL_CENTS,
+    UPDATE_CANCEL,
+    UPDATE_COURIER_EVENT,
+    UPDATE_COURIER_RESPONSE,
+    delivery_workflow_id,
+    order_workflow_id,
+)
+from domain.status import TERMINAL_STATUSES, CourierEventType, OrderStatus
+from infra.telemetry import metrics
+from store.models import Location, Order, utcnow_iso
+
+log = logging.getLogger(__name__)
+
+# Business problem codes of the orders resource.
+UNKNOWN_SKU = "unknown_sku"
+UNKNOWN_LOCATION = "unknown_location"
+CURRENCY_MISMATCH = "currency_mismatch"
+IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+RATE_LIMITED = "rate_limited"
+NOT_CANCELLABLE = "not_cancellable"
+COURIER_MISMATCH = "courier_mismatch"
+OUT_OF_ORDER = "out_of_order"
+NOT_DISPATCHING = "not_dispatching"
+
+# ApplicationError types raised by the workflows' update validators.
+_NOT_CANCELLABLE_TYPE = "NotCancellable"
+_EVENT_REJECTION_CODES = {"CourierMismatch": COURIER_MISMATCH, "OutOfOrder": OUT_OF_ORDER}
+
+START_TIMEOUT = timedelta(seconds=10)
+QUERY_TIMEOUT = timedelta(seconds=5)
+UPDATE_TIMEOUT = timedelta(seconds=15)
+_GRACE_S = 1.0
+"""Local deadline on top of the RPC timeout, in case the client retries internally."""
+
+_SA_STATUS = SearchAttributeKey.for_keyword(SA_ORDER_STATUS)
+_SA_CUSTOMER = SearchAttributeKey.for_keyword(SA_CUSTOMER_ID)
+_SA_TOTAL = SearchAttributeKey.for_int(SA_ORDER_TOTAL_CENTS)
+_SA_FAILURE = SearchAttributeKey.for_keyword(SA_FAILURE_REASON)
+
+# Errors that mean "the workflow service did not answer" (a lazily connecting client raises
+# RuntimeError when the server is not there).
+_TEMPORAL_DOWN = (RPCError, RPCTimeoutOrCancelledError, RuntimeError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class Placed:
+    created: bool
+    """False when the request repeated an earlier one (same customer, key and body)."""
+    order: dict[str, Any]
+
+
+def request_hash(body: CheckoutBody) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def merge_lines(body: CheckoutBody) -> list[tuple[str, int]]:
+    """Quantities of repeated SKUs added up, in order of first appearance."""
+    merged: dict[str, int] = {}
+    for item in body.items:
+        merged[item.sku] = merged.get(item.sku, 0) + item.quantity
+    return list(merged.items())
+
+
+def snake_case(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def _application_error_type(exc: WorkflowUpdateFailedError) -> str | None:
+    cause: BaseException | None = exc.cause
+    while cause is not None:
+        if isinstance(cause, ApplicationError):
+            return cause.type
+        cause = cause.__cause__
+    return None
+
+
+def _format_amount(cents: int, currency: str) -> str:
+    return f"{cents // 100}.{cents % 100:02d} {currency}"
+
+
+class OrdersService:
+    def __init__(self, state: AppState) -> None:
+        self._state = state
+
+    @property
+    def _client(self) -> Client:
+        client = self._state.temporal.client
+        if client is None:
+            raise unavailable(TEMPORAL_UNAVAILABLE, "not connected to the workflow service yet")
+        return client
+
+    # ------------------------------------------------------------------------------ place
+
+    async def place(self, session: AsyncSession, body: CheckoutBody, key: str) -> Placed:
+        started = time.perf_counter()
+        await self._check_rate(body.customer_id)
+        currency, lines = await self._price(merge_lines(body))
+        digest = request_hash(body)
+        now = utcnow_iso()
+        view = self._initial_view(body, currency, lines, now)
+
+        location = await session.get(Location, body.location_id)
+        if location is None:
+            await session.rollback()
+            raise ApiProblem(422, UNKNOWN_LOCATION, f"location {body.location_id!r} does not exist")
+        inserted = await queries.insert_order_if_new(
+            session,
+            row={
+                "order_id": view.order_id,
+                "customer_id": body.customer_id,
+                "idempotency_key": key,
+                "request_hash": digest,
+                "location_id": body.location_id,
+                "status": view.status,
+                "failure_reason": None,
+                "currency": currency,
+                "total_cents": view.amounts.total_cents,
+                "seq": 0,
+                "view": asdict(view),
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        if inserted:
+            await session.commit()
+            metrics.orders_created.inc()
+            # Committed first: if Temporal is down the order waits here for a retry with the
+            # same key, which starts the workflow (USE_EXISTING makes that safe to repeat).
+            await self._start(self._checkout_input(asdict(view), body))
+            metrics.checkout_latency.observe(time.perf_counter() - started)
+            return Placed(created=True, order=asdict(view))
+
+        existing = await queries.order_by_key(
+            session, customer_id=body.customer_id, idempotency_key=key
+        )
+        await session.commit()
+        if existing is None:  # pragma: no cover - the conflicting row cannot vanish
+            raise unavailable(INTERNAL_UNAVAILABLE, "the order disappeared while being read")
+        if existing.request_hash != digest:
+            raise ApiProblem(
+                422,
+                IDEMPOTENCY_KEY_REUSED,
+                "this Idempotency-Key was used with a different request body",
+                extra={"order_id": existing.order_id},
+            )
+        if existing.status == OrderStatus.PENDING:
+            await self._start(self._checkout_input(dict(existing.view), body))
+        return Placed(created=False, order=await self.current_view(existing))
+
+    async def _check_rate(self, customer_id: str) -> None:
+        try:
+            decision = await self._state.checkout_limiter.allow(customer_id)
+        except (RedisError, OSError, TimeoutError) as exc:
+            # Fail open: a Redis outage must not stop checkout; the workflow still guards stock.
+            metrics.rate_limiter_fail_open.inc()
+            log.warning("rate limiter unavailable, letting %s through: %s", customer_id, exc)
+            return
+        if not decision.allowed:
+            metrics.checkout_rejected.labels(code=RATE_LIMITED).inc()
+            raise ApiProblem(
+                429,
+                RATE_LIMITED,
+                f"too many orders for this customer; retry in {decision.retry_after_header} s",
+                headers={"Retry-After": decision.retry_after_header},
+            )
+
+    async def _price(self, lines: list[tuple[str, int]]) -> tuple[str, list[OrderLine]]:
+        products = await self._state.catalogue.products(sku for sku, _ in lines)
+        unknown = [sku for sku, p in products.items() if p is None]
+        if unknown:
+            metrics.checkout_rejected.labels(code=UNKNOWN_SKU).inc()
+            raise ApiProblem(
+                422,
+                UNKNOWN_SKU,
+                f"unknown SKU(s): {', '.join(unknown[:10])}",
+                extra={"skus": unknown},
+            )
+        currencies = sorted({str(p["currency"]) for p in products.values() if p is not None})
+        if len(currencies) != 1:
+            raise ApiProblem(
+                422,
+                CURRENCY_MISMATCH,
+                f"all items must be sold in one currency, got {', '.join(currencies)}",
+            )
+        priced = []
+        for sku, quantity in lines:
+            if quantity > MAX_QUANTITY:
+                raise ApiProblem(
+                    422, VALIDATION_ERROR, f"quantity of {sku} exceeds {MAX_QUANTITY} in total"
+                )
+            product = products[sku]
+            assert product is not None
+            priced.append(
+                OrderLine(sku=sku, quantity=quantity, unit_price_cents=int(product["price_cents"]))
+            )
+        total = sum(line_total(li.unit_price_cents, li.quantity) for li in priced)
+        if total + DELIVERY_FEE_CENTS > INT32_MAX:
+            raise ApiProblem(422, VALIDATION_ERROR, "order total is too large")
+        return currencies[0], priced
+
+    def _initial_view(
+        self, body: CheckoutBody, currency: str, lines: list[OrderLine], now: str
+    ) -> OrderView:
+        order_id = "o_" + uuid.uuid4().hex
+        subtotal = sum(line_total(li.unit_price_cents, li.quantity) for li in lines)
+        return OrderView(
+            order_id=order_id,
+            workflow_id=order_workflow_id(order_id),
+            customer_id=body.customer_id,
+            location_id=body.location_id,
+            status=OrderStatus.PENDING.value,
+            failure_reason=None,
+            items=[ItemView(li.sku, li.quantity, li.unit_price_cents) for li in lines],
+            currency=currency,
+            amounts=AmountsView(
+                subtotal_cents=subtotal,
+                delivery_fee_cents=DELIVERY_FEE_CENTS,
+                total_cents=subtotal + DELIVERY_FEE_CENTS,
+            ),
+            payment=PaymentView(),
+            delivery=DeliveryView(),
+            refunds=[],
+            timeline=[TimelineEntry(status=OrderStatus.PENDING.value, at=now)],
+            created_at=now,
+            updated_at=now,
+        )
+
+    def _checkout_input(self, view: dict[str, Any], body: CheckoutBody) -> CheckoutInput:
+        """The workflow input: prices from the stored view (the snapshot), the rest from the
+        body (whose hash matched the stored one, so it is the body the order was made from)."""
+        settings = self._state.settings
+        return CheckoutInput(
+            order_id=view["order_id"],
+            customer_id=view["customer_id"],
+            location_id=view["location_id"],
+            currency=view["currency"],
+            lines=[
+                OrderLine(
+                    sku=i["sku"], quantity=i["quantity"], unit_price_cents=i["unit_price_cents"]
+                )
+                for i in view["items"]
+            ],
+            delivery=DeliveryAddress(
+                address=body.delivery.address, lat=body.delivery.lat, lng=body.delivery.lng
+            ),
+            payment_token=body.payment.token,
+            delivery_fee_cents=view["amounts"]["delivery_fee_cents"],
+            created_at=view["created_at"],
+            timeouts=OrderTimeouts(
+                payment_timeout_s=settings.payment_timeout_s,
+                offer_timeout_s=settings.offer_timeout_s,
+                max_offers=settings.max_offers,
+            ),
+            dispatch_task_queue=self._state.dispatch_task_queue,
+        )
+
+    async def _start(self, inp: CheckoutInput) -> None:
+        total = inp.delivery_fee_cents + sum(
+            line_total(li.unit_price_cents, li.quantity) for li in inp.lines
+        )
+        search_attributes = None
+        if self._state.search_attributes:
+            search_attributes = TypedSearchAttributes(
+                [
+                    SearchAttributePair(_SA_STATUS, OrderStatus.PENDING.value),
+                    SearchAttributePair(_SA_CUSTOMER, inp.customer_id),
+                    SearchAttributePair(_SA_TOTAL, total),
+                    SearchAttributePair(_SA_FAILURE, ""),
+                ]
+            )
+        summary = (
+            f"Order {inp.order_id} for {inp.customer_id}: {len(inp.lines)} lines, "
+            f"total {_format_amount(total, inp.currency)}"
+        )
+        unavailable_detail = (
+            "the workflow service is not answering; the order is stored and a retry with the "
+            "same Idempotency-Key starts it"
+        )
+        client = self._state.temporal.client
+        if client is None:
+            raise unavailable(TEMPORAL_UNAVAILABLE, unavailable_detail)
+        try:
+            await asyncio.wait_for(
+                client.start_workflow(
+                    ORDER_WORKFLOW,
+                    inp,
+                    id=order_workflow_id(inp.order_id),
+                    task_queue=self._state.orders_task_queue,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    static_summary=summary,
+                    search_attributes=search_attributes,
+                    rpc_timeout=START_TIMEOUT,
+                ),
+                timeout=START_TIMEOUT.total_seconds() + _GRACE_S,
+            )
+        except WorkflowAlreadyStartedError:
+            pass  # it ran already and closed: nothing to start
+        except _TEMPORAL_DOWN as exc:
+            log.error("could not start the workflow of order %s: %s", inp.order_id, exc)
+            raise unavailable(TEMPORAL_UNAVAILABLE, unavailable_detail) from exc
+
+    # ------------------------------------------------------------------------------- read
+
+    async def current_view(self, order: Order) -> dict[str, Any]:
+        """The order as of now: the workflow's own view while it runs, else the read model."""
+        stored = dict(order.view)
+        client = self._state.temporal.client
+        if order.status in TERMINAL_STATUSES or client is None:
+            return stored
+        handle = client.get_workflow_handle(order_workflow_id(order.order_id))
+        try:
+            live = await asyncio.wait_for(
+                handle.query(QUERY_ORDER, result_type=OrderView, rpc_timeout=QUERY_TIMEOUT),
+                timeout=QUERY_TIMEOUT.total_seconds() + _GRACE_S,
+            )
+        except Exception as exc:
+            # The read model is at most one transition behind; better than no answer.
+            log.info("query of order %s failed, serving the read model: %s", order.order_id, exc)
+            return stored
+        return asdict(live)
+
+    async def get(self, session: AsyncSession, order_id: str) -> dict[str, Any]:
+        order = await self._load(session, order_id)
+        return await self.current_view(order)
+
+    async def _load(self, session: AsyncSession, order_id: str) -> Order:
+        # populate_existing: a second read in the same session must see the newest row.
+        order = await session.get(Order, order_id, populate_existing=True)
+        # End the transaction before any Temporal call (SQLite holds its lock until then).
+        await session.commit()
+        if order is None:
+            raise ApiProblem(404, NOT_FOUND, f"order {order_id!r} does not exist")
+        return order
+
+    async def list_page(
+        self,
+        session: AsyncSession,
+        *,
+        customer_id: str | None,
+        status: str | None,
+        limit: int,
+        cursor: str | None,
+    ) -> dict[str, Any]:
+        before = None
+        if cursor is not None:
+            created_at, order_id = decode_cursor(cursor, 2)
+            before = (created_at, order_id)
+        rows = await queries.list_orders(
+            session, customer_id=customer_id, status=status, before=before, limit=limit + 1
+        )
+        await session.commit()
+        page = rows[:limit]
+        next_cursor = None
+        if len(rows) > limit:
+            next_cursor = encode_cursor(page[-1].created_at, page[-1].order_id)
+        return {"items": [dict(r.view) for r in page], "next_cursor": next_cursor}
+
+    # ----------------------------------------------------------------------------- cancel
+
+    async def cancel(self, session: AsyncSession, order_id: str, reason: str) -> dict[str, Any]:
+        await self._load(session, order_id)
+        handle = self._client.get_workflow_handle(order_workflow_id(order_id))
+        try:
+            await asyncio.wait_for(
+                handle.execute_update(
+                    UPDATE_CANCEL,
+                    CancelRequest(reason=reason),
+                    result_type=CancelResult,
+                    rpc_timeout=UPDATE_TIMEOUT,
+                ),
+                timeout=UPDATE_TIMEOUT.total_seconds() + _GRACE_S,
+            )
+        except WorkflowUpdateFailedError as exc:
+            error_type = _application_error_type(exc)
+            view = await self.get(session, order_id)
+            if error_type == _NOT_CANCELLABLE_TYPE:
+                if view["status"] == OrderStatus.CANCELLED:
+                    return view  # repeating an accepted cancel
+                raise ApiProblem(
+                    409,
+                    NOT_CANCELLABLE,
+                    f"order is {view['status']}; it can be cancelled only before pick-up",
+                    extra={"order_status": view["status"]},
+                ) from exc
+            raise ApiProblem(
+                409,
+                snake_case(error_type) if error_type else NOT_CANCELLABLE,
+                f"cancel refused: {exc.cause}",
+                extra={"order_status": view["status"]},
+            ) from exc
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise unavailable(TEMPORAL_UNAVAILABLE, "the workflow service failed") from exc
+            # The workflow has closed (or never started): the read model has the last word.
+            view = await self.get(session, order_id)
+            if view["status"] == OrderStatus.CANCELLED:
+                return view
+            raise ApiProblem(
+                409,
+                NOT_CANCELLABLE,
+                f"order is {view['status']} and no longer running; it cannot be cancelled",
+                extra={"order_status": view["status"]},
+            ) from exc
+        except (RPCTimeoutOrCancelledError, RuntimeError, TimeoutError) as exc:
+            raise unavailable(TEMPORAL_UNAVAILABLE, "the workflow service did not answer") from exc
+        return await self.get(session, order_id)
+
+    # ---------------------------------------------------------------------- courier events
+
+    async def courier_event(
+        self, session: AsyncSession, order_id: str, event: CourierEventIn
+    ) -> dict[str, Any]:
+        await self._load(session, order_id)
+        if event.type in (CourierEventType.ACCEPTED, CourierEventType.DECLINED):
+            # Offers belong to the delivery workflow; it ends once a courier is assigned.
+            workflow_id, update, closed_code = (
+                delivery_workflow_id(order_id),
+                UPDATE_COURIER_RESPONSE,
+                NOT_DISPATCHING,
+            )
+        else:
+            workflow_id, update, closed_code = (
+                order_workflow_id(order_id),
+                UPDATE_COURIER_EVENT,
+                OUT_OF_ORDER,
+            )
+        handle = self._client.get_workflow_handle(workflow_id)
+        try:
+            result: CourierEventResult = await asyncio.wait_for(
+                handle.execute_update(
+                    update,
+                    CourierEvent(courier_id=event.courier_id, type=event.type.value),
+                    result_type=CourierEventResult,
+                    rpc_timeout=UPDATE_TIMEOUT,
+                ),
+                timeout=UPDATE_TIMEOUT.total_seconds() + _GRACE_S,
+            )
+        except WorkflowUpdateFailedError as exc:
+            error_type = _application_error_type(exc)
+            code = (
+                _EVENT_REJECTION_CODES.get(error_type, snake_case(error_type))
+                if error_type
+                else "event_rejected"
+            )
+            raise ApiProblem(409, code, f"{event.type.value} refused: {exc.cause}") from exc
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise unavailable(TEMPORAL_UNAVAILABLE, "the workflow service failed") from exc
+            detail = (
+                "the order is not being dispatched (no open offer)"
+                if closed_code == NOT_DISPATCHING
+                else f"the order does not accept {event.type.value} now"
+            )
+            raise ApiProblem(409, closed_code, detail) from exc
+        except (RPCTimeoutOrCancelledError, RuntimeError, TimeoutError) as exc:
+            raise unavailable(TEMPORAL_UNAVAILABLE, "the workflow service did not answer") from exc
+        return {
+            "order_id": order_id,
+            "courier_id": event.courier_id,
+            "type": event.type.value,
+            "status": result.status,
+            "accepted": result.accepted,
+        }

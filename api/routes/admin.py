@@ -1,0 +1,109 @@
+"""Admin writes: catalogue, stock levels, locations, couriers (header ``X-Admin-Token``).
+
+These are the only writes the API makes itself; orders, payments and couriers' orders belong
+to workflows.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path
+
+from api import queries
+from api.catalogue import product_dict
+from api.deps import AdminDep, SessionDep, StateDep
+from api.errors import NOT_FOUND, ApiProblem
+from api.routes.products import SkuPath
+from api.schemas import (
+    CourierIn,
+    CourierOut,
+    LocationIn,
+    LocationOut,
+    Problem,
+    ProductIn,
+    ProductOut,
+    StockIn,
+    StockOut,
+)
+from store.models import Location, Product
+
+IdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+router = APIRouter(
+    prefix="/v1/admin",
+    tags=["admin"],
+    dependencies=[AdminDep],
+    responses={
+        401: {"model": Problem, "description": "No X-Admin-Token header"},
+        403: {"model": Problem, "description": "Wrong admin token"},
+    },
+)
+
+
+@router.put("/products/{sku}", response_model=ProductOut, summary="Create or replace a product")
+async def put_product(
+    sku: SkuPath, body: ProductIn, session: SessionDep, state: StateDep
+) -> dict[str, Any]:
+    row = await queries.upsert_product(
+        session,
+        sku=sku,
+        name=body.name,
+        price_cents=body.price_cents,
+        currency=body.currency,
+        hot=body.hot,
+    )
+    await session.commit()
+    # After the commit: a reader that loads between commit and invalidation is dropped by
+    # the cache's lease check, so the next GET sees the new price.
+    await state.catalogue.invalidate(sku)
+    return product_dict(Product(**row))
+
+
+@router.put(
+    "/inventory/{sku}",
+    response_model=StockOut,
+    responses={404: {"model": Problem, "description": "Unknown product or location"}},
+    summary="Set the sellable quantity (reserved and sold are untouched)",
+)
+async def put_inventory(sku: SkuPath, body: StockIn, session: SessionDep) -> dict[str, Any]:
+    if await session.get(Product, sku) is None:
+        await session.rollback()
+        raise ApiProblem(404, NOT_FOUND, f"product {sku!r} does not exist")
+    if await session.get(Location, body.location_id) is None:
+        await session.rollback()
+        raise ApiProblem(404, NOT_FOUND, f"location {body.location_id!r} does not exist")
+    row = await queries.set_available(
+        session, sku=sku, location_id=body.location_id, available=body.available
+    )
+    await session.commit()
+    return {k: row[k] for k in ("sku", "location_id", "available", "reserved", "sold")}
+
+
+@router.put(
+    "/locations/{location_id}",
+    response_model=LocationOut,
+    summary="Create or replace a store / warehouse",
+)
+async def put_location(
+    location_id: IdPath, body: LocationIn, session: SessionDep
+) -> dict[str, Any]:
+    row = await queries.upsert_location(
+        session, location_id=location_id, name=body.name, lat=body.lat, lng=body.lng
+    )
+    await session.commit()
+    return row
+
+
+@router.put(
+    "/couriers/{courier_id}",
+    response_model=CourierOut,
+    summary="Create a courier or set its position and availability",
+    description="Never changes the courier's current offer or assignment (dispatch owns those).",
+)
+async def put_courier(courier_id: IdPath, body: CourierIn, session: SessionDep) -> dict[str, Any]:
+    row = await queries.upsert_courier(
+        session, courier_id=courier_id, lat=body.lat, lng=body.lng, available=body.available
+    )
+    await session.commit()
+    return row

@@ -1,0 +1,35 @@
+"""Courier app events: accept / decline an offer, picked up, delivered."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from api.deps import SessionDep, StateDep
+from api.orders_service import OrdersService
+from api.routes.orders import OrderIdPath
+from api.schemas import CourierEventAccepted, CourierEventIn, Problem
+
+router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"])
+
+
+@router.post(
+    "/{order_id}/events",
+    status_code=202,
+    summary="A courier's event for an order",
+    description=(
+        "`accepted`/`declined` answer the open offer (409 `not_dispatching` when there is "
+        "none, 409 `courier_mismatch` from another courier); `picked_up`/`delivered` move the "
+        "order (409 `out_of_order`, 409 `courier_mismatch`)."
+    ),
+    responses={
+        202: {"model": CourierEventAccepted},
+        404: {"model": Problem, "description": "No such order"},
+        409: {"model": Problem, "description": "Event refused"},
+    },
+)
+async def post_delivery_event(
+    order_id: OrderIdPath, body: CourierEventIn, session: SessionDep, state: StateDep
+) -> JSONResponse:
+    result = await OrdersService(state).courier_event(session, order_id, body)
+    return JSONResponse(result, status_code=202)

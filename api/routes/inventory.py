@@ -1,0 +1,39 @@
+"""Stock levels per location."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from api import queries
+from api.deps import SessionDep
+from api.errors import NOT_FOUND, ApiProblem
+from api.routes.products import SkuPath
+from api.schemas import Problem, StockOut
+
+router = APIRouter(prefix="/v1/inventory", tags=["catalogue"])
+
+
+@router.get(
+    "/{sku}",
+    response_model=StockOut,
+    responses={404: {"model": Problem, "description": "No stock row for this SKU here"}},
+    summary="Available, reserved and sold units of a SKU at a location",
+)
+async def get_inventory(
+    sku: SkuPath,
+    session: SessionDep,
+    location_id: Annotated[str, Query(min_length=1, max_length=64)] = "main",
+) -> StockOut:
+    stock = await queries.get_stock(session, sku=sku, location_id=location_id)
+    await session.commit()
+    if stock is None:
+        raise ApiProblem(404, NOT_FOUND, f"no stock of {sku!r} at location {location_id!r}")
+    return StockOut(
+        sku=stock.sku,
+        location_id=stock.location_id,
+        available=stock.available,
+        reserved=stock.reserved,
+        sold=stock.sold,
+    )

@@ -1,0 +1,104 @@
+"""Orders: place (idempotent), read, list, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import JSONResponse
+
+from api.deps import IdempotencyKeyDep, SessionDep, StateDep
+from api.orders_service import OrdersService
+from api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from api.schemas import CancelBody, CheckoutBody, OrderOut, OrderPage, Problem
+from domain.status import OrderStatus
+
+router = APIRouter(prefix="/v1/orders", tags=["orders"])
+
+OrderIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+def _problem(description: str) -> dict[str, object]:
+    return {"model": Problem, "description": description}
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Place an order",
+    description=(
+        "Needs an `Idempotency-Key` header (1-255 characters). The first request answers 202 "
+        "with `Location`; the same customer, key and body again answers 200 with the same "
+        "order; the same key with another body answers 422 `idempotency_key_reused`. Lines "
+        "with the same SKU are merged (quantities added). Prices are snapshotted from the "
+        "catalogue; all items must share one currency (422 `currency_mismatch`)."
+    ),
+    responses={
+        200: {"model": OrderOut, "description": "Repeat of an earlier request"},
+        202: {"model": OrderOut, "description": "Accepted; the workflow runs"},
+        400: _problem("Missing or bad Idempotency-Key"),
+        422: _problem(
+            "validation_error, unknown_sku, unknown_location, currency_mismatch, "
+            "idempotency_key_reused"
+        ),
+        429: _problem("rate_limited (see Retry-After)"),
+        503: _problem("temporal_unavailable: the order is stored; retry with the same key"),
+    },
+)
+async def place_order(
+    body: CheckoutBody, key: IdempotencyKeyDep, session: SessionDep, state: StateDep
+) -> JSONResponse:
+    placed = await OrdersService(state).place(session, body, key)
+    order_id = placed.order["order_id"]
+    return JSONResponse(
+        placed.order,
+        status_code=202 if placed.created else 200,
+        headers={"Location": f"/v1/orders/{order_id}"},
+    )
+
+
+@router.get(
+    "",
+    summary="List orders, newest first",
+    responses={200: {"model": OrderPage}},
+)
+async def list_orders(
+    session: SessionDep,
+    state: StateDep,
+    customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    status: OrderStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=1024)] = None,
+) -> JSONResponse:
+    page = await OrdersService(state).list_page(
+        session,
+        customer_id=customer_id,
+        status=status.value if status is not None else None,
+        limit=limit,
+        cursor=cursor,
+    )
+    return JSONResponse(page)
+
+
+@router.get(
+    "/{order_id}",
+    summary="One order (reflects every transition that happened before the call)",
+    responses={200: {"model": OrderOut}, 404: _problem("No such order")},
+)
+async def get_order(order_id: OrderIdPath, session: SessionDep, state: StateDep) -> JSONResponse:
+    return JSONResponse(await OrdersService(state).get(session, order_id))
+
+
+@router.post(
+    "/{order_id}/cancel",
+    summary="Cancel an order before pick-up",
+    responses={
+        200: {"model": OrderOut, "description": "Cancel accepted (or already cancelled)"},
+        404: _problem("No such order"),
+        409: _problem("not_cancellable: picked up or at a terminal state"),
+    },
+)
+async def cancel_order(
+    order_id: OrderIdPath, body: CancelBody, session: SessionDep, state: StateDep
+) -> JSONResponse:
+    return JSONResponse(await OrdersService(state).cancel(session, order_id, body.reason))

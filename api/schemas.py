@@ -1,0 +1,234 @@
+"""Request and response bodies of the REST contract (docs/api.md), as pydantic models.
+
+Identifiers and free text refuse control characters (PostgreSQL cannot store NUL, and no
+client has a reason to send one); integers that end up in 32-bit columns are bounded, so that a
+malformed request is a 422 and never reaches the database as a failing statement.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
+
+from domain.status import CourierEventType
+
+INT32_MAX = 2_147_483_647
+"""Money and stock columns are 32-bit integers in the schema."""
+
+MAX_PRICE_CENTS = 1_000_000_000
+MAX_QUANTITY = 10_000
+MAX_STOCK = 1_000_000_000
+MAX_ORDER_LINES = 100
+
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_NO_CONTROL)]
+"""SKU, location, courier and order ids (64 characters, like their columns)."""
+CustomerId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_NO_CONTROL)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_NO_CONTROL)]
+Text = Annotated[str, StringConstraints(max_length=1000, pattern=r"^[^\x00]*$")]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+Lat = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
+Lng = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
+
+
+# --------------------------------------------------------------------------------- problems
+
+
+class Problem(BaseModel):
+    """``application/problem+json`` (RFC 9457) with a stable machine ``code``."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+
+
+# ------------------------------------------------------------------------ catalogue, stock
+
+
+class ProductOut(BaseModel):
+    sku: str
+    name: str
+    price_cents: int
+    currency: str
+    hot: bool
+
+
+class ProductPage(BaseModel):
+    items: list[ProductOut]
+    next_cursor: str | None
+
+
+class ProductIn(BaseModel):
+    name: Name
+    price_cents: Annotated[StrictInt, Field(ge=0, le=MAX_PRICE_CENTS)]
+    currency: Currency
+    hot: StrictBool | None = None
+    """Omitted on an update: the product keeps its current flag (False for a new product)."""
+
+
+class StockOut(BaseModel):
+    sku: str
+    location_id: str
+    available: int
+    reserved: int
+    sold: int
+
+
+class StockIn(BaseModel):
+    location_id: Id = "main"
+    available: Annotated[StrictInt, Field(ge=0, le=MAX_STOCK)]
+
+
+class LocationIn(BaseModel):
+    name: Name
+    lat: Lat
+    lng: Lng
+
+
+class LocationOut(BaseModel):
+    location_id: str
+    name: str
+    lat: float
+    lng: float
+
+
+class CourierIn(BaseModel):
+    lat: Lat
+    lng: Lng
+    available: StrictBool
+
+
+class CourierOut(BaseModel):
+    courier_id: str
+    lat: float
+    lng: float
+    available: bool
+    current_order_id: str | None
+    """The order the courier holds an offer for or is assigned to."""
+    assignment: str | None
+    """``OFFERED`` or ``ASSIGNED`` while ``current_order_id`` is set."""
+
+
+class CourierList(BaseModel):
+    items: list[CourierOut]
+
+
+# ----------------------------------------------------------------------------------- orders
+
+
+class OrderItemIn(BaseModel):
+    sku: Id
+    quantity: Annotated[StrictInt, Field(ge=1, le=MAX_QUANTITY)]
+
+
+class DeliveryIn(BaseModel):
+    address: Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00]+$")]
+    lat: Lat
+    lng: Lng
+
+
+class PaymentIn(BaseModel):
+    token: Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=_NO_CONTROL)]
+
+
+class CheckoutBody(BaseModel):
+    """``POST /v1/orders``. Lines with the same SKU are merged (quantities added)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "customer_id": "c-1",
+                "location_id": "main",
+                "items": [{"sku": "SKU-1", "quantity": 2}],
+                "delivery": {"address": "1 Main St", "lat": 31.23, "lng": 121.47},
+                "payment": {"token": "tok_ok"},
+            }
+        }
+    )
+
+    customer_id: CustomerId
+    location_id: Id = "main"
+    items: Annotated[list[OrderItemIn], Field(min_length=1, max_length=MAX_ORDER_LINES)]
+    delivery: DeliveryIn
+    payment: PaymentIn
+
+
+class CancelBody(BaseModel):
+    reason: Text
+
+
+class CourierEventIn(BaseModel):
+    courier_id: Id
+    type: CourierEventType
+
+
+class CourierEventAccepted(BaseModel):
+    order_id: str
+    courier_id: str
+    type: str
+    status: str
+    """The order's (``picked_up``/``delivered``) or the dispatch's (``accepted``/``declined``)
+    status after the event."""
+    accepted: bool
+
+
+# Documentation-only shapes of the Order resource. Handlers return the workflow's view as is
+# (``dataclasses.asdict(OrderView)``), so these are used in ``responses=`` and never validate.
+
+
+class ItemOut(BaseModel):
+    sku: str
+    quantity: int
+    unit_price_cents: int
+
+
+class AmountsOut(BaseModel):
+    subtotal_cents: int
+    delivery_fee_cents: int
+    total_cents: int
+    authorized_cents: int
+    captured_cents: int
+    refunded_cents: int
+
+
+class PaymentOut(BaseModel):
+    status: str
+    payment_id: str | None
+
+
+class DeliveryOut(BaseModel):
+    status: str
+    offered_to: str | None
+    courier_id: str | None
+
+
+class TimelineOut(BaseModel):
+    status: str
+    at: str
+
+
+class OrderOut(BaseModel):
+    order_id: str
+    workflow_id: str
+    customer_id: str
+    location_id: str
+    status: str
+    failure_reason: str | None
+    items: list[ItemOut]
+    currency: str
+    amounts: AmountsOut
+    payment: PaymentOut
+    delivery: DeliveryOut
+    refunds: list[dict[str, Any]]
+    timeline: list[TimelineOut]
+    created_at: str
+    updated_at: str
+
+
+class OrderPage(BaseModel):
+    items: list[OrderOut]
+    next_cursor: str | None

@@ -1,0 +1,100 @@
+"""GCRA rate limiter (a token bucket without a refill job), one Redis Lua script per decision.
+
+The Generic Cell Rate Algorithm keeps a single number per key, the *theoretical arrival time*
+(TAT): the moment the bucket would be full again. A request of ``cost`` tokens moves the TAT
+``cost`` emission intervals into the future; it is refused while that would put the TAT more
+than ``burst`` intervals ahead of now. The script reads the clock with ``redis.call('TIME')``,
+so every API replica judges by the same clock and client clock skew cannot matter.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+# KEYS[1] = bucket key
+# ARGV[1] = emission interval in microseconds (1e6 / rate), ARGV[2] = burst, ARGV[3] = cost
+# Returns {allowed (0/1), retry_after_us, remaining}.
+_GCRA_LUA = """
+local key = KEYS[1]
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+local tat = tonumber(redis.call('GET', key))
+if tat == nil or tat < now then
+  tat = now
+end
+
+local new_tat = tat + interval * cost
+local allow_at = new_tat - interval * burst
+local diff = now - allow_at
+
+if diff < 0 then
+  return {0, math.ceil(-diff), 0}
+end
+
+local ttl_ms = math.ceil((new_tat - now) / 1000)
+if ttl_ms < 1 then
+  ttl_ms = 1
+end
+redis.call('SET', key, string.format('%d', new_tat), 'PX', ttl_ms)
+return {1, 0, math.floor(diff / interval)}
+"""
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    allowed: bool
+    retry_after_s: float
+    """Seconds until the same request would be allowed; 0 when allowed."""
+    remaining: int
+    """Requests of cost 1 that would still be allowed right now."""
+
+    @property
+    def retry_after_header(self) -> str:
+        """``Retry-After`` value: whole seconds, rounded up, at least 1."""
+        return str(max(1, math.ceil(self.retry_after_s)))
+
+
+class GcraLimiter:
+    """``rate_per_s`` sustained, up to ``burst`` at once, per key."""
+
+    def __init__(
+        self, redis: aioredis.Redis, *, rate_per_s: float, burst: int, prefix: str
+    ) -> None:
+        if rate_per_s <= 0:
+            raise ValueError("rate_per_s must be > 0")
+        if burst < 1:
+            raise ValueError("burst must be >= 1")
+        self._redis = redis
+        self._interval_us = max(1, round(1_000_000 / rate_per_s))
+        self._burst = burst
+        self._prefix = prefix
+        # register_script runs EVALSHA and falls back to EVAL (loading the script) on NOSCRIPT.
+        self._script = redis.register_script(_GCRA_LUA)
+
+    @property
+    def burst(self) -> int:
+        return self._burst
+
+    def key(self, key: str) -> str:
+        return f"{self._prefix}:{key}"
+
+    async def allow(self, key: str, cost: int = 1) -> RateDecision:
+        """Take ``cost`` tokens for ``key`` if they are there. Raises redis errors as they come."""
+        if cost < 1 or cost > self._burst:
+            raise ValueError(f"cost must be between 1 and burst ({self._burst})")
+        allowed, retry_us, remaining = await self._script(
+            keys=[self.key(key)], args=[self._interval_us, self._burst, cost]
+        )
+        return RateDecision(
+            allowed=bool(int(allowed)),
+            retry_after_s=int(retry_us) / 1_000_000,
+            remaining=int(remaining),
+        )
