@@ -1,0 +1,21 @@
+# One image for every tradeflow process; docker-compose.yml picks the command
+# (python -m api, python worker.py, python -m psp, python -m cli.courier_sim, tradeflow ...).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    BIND_HOST=0.0.0.0 \
+    TRADEFLOW_DATA_DIR=/data
+
+WORKDIR /app
+COPY . .
+RUN pip install . \
+    && useradd --create-home --uid 10001 tradeflow \
+    && mkdir -p /data \
+    && chown tradeflow /data
+
+USER tradeflow
+EXPOSE 8000 8100
+CMD ["python", "-m", "api"]

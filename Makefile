@@ -1,0 +1,38 @@
+# One entry point per chore. `make up` and `make test` are all a newcomer needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+TRADEFLOW_TEST_PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+export TRADEFLOW_TEST_PG_URL
+
+.PHONY: venv up test lint clean
+
+## venv: create .venv and install tradeflow with its dev tools (again when pyproject.toml changes)
+venv: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e '.[dev]'
+	touch $(STAMP)
+
+## up: the whole stack in the foreground (Ctrl-C stops what it started)
+up: venv
+	exec $(BIN)/tradeflow up
+
+## test: the whole suite; a throwaway redis-server on :6379 if none answers there
+test: venv
+	PYTHON_BIN=$(BIN)/python scripts/with-redis.sh $(BIN)/pytest -q $(PYTEST_ARGS)
+
+## lint: ruff (lint + format) and mypy
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy domain workflows activities store infra api psp cli worker.py
+
+## clean: forget the local stack's state (orders, Temporal history, secrets, logs)
+clean:
+	rm -rf .data

@@ -1,0 +1,202 @@
+"""Simulated couriers: accept every offer, pick up and deliver, a few seconds apart.
+
+Plays the couriers whose ids start with ``TRADEFLOW_SIM_COURIER_PREFIX`` (default ``k-``), so
+real couriers (or a person with curl) can use other ids next to it. It only talks to the public
+API, exactly like a courier app: it polls ``GET /v1/couriers`` and posts delivery events.
+
+Run it with ``python -m cli.courier_sim`` or ``tradeflow courier-sim``; SIGTERM stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Sequence
+
+import httpx
+
+log = logging.getLogger("courier-sim")
+
+POLL_INTERVAL_S = 0.5
+OFFERED = "OFFERED"
+ASSIGNED = "ASSIGNED"
+FROM_OFFER = ("accepted", "picked_up", "delivered")
+#: After a simulator restart an accepted order may be before or after pick-up; try both.
+RESUME_ASSIGNED = ("picked_up", "delivered")
+
+
+def courier_prefix() -> str:
+    return os.environ.get("TRADEFLOW_SIM_COURIER_PREFIX", "k-")
+
+
+class CourierSimulator:
+    def __init__(
+        self, http: httpx.AsyncClient, *, prefix: str, step_s: float, stop: asyncio.Event
+    ) -> None:
+        self._http = http
+        self._prefix = prefix
+        self._step_s = step_s
+        self._stop = stop
+        self._handled: set[tuple[str, str]] = set()
+        """(courier, order) pairs already taken on, so an offer is played once."""
+        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._poll_failures = 0
+
+    async def run(self) -> None:
+        log.info("playing couriers %s* against %s", self._prefix, self._http.base_url)
+        try:
+            while not self._stop.is_set():
+                await self.tick()
+                await self._pause(POLL_INTERVAL_S)
+        finally:
+            for task in self._tasks.values():
+                task.cancel()
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            log.info("stopped")
+
+    async def tick(self) -> None:
+        couriers = await self._poll()
+        if couriers is None:
+            return
+        current: set[tuple[str, str]] = set()
+        for c in couriers:
+            courier_id, order_id = c.get("courier_id"), c.get("current_order_id")
+            if not isinstance(courier_id, str) or not courier_id.startswith(self._prefix):
+                continue
+            if not isinstance(order_id, str) or not order_id:
+                continue
+            key = (courier_id, order_id)
+            current.add(key)
+            if key in self._handled:
+                continue
+            assignment = c.get("assignment")
+            if assignment == OFFERED:
+                steps: Sequence[str] = FROM_OFFER
+            elif assignment == ASSIGNED:
+                steps = RESUME_ASSIGNED
+                log.info("%s holds order %s already; resuming the delivery", courier_id, order_id)
+            else:
+                continue
+            self._handled.add(key)
+            self._tasks[key] = asyncio.create_task(self._play(courier_id, order_id, steps))
+        for key in [k for k, t in self._tasks.items() if t.done()]:
+            del self._tasks[key]
+        # Forget pairs that are finished and no longer shown, so the set does not grow forever.
+        self._handled = {k for k in self._handled if k in current or k in self._tasks}
+
+    async def _poll(self) -> list[dict[str, object]] | None:
+        try:
+            r = await self._http.get("/v1/couriers")
+            r.raise_for_status()
+            items = r.json()["items"]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            self._poll_failures += 1
+            if self._poll_failures in (1, 10) or self._poll_failures % 120 == 0:
+                log.warning(
+                    "GET /v1/couriers failed (%d times so far): %r", self._poll_failures, exc
+                )
+            return None
+        if self._poll_failures:
+            log.info("API answers again")
+            self._poll_failures = 0
+        return [c for c in items if isinstance(c, dict)]
+
+    async def _play(self, courier_id: str, order_id: str, steps: Sequence[str]) -> None:
+        resuming = steps is RESUME_ASSIGNED
+        for kind in steps:
+            if await self._pause(self._step_s):
+                return
+            status = await self._send(courier_id, order_id, kind)
+            if status is None:
+                return
+            if status in (200, 202):
+                log.info("%s %s order %s", courier_id, kind, order_id)
+            elif status == 409 and resuming and kind == "picked_up":
+                log.info("%s: order %s is past pick-up already", courier_id, order_id)
+            elif status == 409:
+                log.info(
+                    "%s: %s for order %s refused (409); dropping it", courier_id, kind, order_id
+                )
+                return
+            else:
+                log.warning(
+                    "%s: %s for order %s answered %d; dropping it",
+                    courier_id,
+                    kind,
+                    order_id,
+                    status,
+                )
+                return
+
+    async def _send(self, courier_id: str, order_id: str, kind: str) -> int | None:
+        """POST one event; retry network errors and 5xx until it lands or we are stopped."""
+        attempts = 0
+        while not self._stop.is_set():
+            attempts += 1
+            try:
+                r = await self._http.post(
+                    f"/v1/deliveries/{order_id}/events",
+                    json={"courier_id": courier_id, "type": kind},
+                )
+            except httpx.HTTPError as exc:
+                if attempts in (1, 10) or attempts % 120 == 0:
+                    log.warning(
+                        "%s: %s for order %s: %r; retrying", courier_id, kind, order_id, exc
+                    )
+            else:
+                if r.status_code < 500 and r.status_code != 429:
+                    return r.status_code
+                if attempts in (1, 10) or attempts % 120 == 0:
+                    log.warning(
+                        "%s: %s for order %s answered %d; retrying",
+                        courier_id,
+                        kind,
+                        order_id,
+                        r.status_code,
+                    )
+            if await self._pause(POLL_INTERVAL_S):
+                break
+        return None
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep; True when told to stop meanwhile."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
+async def simulate(api_url: str, *, prefix: str, step_s: float) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with httpx.AsyncClient(base_url=api_url, timeout=5) as http:
+        await CourierSimulator(http, prefix=prefix, step_s=step_s, stop=stop).run()
+
+
+HELP = "play the simulated couriers (ids starting with TRADEFLOW_SIM_COURIER_PREFIX)"
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    subparsers.add_parser("courier-sim", help=HELP, description=HELP)
+
+
+def run(args: argparse.Namespace | None = None) -> int:
+    from infra.settings import Settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is noise
+    settings = Settings()
+    asyncio.run(
+        simulate(settings.resolved_api_url, prefix=courier_prefix(), step_s=settings.courier_step_s)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run())

@@ -1,0 +1,51 @@
+"""``tradeflow <command>``: one entry point, one module per subcommand.
+
+To add a subcommand, write ``cli/<name>.py`` with
+
+- ``add_parser(subparsers)``: add its parser (``subparsers.add_parser("<name>", help=...)``);
+- ``run(args) -> int``: do the work and return the exit code,
+
+and list it in ``SUBCOMMANDS``. Modules are imported only when their command runs (``--help``
+imports them all), so a slow import in one command does not slow the others down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: subcommand name -> module that implements it.
+SUBCOMMANDS: dict[str, str] = {
+    "up": "cli.up",
+    "migrate": "cli.migrate",
+    "seed": "cli.seed",
+    "courier-sim": "cli.courier_sim",
+    # Added by their owners: "check": "cli.check", "load": "cli.load", "history": "cli.history".
+}
+
+
+def build_parser(names: Sequence[str] = tuple(SUBCOMMANDS)) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tradeflow", description="tradeflow: order-fulfilment engine on Temporal"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name in names:
+        importlib.import_module(SUBCOMMANDS[name]).add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    # Import only the chosen command's module when the command is known; else build them all
+    # so that argparse can print the full usage.
+    chosen = next((a for a in args_list if not a.startswith("-")), None)
+    names = [chosen] if chosen in SUBCOMMANDS else list(SUBCOMMANDS)
+    args = build_parser(names).parse_args(args_list)
+    module = importlib.import_module(SUBCOMMANDS[args.command])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""docker-compose.yml cannot be run here (no Docker engine), so check what can go wrong in it:
+references between services, the variables tradeflow reads, ports, and the build."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from domain.names import SEARCH_ATTRIBUTE_TYPES
+from infra.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+KNOWN_VARIABLES = {f.alias for f in Settings.model_fields.values() if f.alias}
+PORT = re.compile(
+    r"^(?:(?P<ip>\d{1,3}(?:\.\d{1,3}){3}):)?(?:(?P<host>\d+):)?(?P<container>\d+)(?:/(?:tcp|udp))?$"
+)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def tradeflow_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in services.items() if "build" in s}
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def dependencies(service: dict[str, Any]) -> dict[str, str]:
+    deps = service.get("depends_on") or {}
+    if isinstance(deps, list):
+        return dict.fromkeys(deps, "service_started")
+    return {name: (cond or {}).get("condition", "service_started") for name, cond in deps.items()}
+
+
+def command_text(service: dict[str, Any]) -> str:
+    cmd = service.get("command") or ""
+    return " ".join(cmd) if isinstance(cmd, list) else str(cmd)
+
+
+def test_every_service_has_an_image_or_a_build(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        assert "image" in service or "build" in service, name
+
+
+def test_dependencies_name_existing_services_and_usable_conditions(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    conditions = {"service_started", "service_healthy", "service_completed_successfully"}
+    for name, service in services.items():
+        for dep, condition in dependencies(service).items():
+            assert dep in services, f"{name} depends on unknown service {dep}"
+            assert dep != name
+            assert condition in conditions, f"{name} -> {dep}: {condition}"
+            if condition == "service_healthy":
+                assert "healthcheck" in services[dep], f"{name} waits for {dep} to be healthy"
+
+
+def test_tradeflow_services_read_only_variables_tradeflow_knows(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    ours = tradeflow_services(services)
+    assert ours, "no service is built from the Dockerfile"
+    for name, service in ours.items():
+        unknown = {
+            var
+            for var in environment(service)
+            if var not in KNOWN_VARIABLES and not var.startswith("OTEL_")
+        }
+        assert not unknown, f"{name} sets variables infra/settings.py does not read: {unknown}"
+
+
+def test_every_tradeflow_process_runs_against_the_shared_infrastructure(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    expected = {
+        "api": "python -m api",
+        "worker": "python worker.py",
+        "psp": "python -m psp",
+        "courier-sim": "python -m cli.courier_sim",
+    }
+    for name, command in expected.items():
+        service = services[name]
+        assert command_text(service) == command
+        env = environment(service)
+        assert env["DATABASE_URL"].startswith("postgresql+psycopg://")
+        assert env["REDIS_URL"].startswith("redis://redis:")
+        assert env["TEMPORAL_ADDRESS"] == "temporal:7233"
+        assert env["BIND_HOST"] == "0.0.0.0"
+        assert env["TRADEFLOW_OTEL_EXPORTER"] == "otlp"
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+    assert services["worker"]["deploy"]["replicas"] >= 2
+
+
+def test_secrets_are_shared_and_come_from_the_operator(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The PSP signs webhooks the API checks: one secret for all, and never a default."""
+    for name in ("api", "psp", "worker"):
+        env = environment(services[name])
+        for var in ("TRADEFLOW_ADMIN_TOKEN", "TRADEFLOW_WEBHOOK_SECRET"):
+            assert re.fullmatch(r"\$\{" + var + r":\?[^}]*\}", env[var]), (name, var)
+
+
+def test_temporal_runs_on_postgresql_with_the_custom_search_attributes(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    temporal = services["temporal"]
+    assert temporal["image"].startswith("temporalio/auto-setup")
+    assert environment(temporal)["DB"] == "postgres12"
+    assert "postgresql" in dependencies(temporal)
+    assert services["postgresql"]["image"].startswith("postgres:16")
+    assert services["temporal-ui"]["image"].startswith("temporalio/ui")
+    assert "8233:8080" in services["temporal-ui"]["ports"]
+
+    setup = services["temporal-admin-tools"]
+    assert setup["image"].startswith("temporalio/admin-tools")
+    script = command_text(setup)
+    assert "temporal operator search-attribute create" in script
+    for name, kind in SEARCH_ATTRIBUTE_TYPES.items():
+        assert re.search(rf"--name {name} --type {kind}\b", script), name
+    for name in ("api", "worker"):
+        assert dependencies(services[name]).get("temporal-admin-tools") == (
+            "service_completed_successfully"
+        )
+
+
+def test_ports_are_well_formed(services: dict[str, dict[str, Any]]) -> None:
+    published: list[str] = []
+    for name, service in services.items():
+        for port in service.get("ports") or []:
+            m = PORT.match(str(port))
+            assert m, f"{name}: malformed port {port!r}"
+            for group in ("host", "container"):
+                if m.group(group):
+                    assert 1 <= int(m.group(group)) <= 65535, f"{name}: {port!r}"
+            if m.group("host"):
+                published.append(m.group("host"))
+    assert len(published) == len(set(published)), f"a host port is published twice: {published}"
+
+
+def test_the_image_is_built_from_the_dockerfile(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in tradeflow_services(services).items():
+        build = service["build"]
+        context = build if isinstance(build, str) else build.get("context", ".")
+        dockerfile = (
+            "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+        )
+        assert (ROOT / context / dockerfile).is_file(), name
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim", text, re.MULTILINE)
+    assert "pip install ." in text

@@ -1,0 +1,211 @@
+"""Every process reads the same environment variables the same way (infra/settings.py)."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from infra.settings import Settings, parse_rate, to_async_url, to_sync_url
+
+ALIASES = [f.alias for f in Settings.model_fields.values() if f.alias]
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """A clean environment (nothing from the caller's shell) with a private data dir."""
+    for name in ALIASES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("TRADEFLOW_DATA_DIR", str(tmp_path / "data"))
+    return monkeypatch
+
+
+def test_defaults_match_the_documented_configuration_table(env: pytest.MonkeyPatch) -> None:
+    s = Settings()
+    assert s.redis_url == "redis://127.0.0.1:6379/0"
+    assert s.temporal_address == "127.0.0.1:7233"
+    assert s.temporal_namespace == "default"
+    assert (s.temporal_ui_port, s.api_port, s.psp_port) == (8233, 8000, 8100)
+    assert s.bind_host == "127.0.0.1"
+    assert s.courier_simulator is True
+    assert s.demo is True
+    assert s.payment_timeout_s == 900
+    assert (s.offer_timeout_s, s.max_offers) == (30, 5)
+    assert s.psp_action_delay_s == 3
+    assert (s.checkout_rate, s.checkout_burst) == ("10/s", 20)
+    assert s.resolved_psp_url == "http://127.0.0.1:8100"
+    assert s.resolved_api_url == "http://127.0.0.1:8000"
+
+
+def test_data_dir_defaults_to_dot_data(env: pytest.MonkeyPatch) -> None:
+    env.delenv("TRADEFLOW_DATA_DIR")
+    assert Settings().data_dir == Path(".data")
+
+
+@pytest.mark.parametrize(
+    ("text", "per_second"),
+    [("10/s", 10.0), ("30/m", 0.5), ("3600/h", 1.0), (" 5 / sec ", 5.0), ("1.5/second", 1.5)],
+)
+def test_rates_are_read_as_events_per_second(text: str, per_second: float) -> None:
+    assert parse_rate(text) == pytest.approx(per_second)
+
+
+@pytest.mark.parametrize("text", ["fast", "10", "10/d", "-1/s", "/s", "ten/s", ""])
+def test_malformed_rates_are_refused_with_an_example_of_the_format(text: str) -> None:
+    with pytest.raises(ValueError, match="'10/s'"):
+        parse_rate(text)
+
+
+def test_checkout_rate_from_the_environment(env: pytest.MonkeyPatch) -> None:
+    env.setenv("TRADEFLOW_CHECKOUT_RATE", "120/m")
+    assert Settings().checkout_rate_per_s == pytest.approx(2.0)
+
+
+def test_a_bad_checkout_rate_names_the_variable(env: pytest.MonkeyPatch) -> None:
+    env.setenv("TRADEFLOW_CHECKOUT_RATE", "lots")
+    with pytest.raises(ValidationError) as excinfo:
+        Settings()
+    assert "TRADEFLOW_CHECKOUT_RATE" in str(excinfo.value)
+    assert "'10/s'" in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        *[("on", True), ("ON", True), ("1", True), ("true", True), ("yes", True)],
+        *[("off", False), ("Off", False), ("0", False), ("false", False), ("no", False)],
+    ],
+)
+def test_switches_read_on_and_off(env: pytest.MonkeyPatch, text: str, value: bool) -> None:
+    env.setenv("TRADEFLOW_COURIER_SIMULATOR", text)
+    env.setenv("TRADEFLOW_DEMO", text)
+    s = Settings()
+    assert s.courier_simulator is value
+    assert s.demo is value
+
+
+@pytest.mark.parametrize("name", ["TRADEFLOW_COURIER_SIMULATOR", "TRADEFLOW_DEMO"])
+def test_a_switch_that_is_neither_on_nor_off_is_refused(env: pytest.MonkeyPatch, name: str) -> None:
+    env.setenv(name, "maybe")
+    with pytest.raises(ValidationError, match="on/off"):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("API_PORT", "eighty"),
+        ("TRADEFLOW_MAX_OFFERS", "0"),
+        ("TRADEFLOW_PAYMENT_TIMEOUT_S", "0"),
+        ("TRADEFLOW_OFFER_TIMEOUT_S", "-5"),
+        ("TRADEFLOW_CHECKOUT_BURST", "0"),
+        ("TRADEFLOW_PSP_ACTION_DELAY_S", "-1"),
+        ("TRADEFLOW_COURIER_STEP_S", "soon"),
+    ],
+)
+def test_out_of_range_numbers_are_refused(env: pytest.MonkeyPatch, name: str, value: str) -> None:
+    env.setenv(name, value)
+    with pytest.raises(ValidationError) as excinfo:
+        Settings()
+    assert name in str(excinfo.value)
+
+
+def test_numbers_and_names_come_from_the_environment(env: pytest.MonkeyPatch) -> None:
+    env.setenv("API_PORT", "18000")
+    env.setenv("PSP_PORT", "18100")
+    env.setenv("TEMPORAL_ADDRESS", "temporal:7233")
+    env.setenv("TEMPORAL_NAMESPACE", "shop")
+    env.setenv("TRADEFLOW_OFFER_TIMEOUT_S", "2.5")
+    env.setenv("TRADEFLOW_TASK_QUEUES", "orders")
+    s = Settings()
+    assert (s.api_port, s.psp_port) == (18000, 18100)
+    assert (s.temporal_address, s.temporal_namespace) == ("temporal:7233", "shop")
+    assert s.offer_timeout_s == 2.5
+    assert s.task_queues == "orders"
+    assert s.resolved_psp_url == "http://127.0.0.1:18100"
+    assert s.resolved_api_url == "http://127.0.0.1:18000"
+
+
+def test_explicit_service_urls_win_over_ports(env: pytest.MonkeyPatch) -> None:
+    env.setenv("TRADEFLOW_PSP_URL", "http://psp:8100")
+    env.setenv("TRADEFLOW_API_URL", "http://api:8000")
+    s = Settings()
+    assert (s.resolved_psp_url, s.resolved_api_url) == ("http://psp:8100", "http://api:8000")
+
+
+def test_without_database_url_the_database_is_sqlite_in_the_data_dir(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    s = Settings()
+    db = (tmp_path / "data" / "tradeflow.db").resolve()
+    assert s.sync_database_url == f"sqlite:///{db}"
+    assert s.async_database_url == f"sqlite+aiosqlite:///{db}"
+
+
+@pytest.mark.parametrize(
+    ("given", "sync", "async_"),
+    [
+        (
+            "postgresql://postgres@127.0.0.1:5432/test",
+            "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+            "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+        ),
+        (
+            "postgres://u:p@db/shop",
+            "postgresql+psycopg://u:p@db/shop",
+            "postgresql+psycopg://u:p@db/shop",
+        ),
+        (
+            "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+            "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+            "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+        ),
+        ("sqlite+aiosqlite:////tmp/x.db", "sqlite:////tmp/x.db", "sqlite+aiosqlite:////tmp/x.db"),
+        ("sqlite:////tmp/x.db", "sqlite:////tmp/x.db", "sqlite+aiosqlite:////tmp/x.db"),
+    ],
+)
+def test_database_url_serves_both_sync_tools_and_async_engines(
+    env: pytest.MonkeyPatch, given: str, sync: str, async_: str
+) -> None:
+    env.setenv("DATABASE_URL", given)
+    s = Settings()
+    assert (s.sync_database_url, s.async_database_url) == (sync, async_)
+    assert to_sync_url(given) == sync
+    assert to_async_url(given) == async_
+
+
+def test_secrets_are_random_per_data_dir_and_kept_across_restarts(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    first = Settings()
+    token, secret = first.resolved_admin_token, first.resolved_webhook_secret
+    assert len(token) >= 24 and len(secret) >= 24
+    assert token != secret
+
+    again = Settings()  # a restart, or another process on the same data dir
+    assert (again.resolved_admin_token, again.resolved_webhook_secret) == (token, secret)
+    for name in ("admin_token", "webhook_secret"):
+        mode = (tmp_path / "data" / name).stat().st_mode
+        assert stat.S_IMODE(mode) == 0o600, "secrets must not be readable by other users"
+
+    env.setenv("TRADEFLOW_DATA_DIR", str(tmp_path / "other"))
+    elsewhere = Settings()
+    assert elsewhere.resolved_admin_token != token
+    assert elsewhere.resolved_webhook_secret != secret
+
+
+def test_secrets_from_the_environment_win_and_write_no_file(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    env.setenv("TRADEFLOW_ADMIN_TOKEN", "admin-from-env")
+    env.setenv("TRADEFLOW_WEBHOOK_SECRET", "secret-from-env")
+    s = Settings()
+    assert (s.resolved_admin_token, s.resolved_webhook_secret) == (
+        "admin-from-env",
+        "secret-from-env",
+    )
+    assert not (tmp_path / "data" / "admin_token").exists()
+    assert not (tmp_path / "data" / "webhook_secret").exists()
