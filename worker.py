@@ -14,8 +14,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -47,7 +49,7 @@ class Dependencies:
     http: httpx.AsyncClient
     psp_url: str
 
-    def activities(self) -> list[object]:
+    def activities(self) -> list[Callable[..., Any]]:
         sessions = make_sessionmaker(self.engine)
         inventory = InventoryActivities(sessionmaker=sessions)
         orders = OrderActivities(sessionmaker=sessions)
@@ -119,7 +121,9 @@ async def serve(settings: Settings, queues: list[str]) -> None:
         Runtime.set_default(
             Runtime(
                 telemetry=TelemetryConfig(
-                    metrics=PrometheusConfig(bind_address=f"{settings.bind_host}:{settings.worker_metrics_port}")
+                    metrics=PrometheusConfig(
+                        bind_address=f"{settings.bind_host}:{settings.worker_metrics_port}"
+                    )
                 )
             ),
             error_if_already_set=False,
@@ -131,7 +135,12 @@ async def serve(settings: Settings, queues: list[str]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    log.info("worker serving %s on %s (%s)", ", ".join(queues), settings.temporal_address, settings.temporal_namespace)
+    log.info(
+        "worker serving %s on %s (%s)",
+        ", ".join(queues),
+        settings.temporal_address,
+        settings.temporal_namespace,
+    )
     runs = [asyncio.create_task(w.run()) for w in workers]
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*runs, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -145,7 +154,9 @@ async def serve(settings: Settings, queues: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--queues",
         default=settings.task_queues,
@@ -156,7 +167,9 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [q for q in queues if q not in WORKFLOWS_BY_QUEUE]
     if unknown or not queues:
         parser.error(f"unknown task queue(s) {unknown}; choose from {', '.join(ALL_TASK_QUEUES)}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     asyncio.run(serve(settings, queues))
 
 

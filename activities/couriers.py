@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
 from domain.messages import CourierOffer, FindCourierInput, FoundCourier, OfferResult
@@ -37,9 +38,13 @@ class CourierActivities:
     @activity.defn(name=ACT_ASSIGN_COURIER)
     async def assign_courier(self, inp: CourierOffer) -> OfferResult:
         async with self._sessions() as s, s.begin():
-            return OfferResult(offered=await fleet.assign(s, order_id=inp.order_id, courier_id=inp.courier_id))
+            return OfferResult(
+                offered=await fleet.assign(s, order_id=inp.order_id, courier_id=inp.courier_id)
+            )
 
     @activity.defn(name=ACT_RELEASE_COURIER)
     async def release_courier(self, inp: CourierOffer) -> OfferResult:
         async with self._sessions() as s, s.begin():
-            return OfferResult(offered=await fleet.release(s, order_id=inp.order_id, courier_id=inp.courier_id))
+            return OfferResult(
+                offered=await fleet.release(s, order_id=inp.order_id, courier_id=inp.courier_id)
+            )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -26,7 +27,10 @@ class InventoryActivities:
         try:
             async with self._sessions() as s, s.begin():
                 out = await ledger.try_reserve(
-                    s, order_id=key.order_id, location_id=key.location_id, sku=key.sku,
+                    s,
+                    order_id=key.order_id,
+                    location_id=key.location_id,
+                    sku=key.sku,
                     quantity=key.quantity,
                 )
         except ledger.OutOfStock as e:
@@ -58,7 +62,12 @@ class InventoryActivities:
                 str(e), e.state, type=errors.RESERVATION_CONFLICT, non_retryable=True
             ) from e
         activity.logger.info(
-            "%s %s/%s/%s -> %s%s", activity.info().activity_type, key.order_id, key.location_id,
-            key.sku, out.state, "" if out.changed else " (no change)",
+            "%s %s/%s/%s -> %s%s",
+            activity.info().activity_type,
+            key.order_id,
+            key.location_id,
+            key.sku,
+            out.state,
+            "" if out.changed else " (no change)",
         )
         return ReservationResult(state=out.state, changed=out.changed)

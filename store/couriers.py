@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import math
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store.models import Courier, Location, utcnow_iso
 
-C = Courier.__table__
-L = Location.__table__
+C: Table = Courier.__table__  # type: ignore[attr-defined]
+L: Table = Location.__table__  # type: ignore[attr-defined]
 
 OFFERED = "OFFERED"
 ASSIGNED = "ASSIGNED"

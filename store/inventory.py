@@ -18,15 +18,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.status import ReservationState
 from store.models import Reservation, Stock, utcnow_iso
 from store.sql import insert_ignore
 
-R = Reservation.__table__
-S = Stock.__table__
+R: Table = Reservation.__table__  # type: ignore[attr-defined]
+S: Table = Stock.__table__  # type: ignore[attr-defined]
 
 
 class OutOfStock(Exception):
@@ -194,11 +194,3 @@ async def return_stock(
     if existing and existing[0] == ReservationState.RETURNED:
         return BranchOutcome(state=ReservationState.RETURNED, changed=False)
     return await cancel(s, order_id=order_id, location_id=location_id, sku=sku)
-
-
-async def stock_levels(s: AsyncSession, *, location_id: str, sku: str) -> Stock | None:
-    return (
-        await s.execute(
-            select(Stock).where((Stock.location_id == location_id) & (Stock.sku == sku))
-        )
-    ).scalar_one_or_none()

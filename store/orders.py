@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store.models import Order, OrderTimeline
 from store.sql import insert_ignore
 
-ORDERS = Order.__table__
-TIMELINE = OrderTimeline.__table__
+ORDERS: Table = Order.__table__  # type: ignore[attr-defined]
+TIMELINE: Table = OrderTimeline.__table__  # type: ignore[attr-defined]
 
 
 async def record_order(s: AsyncSession, *, view: dict[str, Any], seq: int) -> bool:

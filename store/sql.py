@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 def insert_ignore(s: AsyncSession | AsyncConnection, table: Table, values: dict[str, Any]) -> Any:
     """``INSERT ... ON CONFLICT DO NOTHING RETURNING <pk>``: a row comes back iff it inserted."""
-    dialect = s.bind.dialect.name if isinstance(s, AsyncSession) else s.dialect.name
+    dialect = (s.get_bind() if isinstance(s, AsyncSession) else s).dialect.name
     if dialect == "postgresql":
         ins: Any = postgresql.insert(table)
     elif dialect == "sqlite":

@@ -50,16 +50,31 @@ class Stack:
     orders_queue: str
     dispatch_queue: str
 
-    async def seed_product(self, sku: str, price_cents: int, available: int, *, hot: bool = False) -> None:
+    async def seed_product(
+        self, sku: str, price_cents: int, available: int, *, hot: bool = False
+    ) -> None:
         sessions = make_sessionmaker(self.engine)
         async with sessions() as s, s.begin():
-            s.add(Product(sku=sku, name=f"Product {sku}", price_cents=price_cents, currency="USD", hot=hot))
+            s.add(
+                Product(
+                    sku=sku, name=f"Product {sku}", price_cents=price_cents, currency="USD", hot=hot
+                )
+            )
             s.add(Stock(location_id="main", sku=sku, available=available, stocked=available))
 
-    async def seed_courier(self, courier_id: str, km_north: float, *, available: bool = True) -> None:
+    async def seed_courier(
+        self, courier_id: str, km_north: float, *, available: bool = True
+    ) -> None:
         sessions = make_sessionmaker(self.engine)
         async with sessions() as s, s.begin():
-            s.add(Courier(courier_id=courier_id, lat=MAIN[0] + km_north / 111.0, lng=MAIN[1], available=available))
+            s.add(
+                Courier(
+                    courier_id=courier_id,
+                    lat=MAIN[0] + km_north / 111.0,
+                    lng=MAIN[1],
+                    available=available,
+                )
+            )
 
     async def stock(self, sku: str) -> tuple[int, int, int]:
         """(available, reserved, sold) at main."""
@@ -77,7 +92,9 @@ class Stack:
         async with self.engine.connect() as c:
             row = (
                 await c.execute(
-                    select(Courier.current_order_id, Courier.assignment).where(Courier.courier_id == courier_id)
+                    select(Courier.current_order_id, Courier.assignment).where(
+                        Courier.courier_id == courier_id
+                    )
                 )
             ).one()
         return (row[0], row[1])
@@ -85,7 +102,12 @@ class Stack:
     async def read_model(self, order_id: str) -> dict[str, Any]:
         async with self.engine.connect() as c:
             row = (
-                await c.execute(text("SELECT status, failure_reason, seq, view FROM orders WHERE order_id = :o"), {"o": order_id})
+                await c.execute(
+                    text(
+                        "SELECT status, failure_reason, seq, view FROM orders WHERE order_id = :o"
+                    ),
+                    {"o": order_id},
+                )
             ).one()
         view = json.loads(row[3]) if isinstance(row[3], str) else row[3]
         return {"status": row[0], "failure_reason": row[1], "seq": row[2], "view": view}
@@ -93,7 +115,9 @@ class Stack:
     async def reservations(self, order_id: str) -> dict[str, str]:
         async with self.engine.connect() as c:
             rows = (
-                await c.execute(text("SELECT sku, state FROM reservations WHERE order_id = :o"), {"o": order_id})
+                await c.execute(
+                    text("SELECT sku, state FROM reservations WHERE order_id = :o"), {"o": order_id}
+                )
             ).all()
         return {r[0]: r[1] for r in rows}
 
@@ -121,7 +145,8 @@ class Stack:
             payment_token=token,
             delivery_fee_cents=DELIVERY_FEE_CENTS,
             created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            timeouts=timeouts or OrderTimeouts(payment_timeout_s=60, offer_timeout_s=10, max_offers=3),
+            timeouts=timeouts
+            or OrderTimeouts(payment_timeout_s=60, offer_timeout_s=10, max_offers=3),
             dispatch_task_queue=self.dispatch_queue,
         )
 
@@ -145,9 +170,9 @@ async def view_of(handle: WorkflowHandle[Any, Any]) -> OrderView:
 
 
 async def wait_for_view(
-    handle: WorkflowHandle[Any, Any], pred: Callable[[OrderView], bool], *, timeout: float = 30.0
+    handle: WorkflowHandle[Any, Any], pred: Callable[[OrderView], bool], *, within: float = 30.0
 ) -> OrderView:
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     last: OrderView | None = None
     while True:
         with contextlib.suppress(Exception):
@@ -155,7 +180,7 @@ async def wait_for_view(
             if pred(last):
                 return last
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not reached in {timeout}s; last view: {last}")
+            raise AssertionError(f"condition not reached in {within}s; last view: {last}")
         await asyncio.sleep(0.05)
 
 

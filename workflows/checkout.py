@@ -54,7 +54,6 @@ with workflow.unsafe.imports_passed_through():
         PaymentStatus,
         check_transition,
     )
-
     from workflows import options
     from workflows.saga import Saga
 
@@ -110,6 +109,7 @@ class OrderWorkflow:
         self._closing = False
         """Set once the saga has decided on a terminal outcome; no more cancels accepted."""
         self._awaiting_action = False
+        self._abort_sent = False
         self._picked_up = False
         self._delivered = False
 
@@ -130,7 +130,11 @@ class OrderWorkflow:
     def _validate_cancel(self, req: CancelRequest) -> None:
         if self._cancel_reason is not None or self._view.status == OrderStatus.CANCELLED:
             return  # repeating an accepted cancel is fine
-        if self._picked_up or self._closing or OrderStatus(self._view.status) not in CANCELLABLE_STATUSES:
+        if (
+            self._picked_up
+            or self._closing
+            or OrderStatus(self._view.status) not in CANCELLABLE_STATUSES
+        ):
             raise ApplicationError(
                 f"order is {self._view.status}" + (" and picked up" if self._picked_up else ""),
                 type="NotCancellable",
@@ -222,7 +226,9 @@ class OrderWorkflow:
         # 1-3. Reserve every line (TCC try, in parallel). A cancel is registered for every line
         # tried, whatever it answered: the fence makes a cancel with no try a recorded no-op.
         self._details("reserving stock")
-        keys = [ReservationKey(inp.order_id, inp.location_id, li.sku, li.quantity) for li in inp.lines]
+        keys = [
+            ReservationKey(inp.order_id, inp.location_id, li.sku, li.quantity) for li in inp.lines
+        ]
         for key in keys:
             saga.add(f"stock:{key.sku}", self._undo_reservation(key))
         results = await asyncio.gather(
@@ -330,18 +336,20 @@ class OrderWorkflow:
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             static_summary=f"Payment of {self._view.amounts.total_cents} {inp.currency} for order {inp.order_id}",
         )
-        abort_sent = False
+        self._abort_sent = False
         while True:
             await workflow.wait_condition(
-                lambda: child.done()
-                or (self._cancel_reason is not None and not abort_sent)
-                or (self._awaiting_action and self._view.status == OrderStatus.RESERVED)
+                lambda: (
+                    child.done()
+                    or (self._cancel_reason is not None and not self._abort_sent)
+                    or (self._awaiting_action and self._view.status == OrderStatus.RESERVED)
+                )
             )
             if child.done():
                 break
-            if self._cancel_reason is not None and not abort_sent:
+            if self._cancel_reason is not None and not self._abort_sent:
                 await child.signal(names.SIGNAL_ABORT_PAYMENT, AbortPayment(self._cancel_reason))
-                abort_sent = True
+                self._abort_sent = True
                 continue
             await self._transition(OrderStatus.AWAITING_PAYMENT)
             self._details(
@@ -395,7 +403,10 @@ class OrderWorkflow:
         if result is None or result.status != "ASSIGNED" or not result.courier_id:
             self._view.delivery.status = DeliveryStatus.FAILED.value
             self._view.delivery.offered_to = None
-            raise _Failed(FailureReason.NO_COURIER, f"no courier accepted within {inp.timeouts.max_offers} offers")
+            raise _Failed(
+                FailureReason.NO_COURIER,
+                f"no courier accepted within {inp.timeouts.max_offers} offers",
+            )
         await self._transition(OrderStatus.COURIER_ASSIGNED)
         return result.courier_id
 
@@ -492,7 +503,8 @@ class OrderWorkflow:
             return
         await self._transition(status, reason)
         self._details(
-            f"{status.value}" + (f" ({reason.value})" if reason else "")
+            f"{status.value}"
+            + (f" ({reason.value})" if reason else "")
             + (f": {self._cancel_reason}" if status == OrderStatus.CANCELLED else "")
         )
 
@@ -539,5 +551,3 @@ class OrderWorkflow:
 def _is_app_error(e: BaseException, *types: str) -> bool:
     cause = e.__cause__ if isinstance(e, (ActivityError, ChildWorkflowError)) else e
     return isinstance(cause, ApplicationError) and cause.type in types
-
-

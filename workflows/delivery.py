@@ -28,7 +28,6 @@ with workflow.unsafe.imports_passed_through():
         OfferResult,
     )
     from domain.status import CourierEventType, DeliveryStatus
-
     from workflows import options
 
 
@@ -63,7 +62,9 @@ class DeliveryWorkflow:
             start_to_close_timeout=options.SHORT,
             retry_policy=options.FORWARD,
         )
-        await self._tell_parent(DeliveryProgress(DeliveryStatus.ASSIGNED.value, None, ev.courier_id))
+        await self._tell_parent(
+            DeliveryProgress(DeliveryStatus.ASSIGNED.value, None, ev.courier_id)
+        )
         self._assigned = True
         return CourierEventResult(accepted=True, status=self._state.status)
 
@@ -92,7 +93,9 @@ class DeliveryWorkflow:
                 )
                 if found.courier_id is None:
                     workflow.set_current_details("no free courier nearby; searching again shortly")
-                    await workflow.sleep(timedelta(seconds=inp.offer_timeout_s), summary="no courier free")
+                    await workflow.sleep(
+                        timedelta(seconds=inp.offer_timeout_s), summary="no courier free"
+                    )
                     continue
                 courier = found.courier_id
                 self._state.tried.append(courier)
@@ -120,7 +123,7 @@ class DeliveryWorkflow:
                         timeout=timedelta(seconds=inp.offer_timeout_s),
                         timeout_summary="offer timeout",
                     )
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 if self._answer is not None and self._answer.type == CourierEventType.ACCEPTED:
                     await workflow.wait_condition(

@@ -7,11 +7,11 @@ Capture and void are run by the order workflow, which owns the decision to take 
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 with workflow.unsafe.imports_passed_through():
     from domain import errors, names
@@ -25,7 +25,6 @@ with workflow.unsafe.imports_passed_through():
         PaymentResult,
     )
     from domain.status import PaymentStatus
-
     from workflows import options
 
 SUCCEEDED = "payment_intent.succeeded"
@@ -50,7 +49,9 @@ class PaymentWorkflow:
             return
         self._seen_events.add(ev.event_id)
         if self._payment_id is not None and ev.payment_id != self._payment_id:
-            workflow.logger.warning("event %s is for intent %s, not ours", ev.event_id, ev.payment_id)
+            workflow.logger.warning(
+                "event %s is for intent %s, not ours", ev.event_id, ev.payment_id
+            )
             return
         if self._outcome is None and ev.type in (SUCCEEDED, FAILED):
             self._outcome = ev
@@ -86,8 +87,10 @@ class PaymentWorkflow:
                 errors.PAYMENT_DECLINED,
             ):
                 return self._done(PaymentResult(status="DECLINED", detail=str(cause)))
-            if isinstance(cause, TimeoutError):
-                return self._done(PaymentResult(status="TIMEOUT", detail="PSP did not answer in time"))
+            if isinstance(cause, ActivityTimeout):
+                return self._done(
+                    PaymentResult(status="TIMEOUT", detail="PSP did not answer in time")
+                )
             raise
         self._payment_id = auth.payment_id
         if auth.status == PaymentStatus.AUTHORIZED:
@@ -96,7 +99,9 @@ class PaymentWorkflow:
             return self._done(PaymentResult("DECLINED", auth.payment_id, detail=auth.detail))
 
         # REQUIRES_ACTION: tell the order, then wait for the webhook, an abort or the timeout.
-        await self._tell_parent(PaymentProgress(PaymentStatus.REQUIRES_ACTION.value, auth.payment_id))
+        await self._tell_parent(
+            PaymentProgress(PaymentStatus.REQUIRES_ACTION.value, auth.payment_id)
+        )
         workflow.set_current_details(
             f"waiting up to {inp.payment_timeout_s:.0f}s for the customer to complete {auth.payment_id}"
         )
@@ -106,16 +111,24 @@ class PaymentWorkflow:
                 timeout=timedelta(seconds=inp.payment_timeout_s),
                 timeout_summary="payment timeout",
             )
-        except asyncio.TimeoutError:
-            return self._done(PaymentResult("TIMEOUT", auth.payment_id, detail="customer did not complete payment"))
+        except TimeoutError:
+            return self._done(
+                PaymentResult(
+                    "TIMEOUT", auth.payment_id, detail="customer did not complete payment"
+                )
+            )
         if self._outcome is not None and self._outcome.type == SUCCEEDED:
             return self._done(PaymentResult("AUTHORIZED", auth.payment_id, inp.amount_cents))
         if self._outcome is not None:
-            return self._done(PaymentResult("DECLINED", auth.payment_id, detail="customer action failed"))
+            return self._done(
+                PaymentResult("DECLINED", auth.payment_id, detail="customer action failed")
+            )
         return self._done(PaymentResult("ABORTED", auth.payment_id, detail=self._abort))
 
     def _done(self, result: PaymentResult) -> PaymentResult:
-        workflow.set_current_details(f"{result.status}" + (f": {result.detail}" if result.detail else ""))
+        workflow.set_current_details(
+            f"{result.status}" + (f": {result.detail}" if result.detail else "")
+        )
         return result
 
     async def _tell_parent(self, progress: PaymentProgress) -> None:

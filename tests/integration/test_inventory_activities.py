@@ -115,13 +115,17 @@ async def test_concurrent_tries_never_oversell(inv) -> None:  # type: ignore[no-
     )
     won = [r for r in results if not isinstance(r, BaseException)]
     lost = [r for r in results if isinstance(r, ApplicationError) and r.type == errors.OUT_OF_STOCK]
-    assert len(won) == 20 and len(lost) == 40, [r for r in results if isinstance(r, BaseException) and r not in lost]
+    assert len(won) == 20 and len(lost) == 40, [
+        r for r in results if isinstance(r, BaseException) and r not in lost
+    ]
     assert await _stock(engine) == (0, 20, 0)
 
 
 async def test_racing_cancels_on_a_branch_with_no_fence_row_do_not_double_release(inv) -> None:  # type: ignore[no-untyped-def]
     acts, engine = inv
-    results = await asyncio.gather(*(run(acts.cancel_reservation, key("o-race", 5)) for _ in range(8)))
+    results = await asyncio.gather(
+        *(run(acts.cancel_reservation, key("o-race", 5)) for _ in range(8))
+    )
     assert all(r.state == "CANCELLED" and not r.changed for r in results)
     assert await _stock(engine) == (20, 0, 0)
 
@@ -130,7 +134,9 @@ async def test_racing_try_and_cancel_end_with_stock_conserved(inv) -> None:  # t
     acts, engine = inv
     for i in range(15):
         k = key(f"o-tc{i}", 1)
-        await asyncio.gather(run(acts.try_reserve, k), run(acts.cancel_reservation, k), return_exceptions=True)
+        await asyncio.gather(
+            run(acts.try_reserve, k), run(acts.cancel_reservation, k), return_exceptions=True
+        )
         # Whatever order they landed in, a cancel was the last word: nothing stays reserved.
         await run(acts.cancel_reservation, k)
     assert await _stock(engine) == (20, 0, 0)
@@ -139,6 +145,8 @@ async def test_racing_try_and_cancel_end_with_stock_conserved(inv) -> None:  # t
 async def test_racing_confirms_move_stock_once(inv) -> None:  # type: ignore[no-untyped-def]
     acts, engine = inv
     await run(acts.try_reserve, key("o-c", 4))
-    results = await asyncio.gather(*(run(acts.confirm_reservation, key("o-c", 4)) for _ in range(6)))
+    results = await asyncio.gather(
+        *(run(acts.confirm_reservation, key("o-c", 4)) for _ in range(6))
+    )
     assert sum(r.changed for r in results) == 1
     assert await _stock(engine) == (16, 0, 4)

@@ -30,7 +30,9 @@ async def stack(ts_env: WorkflowEnvironment, sqlite_url: str, tmp_path: Path):  
 
 
 async def _cancel(handle, reason: str = "changed my mind") -> CancelResult:  # type: ignore[no-untyped-def]
-    return await handle.execute_update(UPDATE_CANCEL, CancelRequest(reason), result_type=CancelResult)
+    return await handle.execute_update(
+        UPDATE_CANCEL, CancelRequest(reason), result_type=CancelResult
+    )
 
 
 async def _until_offered(handle, courier: str):  # type: ignore[no-untyped-def]
@@ -54,7 +56,13 @@ async def test_happy_path_reaches_delivered_and_captures_once(stack: Stack) -> N
     total = 2 * PRICE + FEE
     assert final.status == "DELIVERED"
     assert [t.status for t in final.timeline] == [
-        "PENDING", "RESERVED", "PAID", "DISPATCHING", "COURIER_ASSIGNED", "OUT_FOR_DELIVERY", "DELIVERED",
+        "PENDING",
+        "RESERVED",
+        "PAID",
+        "DISPATCHING",
+        "COURIER_ASSIGNED",
+        "OUT_FOR_DELIVERY",
+        "DELIVERED",
     ]
     assert final.amounts.total_cents == total
     assert final.amounts.authorized_cents == total
@@ -163,7 +171,9 @@ async def test_cancel_after_pickup_is_refused_and_order_completes(stack: Stack) 
     assert [k for k, _ in await stack.ledger(inp.order_id)] == ["authorize", "capture"]
 
 
-async def test_courier_offer_timeout_reoffers_to_next_courier(stack: Stack, ts_env: WorkflowEnvironment) -> None:
+async def test_courier_offer_timeout_reoffers_to_next_courier(
+    stack: Stack, ts_env: WorkflowEnvironment
+) -> None:
     await stack.seed_courier("k-near", 0.5)
     await stack.seed_courier("k-far", 3.0)
     inp = stack.checkout([("SKU-1", 1, PRICE)])
@@ -212,7 +222,9 @@ async def test_no_courier_at_all_fails_voids_and_returns_stock(stack: Stack) -> 
     assert await stack.ledger(inp.order_id) == [("authorize", total), ("void", total)]
 
 
-async def test_courier_events_from_the_wrong_courier_or_out_of_order_are_refused(stack: Stack) -> None:
+async def test_courier_events_from_the_wrong_courier_or_out_of_order_are_refused(
+    stack: Stack,
+) -> None:
     await stack.seed_courier("k-1", 1.0)
     await stack.seed_courier("k-2", 2.0)
     inp = stack.checkout([("SKU-1", 1, PRICE)])
