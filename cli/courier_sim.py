@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 from collections.abc import Sequence
 
 import httpx
+
+from infra.settings import get_settings
 
 log = logging.getLogger("courier-sim")
 
@@ -29,7 +30,7 @@ RESUME_ASSIGNED = ("picked_up", "delivered")
 
 
 def courier_prefix() -> str:
-    return os.environ.get("TRADEFLOW_SIM_COURIER_PREFIX", "k-")
+    return get_settings().sim_courier_prefix
 
 
 class CourierSimulator:

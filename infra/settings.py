@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     task_queues: str = Field(default="orders,dispatch", alias="TRADEFLOW_TASK_QUEUES")
     worker_metrics_port: int = Field(default=0, alias="TRADEFLOW_WORKER_METRICS_PORT", ge=0)
     """Prometheus port for the worker's Temporal SDK metrics; 0 turns them off."""
+    sim_courier_prefix: str = Field(default="k-", alias="TRADEFLOW_SIM_COURIER_PREFIX")
+    """The courier simulator plays the couriers whose ids start with this."""
     courier_step_s: float = Field(default=2.0, alias="TRADEFLOW_COURIER_STEP_S", ge=0)
     """Simulated courier: seconds between accept, pick-up and delivery."""
 

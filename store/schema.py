@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
@@ -20,11 +23,30 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def migrate(url: str) -> None:
-    """Upgrade to head. Safe to call from many processes at once on PostgreSQL (advisory lock)."""
+    """Upgrade to head. Safe to call from many processes at once: PostgreSQL serialises them
+    with an advisory lock, SQLite with an exclusive lock on a file beside the database."""
     sync_url = to_sync_url(url)
+    lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if sync_url.startswith("sqlite:///"):
-        Path(sync_url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        db_file = Path(sync_url[len("sqlite:///") :].split("?", 1)[0])
+        db_file.parent.mkdir(parents=True, exist_ok=True)
+        lock = _file_lock(db_file.with_name(db_file.name + ".migrate.lock"))
+    with lock:
+        _upgrade(sync_url)
+
+
+def _upgrade(sync_url: str) -> None:
     engine = create_engine(sync_url, poolclass=pool.NullPool)
     try:
         with engine.begin() as conn:
