@@ -200,7 +200,8 @@ class OrdersService:
             metrics.orders_created.inc()
             # Committed first: if Temporal is down the order waits here for a retry with the
             # same key, which starts the workflow (USE_EXISTING makes that safe to repeat).
-            await self._start(self._checkout_input(asdict(view), body))
+            hot = {li.sku for li in lines if li.hot}
+            await self._start(self._checkout_input(asdict(view), body, hot))
             metrics.checkout_latency.observe(time.perf_counter() - started)
             return Placed(created=True, order=asdict(view))
 
@@ -218,7 +219,8 @@ class OrdersService:
                 extra={"order_id": existing.order_id},
             )
         if existing.status == OrderStatus.PENDING:
-            await self._start(self._checkout_input(dict(existing.view), body))
+            hot = {li.sku for li in lines if li.hot}
+            await self._start(self._checkout_input(dict(existing.view), body, hot))
         return Placed(created=False, order=await self.current_view(existing))
 
     async def _check_rate(self, customer_id: str) -> None:
@@ -265,7 +267,12 @@ class OrdersService:
             product = products[sku]
             assert product is not None
             priced.append(
-                OrderLine(sku=sku, quantity=quantity, unit_price_cents=int(product["price_cents"]))
+                OrderLine(
+                    sku=sku,
+                    quantity=quantity,
+                    unit_price_cents=int(product["price_cents"]),
+                    hot=bool(product.get("hot", False)),
+                )
             )
         total = sum(line_total(li.unit_price_cents, li.quantity) for li in priced)
         if total + DELIVERY_FEE_CENTS > INT32_MAX:
@@ -299,7 +306,9 @@ class OrdersService:
             updated_at=now,
         )
 
-    def _checkout_input(self, view: dict[str, Any], body: CheckoutBody) -> CheckoutInput:
+    def _checkout_input(
+        self, view: dict[str, Any], body: CheckoutBody, hot: set[str]
+    ) -> CheckoutInput:
         """The workflow input: prices from the stored view (the snapshot), the rest from the
         body (whose hash matched the stored one, so it is the body the order was made from)."""
         settings = self._state.settings
@@ -310,7 +319,10 @@ class OrdersService:
             currency=view["currency"],
             lines=[
                 OrderLine(
-                    sku=i["sku"], quantity=i["quantity"], unit_price_cents=i["unit_price_cents"]
+                    sku=i["sku"],
+                    quantity=i["quantity"],
+                    unit_price_cents=i["unit_price_cents"],
+                    hot=i["sku"] in hot,
                 )
                 for i in view["items"]
             ],

@@ -16,6 +16,8 @@ class OrderLine:
     quantity: int
     unit_price_cents: int
     """Price snapshotted from the catalogue when the order was accepted."""
+    hot: bool = False
+    """Flash-sale SKU: reserved through the Redis pre-deduction before the database."""
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,8 @@ class ReservationKey:
     location_id: str
     sku: str
     quantity: int
+    hot: bool = False
+    """Take the flash-sale path (Redis claim first, database for the winners only)."""
 
 
 @dataclass(frozen=True)

@@ -227,7 +227,8 @@ class OrderWorkflow:
         # tried, whatever it answered: the fence makes a cancel with no try a recorded no-op.
         self._details("reserving stock")
         keys = [
-            ReservationKey(inp.order_id, inp.location_id, li.sku, li.quantity) for li in inp.lines
+            ReservationKey(inp.order_id, inp.location_id, li.sku, li.quantity, li.hot)
+            for li in inp.lines
         ]
         for key in keys:
             saga.add(f"stock:{key.sku}", self._undo_reservation(key))
