@@ -336,6 +336,7 @@ class OrdersService:
                 payment_timeout_s=settings.payment_timeout_s,
                 offer_timeout_s=settings.offer_timeout_s,
                 max_offers=settings.max_offers,
+                reservation_ttl_s=settings.reservation_ttl_s,
             ),
             dispatch_task_queue=self._state.dispatch_task_queue,
         )

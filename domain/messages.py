@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 
 # --------------------------------------------------------------------------- order workflow
 
+#: Margin on top of the payment timeout before a reservation that was never confirmed lapses.
+RESERVATION_TTL_MARGIN_S = 120.0
+
 
 @dataclass(frozen=True)
 class OrderLine:
@@ -35,6 +38,15 @@ class OrderTimeouts:
     """How long one courier has to accept an offer."""
     max_offers: int = 5
     """How many couriers are tried before the order fails with NO_COURIER."""
+    reservation_ttl_s: float | None = None
+    """How long stock may stay reserved without being confirmed; None means the payment
+    timeout plus ``RESERVATION_TTL_MARGIN_S``. The order releases it on its own timer."""
+
+    @property
+    def effective_reservation_ttl_s(self) -> float:
+        if self.reservation_ttl_s is not None:
+            return self.reservation_ttl_s
+        return self.payment_timeout_s + RESERVATION_TTL_MARGIN_S
 
 
 @dataclass(frozen=True)

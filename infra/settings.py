@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     payment_timeout_s: float = Field(default=900.0, alias="TRADEFLOW_PAYMENT_TIMEOUT_S", gt=0)
     offer_timeout_s: float = Field(default=30.0, alias="TRADEFLOW_OFFER_TIMEOUT_S", gt=0)
     max_offers: int = Field(default=5, alias="TRADEFLOW_MAX_OFFERS", ge=1)
+    reservation_ttl_s: float | None = Field(default=None, alias="TRADEFLOW_RESERVATION_TTL_S", gt=0)
+    """Unconfirmed reservations lapse after this; default: payment timeout + 120 s."""
+    sweep_interval_s: float = Field(default=300.0, alias="TRADEFLOW_SWEEP_INTERVAL_S", gt=0)
+    """How often the inventory sweeper schedule runs."""
     psp_action_delay_s: float = Field(default=3.0, alias="TRADEFLOW_PSP_ACTION_DELAY_S", ge=0)
     checkout_rate: str = Field(default="10/s", alias="TRADEFLOW_CHECKOUT_RATE")
     checkout_burst: int = Field(default=20, alias="TRADEFLOW_CHECKOUT_BURST", ge=1)
@@ -89,6 +93,28 @@ class Settings(BaseSettings):
     """The courier simulator plays the couriers whose ids start with this."""
     courier_step_s: float = Field(default=2.0, alias="TRADEFLOW_COURIER_STEP_S", ge=0)
     """Simulated courier: seconds between accept, pick-up and delivery."""
+    psp_rate: str = Field(default="50/s", alias="TRADEFLOW_PSP_RATE")
+    """Calls to the PSP, all workers together (GCRA in Redis)."""
+    psp_burst: int = Field(default=100, alias="TRADEFLOW_PSP_BURST", ge=1)
+    psp_breaker_window_s: float = Field(default=10.0, alias="TRADEFLOW_PSP_BREAKER_WINDOW_S", gt=0)
+    """Sliding window the PSP breaker judges error and slow-call rates over."""
+    psp_breaker_min_calls: int = Field(default=50, alias="TRADEFLOW_PSP_BREAKER_MIN_CALLS", ge=1)
+    psp_breaker_failure_rate: float = Field(
+        default=0.5, alias="TRADEFLOW_PSP_BREAKER_FAILURE_RATE", gt=0, le=1
+    )
+    psp_breaker_slow_call_s: float = Field(
+        default=2.0, alias="TRADEFLOW_PSP_BREAKER_SLOW_CALL_S", gt=0
+    )
+    psp_breaker_slow_call_rate: float = Field(
+        default=0.8, alias="TRADEFLOW_PSP_BREAKER_SLOW_CALL_RATE", gt=0, le=1
+    )
+    psp_breaker_open_s: float = Field(default=5.0, alias="TRADEFLOW_PSP_BREAKER_OPEN_S", gt=0)
+    psp_breaker_probes: int = Field(default=3, alias="TRADEFLOW_PSP_BREAKER_PROBES", ge=1)
+    """Calls let through at once while the breaker is half-open."""
+    psp_breaker_probe_successes: int = Field(
+        default=2, alias="TRADEFLOW_PSP_BREAKER_PROBE_SUCCESSES", ge=1
+    )
+    """Successful half-open probes that close the breaker (capped at the probe count)."""
 
     @field_validator("courier_simulator", "demo", mode="before")
     @classmethod
@@ -104,6 +130,16 @@ class Settings(BaseSettings):
     @property
     def checkout_rate_per_s(self) -> float:
         return parse_rate(self.checkout_rate)
+
+    @field_validator("psp_rate")
+    @classmethod
+    def _check_psp_rate(cls, v: str) -> str:
+        parse_rate(v)
+        return v
+
+    @property
+    def psp_rate_per_s(self) -> float:
+        return parse_rate(self.psp_rate)
 
     @property
     def sync_database_url(self) -> str:

@@ -8,11 +8,14 @@ status: cancellation and courier pick-up are both Updates on this workflow, so t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeKey, WorkflowIDReusePolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.workflow import ChildWorkflowHandle
 
 with workflow.unsafe.imports_passed_through():
     from domain import errors, names
@@ -112,6 +115,8 @@ class OrderWorkflow:
         self._abort_sent = False
         self._picked_up = False
         self._delivered = False
+        self._children: list[ChildWorkflowHandle[object, object]] = []
+        self._writes: list[asyncio.Future[object]] = []
 
     # ------------------------------------------------------------------------------ handlers
 
@@ -201,7 +206,7 @@ class OrderWorkflow:
         )
         saga = Saga()
         try:
-            await self._record()
+            await self._write_read_model()
             await self._fulfil(saga)
         except _Cancelled:
             await self._finish(saga, OrderStatus.CANCELLED, None)
@@ -210,6 +215,7 @@ class OrderWorkflow:
         except asyncio.CancelledError:
             # Cancelled from outside (UI, CLI): undo what ran, then let Temporal close the run
             # as cancelled. After pick-up the goods are gone, so an operator must look.
+            await asyncio.shield(asyncio.ensure_future(self._settle()))
             if self._picked_up:
                 await asyncio.shield(asyncio.ensure_future(self._park("cancelled after pick-up")))
             else:
@@ -337,15 +343,33 @@ class OrderWorkflow:
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             static_summary=f"Payment of {self._view.amounts.total_cents} {inp.currency} for order {inp.order_id}",
         )
+        self._children.append(child)
         self._abort_sent = False
+        # The reservation's TTL is enforced here, on the order's own timer: whatever the
+        # payment child is stuck on (a PSP that keeps failing, a webhook that never comes),
+        # stock is not held past it.
+        ttl = timedelta(seconds=inp.timeouts.effective_reservation_ttl_s)
+        expires_at = workflow.now() + ttl
         while True:
-            await workflow.wait_condition(
-                lambda: (
-                    child.done()
-                    or (self._cancel_reason is not None and not self._abort_sent)
-                    or (self._awaiting_action and self._view.status == OrderStatus.RESERVED)
+            try:
+                await workflow.wait_condition(
+                    lambda: (
+                        child.done()
+                        or (self._cancel_reason is not None and not self._abort_sent)
+                        or (self._awaiting_action and self._view.status == OrderStatus.RESERVED)
+                    ),
+                    timeout=max(expires_at - workflow.now(), timedelta(seconds=1)),
+                    timeout_summary="reservation TTL",
                 )
-            )
+            except TimeoutError:
+                if child.done():
+                    break
+                child.cancel()
+                with contextlib.suppress(ChildWorkflowError, asyncio.CancelledError):
+                    await child
+                raise _Failed(
+                    FailureReason.PAYMENT_TIMEOUT, f"reservation expired after {ttl}"
+                ) from None
             if child.done():
                 break
             if self._cancel_reason is not None and not self._abort_sent:
@@ -387,6 +411,7 @@ class OrderWorkflow:
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             static_summary=f"Dispatch of order {inp.order_id} from {inp.location_id}",
         )
+        self._children.append(child)
         await workflow.wait_condition(lambda: child.done() or self._cancel_reason is not None)
         if not child.done():
             child.cancel()
@@ -487,6 +512,19 @@ class OrderWorkflow:
 
     # ------------------------------------------------------------------------------ helpers
 
+    async def _settle(self) -> None:
+        """Before closing on an outside cancel: let in-flight read-model writes land, then
+        cancel and wait for children still running, so nothing outlives the order."""
+        for write in self._writes:
+            if not write.done():
+                with contextlib.suppress(ActivityError):
+                    await write
+        for child in self._children:
+            if not child.done():
+                child.cancel()
+                with contextlib.suppress(ChildWorkflowError, asyncio.CancelledError):
+                    await child
+
     def _check_cancel(self) -> None:
         if self._cancel_reason is not None:
             raise _Cancelled()
@@ -525,22 +563,22 @@ class OrderWorkflow:
             [SA_STATUS.value_set(status.value)]
             + ([SA_FAILURE.value_set(reason.value)] if reason else [])
         )
-        self._seq += 1
-        await workflow.execute_activity(
-            names.ACT_RECORD_ORDER,
-            RecordOrderInput(view=copy.deepcopy(self._view), seq=self._seq),
-            start_to_close_timeout=options.SHORT,
-            retry_policy=options.RECORD,
-        )
+        await self._write_read_model()
 
-    async def _record(self) -> None:
+    async def _write_read_model(self) -> None:
+        """Write the read model as of now. The write runs as its own task behind a shield: a
+        cancel interrupts the saga at once, and ``_settle`` waits for the write to land."""
         self._seq += 1
-        await workflow.execute_activity(
-            names.ACT_RECORD_ORDER,
-            RecordOrderInput(view=copy.deepcopy(self._view), seq=self._seq),
-            start_to_close_timeout=options.SHORT,
-            retry_policy=options.RECORD,
+        write = asyncio.ensure_future(
+            workflow.execute_activity(
+                names.ACT_RECORD_ORDER,
+                RecordOrderInput(view=copy.deepcopy(self._view), seq=self._seq),
+                start_to_close_timeout=options.SHORT,
+                retry_policy=options.RECORD,
+            )
         )
+        self._writes.append(write)
+        await asyncio.shield(write)
 
     def _touch(self) -> None:
         self._view.updated_at = _now_iso()

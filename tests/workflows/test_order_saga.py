@@ -285,3 +285,37 @@ async def test_cancelling_the_workflow_from_outside_still_compensates(stack: Sta
     assert isinstance(err.value.cause, CancelledError)
     assert await stack.stock("SKU-1") == (5, 0, 0)
     assert (await stack.read_model(inp.order_id))["status"] == "CANCELLED"
+
+
+async def test_reservation_lapses_on_the_orders_own_timer_when_payment_never_finishes(
+    stack: Stack,
+) -> None:
+    inp = stack.checkout(
+        [("SKU-1", 2, PRICE)],
+        token="tok_action_never",
+        # The TTL is shorter than the payment timeout: the order's own timer must win.
+        timeouts=OrderTimeouts(
+            payment_timeout_s=3600, offer_timeout_s=10, max_offers=1, reservation_ttl_s=300
+        ),
+    )
+    h = await stack.start(inp)
+    v = await wait_for_view(h, lambda v: v.status == "AWAITING_PAYMENT")
+    assert await stack.stock("SKU-1") == (3, 2, 0)
+
+    final = await h.result()
+    assert (final.status, final.failure_reason) == ("FAILED", "PAYMENT_TIMEOUT")
+    assert await stack.stock("SKU-1") == (5, 0, 0)
+    assert await stack.reservations(inp.order_id) == {"SKU-1": "CANCELLED"}
+    intent = (await stack.psp.get(f"/v1/payment_intents/{v.payment.payment_id}")).json()
+    assert intent["status"] == "canceled"
+    lapsed_after = (
+        _parse(final.timeline[-1].at)
+        - _parse(next(t.at for t in final.timeline if t.status == "RESERVED"))
+    ).total_seconds()
+    assert 295 <= lapsed_after < 3600, lapsed_after
+
+
+def _parse(ts: str):  # type: ignore[no-untyped-def]
+    from datetime import datetime
+
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ")

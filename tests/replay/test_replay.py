@@ -1,0 +1,117 @@
+"""Histories recorded off real runs (``tradeflow history record``) replay on today's code.
+
+A change to workflow code that would make a running order take a different path on replay
+(a new activity, a reordered await, a timer where there was none) fails here before it reaches
+a worker that has such orders in flight. See docs/replay.md.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+from temporalio import workflow
+from temporalio.worker import Replayer
+from temporalio.workflow import NondeterminismError
+
+from cli import scenarios
+from cli.history import REPLAY_WORKFLOWS, load_history
+from cli.scenarios import SCENARIOS
+from domain import names
+from domain.messages import CheckoutInput, OrderView, ReservationKey, ReservationResult
+from workflows import options
+from workflows.checkout import OrderWorkflow
+from workflows.delivery import DeliveryWorkflow
+from workflows.payment import PaymentWorkflow
+
+HISTORIES = Path(__file__).parent / "histories"
+FILES = sorted(HISTORIES.glob("*.json"))
+"""What ``tradeflow history record`` wrote: one per scenario and workflow type."""
+REPLAYED = sorted(HISTORIES.rglob("*.json"))
+"""Those and the ``pinned/`` ones, kept from before a ``workflow.patched()`` change."""
+RE_RECORD = "re-record with `.venv/bin/tradeflow history record` (docs/replay.md)"
+
+
+@pytest.mark.parametrize(
+    "path", REPLAYED, ids=[str(p.relative_to(HISTORIES).with_suffix("")) for p in REPLAYED]
+)
+async def test_recorded_history_replays_on_todays_workflow_code(path: Path) -> None:
+    await Replayer(workflows=REPLAY_WORKFLOWS).replay_workflow(load_history(path))
+
+
+def test_every_scenario_has_a_history_for_each_workflow_it_runs() -> None:
+    expected = {f"{s.name}.{w}.json" for s in SCENARIOS.values() for w in s.workflows}
+    recorded = {p.name for p in FILES}
+    assert sorted(expected - recorded) == [], f"histories missing: {RE_RECORD}"
+    assert sorted(recorded - expected) == [], f"histories of no current scenario: {RE_RECORD}"
+
+
+def test_every_scenario_function_is_registered() -> None:
+    """A path added to cli/scenarios.py without @scenario would never be recorded."""
+    drivers = {
+        name
+        for name, fn in inspect.getmembers(scenarios, inspect.iscoroutinefunction)
+        if fn.__module__ == scenarios.__name__
+        and [p.annotation for p in inspect.signature(fn).parameters.values()]
+        in (["Stack"], [scenarios.Stack])
+    }
+    assert drivers == set(SCENARIOS)
+
+
+def test_every_workflow_type_is_covered() -> None:
+    covered = {w for s in SCENARIOS.values() for w in s.workflows}
+    assert covered == {w.__temporal_workflow_definition.name for w in REPLAY_WORKFLOWS}  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------- the replay tests can fail
+
+
+@workflow.defn(name=names.ORDER_WORKFLOW, sandboxed=False)
+class _ReserveFirstOrderWorkflow(OrderWorkflow):
+    """Today's saga with one careless edit: stock is reserved before the order is recorded."""
+
+    @workflow.run
+    async def run(self, inp: CheckoutInput) -> OrderView:
+        return await super().run(inp)
+
+    async def _write_read_model(self) -> None:
+        if self._seq == 0:  # before the first write, i.e. before recording the order
+            line = self._inp.lines[0]
+            await workflow.execute_activity(
+                names.ACT_TRY_RESERVE,
+                ReservationKey(self._inp.order_id, self._inp.location_id, line.sku, line.quantity),
+                result_type=ReservationResult,
+                start_to_close_timeout=options.SHORT,
+            )
+        await super()._write_read_model()
+
+
+async def test_replay_detects_a_non_deterministic_change() -> None:
+    history = load_history(HISTORIES / "happy_path.OrderWorkflow.json")
+    replayer = Replayer(workflows=[_ReserveFirstOrderWorkflow, PaymentWorkflow, DeliveryWorkflow])
+
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+
+    assert isinstance(result.replay_failure, NondeterminismError)
+    assert names.ACT_TRY_RESERVE in str(result.replay_failure)
+
+
+async def test_history_replay_command_exits_1_when_a_history_no_longer_replays(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cli.history import replay
+
+    good = HISTORIES / "payment_declined.PaymentWorkflow.json"
+    (tmp_path / good.name).write_text(good.read_text())
+    # The same run, as if the workflow had once called another activity first.
+    tampered = good.read_text().replace(
+        f'"name": "{names.ACT_AUTHORIZE_PAYMENT}"', f'"name": "{names.ACT_VOID_PAYMENT}"'
+    )
+    assert tampered != good.read_text()
+    (tmp_path / "tampered.PaymentWorkflow.json").write_text(tampered)
+
+    assert await replay(tmp_path) == 1
+    out = capsys.readouterr().out
+    assert f"ok    {good.name}" in out
+    assert "FAIL  tampered.PaymentWorkflow.json" in out
