@@ -330,3 +330,37 @@ class OfferResult:
 class FoundCourier:
     courier_id: str | None
     """The nearest free courier not yet tried, or None when nobody is free nearby."""
+
+
+# --------------------------------------------------------------------------------- sweeper
+
+
+@dataclass(frozen=True)
+class SweepInput:
+    ttl_s: float
+    """A TRIED reservation older than this whose order no longer runs is released."""
+    limit: int = 500
+    """Most orders looked at in one sweep (the next sweep takes the rest)."""
+
+
+@dataclass(frozen=True)
+class StaleReservations:
+    order_ids: list[str]
+    """Orders holding TRIED reservations older than the TTL."""
+
+
+@dataclass(frozen=True)
+class ReleaseReport:
+    released_orders: list[str]
+    """Orders whose workflow is gone and whose held stock this sweep returned."""
+    released_units: int
+    still_running: list[str]
+    """Orders still running: their own timer releases the stock, not the sweeper."""
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    examined: int
+    released_orders: list[str]
+    released_units: int
+    still_running: int

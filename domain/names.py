@@ -67,3 +67,9 @@ SEARCH_ATTRIBUTE_TYPES = {
     SA_ORDER_TOTAL_CENTS: "Int",
     SA_FAILURE_REASON: "Keyword",
 }
+
+# Inventory sweeper: a Temporal Schedule starts it periodically on the orders queue.
+SWEEP_WORKFLOW = "InventorySweepWorkflow"
+SWEEPER_SCHEDULE_ID = "inventory-sweeper"
+ACT_FIND_STALE_RESERVATIONS = "find_stale_reservations"
+ACT_RELEASE_ORPHANED_RESERVATIONS = "release_orphaned_reservations"

@@ -1,0 +1,123 @@
+"""Inventory sweeper activities: find reservations held past their TTL and release those whose
+order workflow is gone (terminated by an operator, or its history deleted).
+
+Orders still running are left alone: their own timer releases what they hold, and releasing
+behind a running saga's back would race its confirm.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.inventory import InventoryActivities
+from domain.messages import ReleaseReport, ReservationKey, StaleReservations, SweepInput
+from domain.names import (
+    ACT_FIND_STALE_RESERVATIONS,
+    ACT_RELEASE_ORPHANED_RESERVATIONS,
+    order_workflow_id,
+)
+from store import sweeper as queries
+
+
+class SweeperActivities:
+    def __init__(
+        self,
+        *,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        client: Client,
+        inventory: InventoryActivities,
+    ) -> None:
+        self._sessions = sessionmaker
+        self._client = client
+        self._inventory = inventory
+
+    @activity.defn(name=ACT_FIND_STALE_RESERVATIONS)
+    async def find_stale_reservations(self, inp: SweepInput) -> StaleReservations:
+        async with self._sessions() as s:
+            orders = await queries.orders_with_stale_holds(
+                s, older_than_s=inp.ttl_s, limit=inp.limit
+            )
+        return StaleReservations(order_ids=orders)
+
+    @activity.defn(name=ACT_RELEASE_ORPHANED_RESERVATIONS)
+    async def release_orphaned_reservations(self, stale: StaleReservations) -> ReleaseReport:
+        released: list[str] = []
+        running: list[str] = []
+        units = 0
+        for i, order_id in enumerate(stale.order_ids):
+            activity.heartbeat(i)
+            if await self._order_is_running(order_id):
+                running.append(order_id)
+                continue
+            async with self._sessions() as s:
+                branches = await queries.tried_branches(s, order_id=order_id)
+            for location_id, sku, quantity in branches:
+                # The same fenced cancel the saga uses: idempotent, and a late try is refused.
+                res = await self._inventory.cancel_reservation(
+                    ReservationKey(order_id, location_id, sku, quantity)
+                )
+                if res.changed:
+                    units += quantity
+            if branches:
+                released.append(order_id)
+                activity.logger.warning(
+                    "released %d branch(es) held by order %s, whose workflow no longer runs",
+                    len(branches),
+                    order_id,
+                )
+        return ReleaseReport(released_orders=released, released_units=units, still_running=running)
+
+    async def _order_is_running(self, order_id: str) -> bool:
+        try:
+            desc = await self._client.get_workflow_handle(order_workflow_id(order_id)).describe()
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return desc.status == WorkflowExecutionStatus.RUNNING
+
+
+async def ensure_sweeper_schedule(
+    client: Client, *, task_queue: str, every_s: float, ttl_s: float
+) -> bool:
+    """Create the ``inventory-sweeper`` schedule if it does not exist; True when created.
+
+    Overlapping runs are skipped: a sweep that takes longer than the interval is not doubled.
+    """
+    from datetime import timedelta
+
+    from temporalio.client import (
+        Schedule,
+        ScheduleActionStartWorkflow,
+        ScheduleAlreadyRunningError,
+        ScheduleIntervalSpec,
+        SchedulePolicy,
+        ScheduleSpec,
+    )
+    from temporalio.client import ScheduleOverlapPolicy as Overlap
+
+    from domain.names import SWEEP_WORKFLOW, SWEEPER_SCHEDULE_ID
+
+    try:
+        await client.create_schedule(
+            SWEEPER_SCHEDULE_ID,
+            Schedule(
+                action=ScheduleActionStartWorkflow(
+                    SWEEP_WORKFLOW,
+                    SweepInput(ttl_s=ttl_s),
+                    id="inventory-sweep",
+                    task_queue=task_queue,
+                ),
+                spec=ScheduleSpec(
+                    intervals=[ScheduleIntervalSpec(every=timedelta(seconds=every_s))]
+                ),
+                policy=SchedulePolicy(overlap=Overlap.SKIP),
+            ),
+        )
+    except ScheduleAlreadyRunningError:
+        return False
+    return True

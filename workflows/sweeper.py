@@ -1,0 +1,52 @@
+"""Periodic inventory sweep (started by the ``inventory-sweeper`` Temporal Schedule)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from domain import names
+    from domain.messages import ReleaseReport, StaleReservations, SweepInput, SweepReport
+    from workflows import options
+
+
+@workflow.defn(name=names.SWEEP_WORKFLOW)
+class InventorySweepWorkflow:
+    @workflow.run
+    async def run(self, inp: SweepInput) -> SweepReport:
+        workflow.set_current_details(f"looking for reservations held longer than {inp.ttl_s:.0f}s")
+        stale = await workflow.execute_activity(
+            names.ACT_FIND_STALE_RESERVATIONS,
+            inp,
+            result_type=StaleReservations,
+            start_to_close_timeout=options.SHORT,
+            retry_policy=options.RECORD,
+        )
+        report = ReleaseReport([], 0, [])
+        if stale.order_ids:
+            workflow.set_current_details(f"checking {len(stale.order_ids)} order(s)")
+            report = await workflow.execute_activity(
+                names.ACT_RELEASE_ORPHANED_RESERVATIONS,
+                stale,
+                result_type=ReleaseReport,
+                start_to_close_timeout=timedelta(minutes=10),
+                heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(
+                    maximum_attempts=5, maximum_interval=timedelta(seconds=30)
+                ),
+            )
+        result = SweepReport(
+            examined=len(stale.order_ids),
+            released_orders=report.released_orders,
+            released_units=report.released_units,
+            still_running=len(report.still_running),
+        )
+        workflow.set_current_details(
+            f"released {result.released_units} unit(s) from {len(result.released_orders)} orphaned "
+            f"order(s); {result.still_running} still running"
+        )
+        workflow.logger.info("inventory sweep: %s", result)
+        return result
