@@ -7,9 +7,15 @@ first looks the intent up at the PSP and continues from what really happened.
 
 from __future__ import annotations
 
+import contextlib
+import random
+import time
+from collections.abc import Coroutine
+from datetime import timedelta
 from typing import Any
 
 import httpx
+from redis.exceptions import RedisError
 from sqlalchemy import Table, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -29,6 +35,8 @@ from domain.messages import (
 )
 from domain.names import ACT_AUTHORIZE_PAYMENT, ACT_CAPTURE_PAYMENT, ACT_VOID_PAYMENT
 from domain.status import PaymentStatus
+from infra.breaker import CircuitBreaker, CircuitOpen, Permit
+from infra.ratelimit import GcraLimiter
 from store.models import Payment, utcnow_iso
 
 # ApplicationError types raised here besides those in domain.errors.
@@ -42,6 +50,14 @@ ALREADY_CAPTURED = "AlreadyCaptured"
 PAYMENT_NOT_CAPTURABLE = "PaymentNotCapturable"
 CAPTURE_EXCEEDS_AUTHORIZED = "CaptureExceedsAuthorized"
 PAYMENT_NOT_FOUND = "PaymentNotFound"
+CIRCUIT_OPEN = "CircuitOpen"
+"""Retryable: the PSP breaker is open; no call was made, Temporal retries with its backoff."""
+RATE_LIMITED = "RateLimited"
+"""Retryable: over the PSP call rate; ``next_retry_delay`` says when a token is back."""
+
+PSP_LIMITER_KEY = "psp"
+"""One bucket for every worker: the PSP's limit is on tradeflow as a whole."""
+RATE_LIMIT_JITTER_CAP_S = 5.0
 
 _PAYMENTS: Table = Payment.__table__  # type: ignore[attr-defined]
 
@@ -102,8 +118,42 @@ def _refused(
     )
 
 
+async def _unless_psp_fails(
+    lookup: Coroutine[Any, Any, dict[str, Any] | None],
+) -> dict[str, Any] | None:
+    """A look-up before a retry, or None when the PSP fails to answer it.
+
+    The look-up saves resending a request whose earlier attempt landed; the idempotency key
+    already makes resending safe. So a look-up the PSP fails (5xx, timeout) does not cost the
+    attempt: against a PSP failing a third of its calls, making every retry pass two calls
+    instead of one nearly doubled the attempts an order needed. A look-up the breaker or the
+    limiter refused is raised: the request after it would be refused too.
+    """
+    try:
+        return await lookup
+    except ApplicationError as exc:
+        if exc.type not in (PSP_UNAVAILABLE, PSP_UNKNOWN_OUTCOME):
+            raise
+        activity.logger.warning("look-up before retry failed, resending under the key: %s", exc)
+        return None
+
+
+def _rate_limited_delay(retry_after_s: float) -> timedelta:
+    """Not before the limiter has a token again, plus a jitter that grows with the attempt:
+    every caller refused in the same instant is told the same retry-after, and they must not
+    all come back together."""
+    spread = min(RATE_LIMIT_JITTER_CAP_S, 0.05 * 2 ** (activity.info().attempt - 1))
+    return timedelta(seconds=retry_after_s + random.uniform(0, spread))
+
+
 class PaymentActivities:
-    """Talks to the PSP over ``http`` and keeps tradeflow's ``payments`` row in step."""
+    """Talks to the PSP over ``http`` and keeps tradeflow's ``payments`` row in step.
+
+    With a ``breaker`` and a ``limiter`` (both shared through Redis by every worker) each PSP
+    request first asks the breaker, then takes a token; a refusal is a retryable
+    ``ApplicationError`` raised at once, so the activity never sleeps and Temporal's retry
+    policy does the waiting.
+    """
 
     def __init__(
         self,
@@ -112,11 +162,15 @@ class PaymentActivities:
         sessionmaker: async_sessionmaker[AsyncSession],
         psp_url: str,
         timeout_s: float = 3.0,
+        breaker: CircuitBreaker | None = None,
+        limiter: GcraLimiter | None = None,
     ) -> None:
         self._http = http
         self._sessions = sessionmaker
         self._psp_url = psp_url.rstrip("/")
         self._timeout_s = timeout_s
+        self._breaker = breaker
+        self._limiter = limiter
 
     # ----------------------------------------------------------------------- activities
 
@@ -126,7 +180,9 @@ class PaymentActivities:
         await self._record_pending(inp)
         intent: dict[str, Any] | None = None
         if activity.info().attempt > 1:
-            intent = await self._find_intent(inp.order_id, idempotency_key=inp.idempotency_key)
+            intent = await _unless_psp_fails(
+                self._find_intent(inp.order_id, idempotency_key=inp.idempotency_key)
+            )
             if intent is not None:
                 activity.logger.info(
                     "authorize retry found intent %s (%s)", intent["id"], intent["status"]
@@ -162,7 +218,7 @@ class PaymentActivities:
         await self._note_payment_id(inp.order_id, inp.payment_id)
         intent: dict[str, Any] | None = None
         if activity.info().attempt > 1:
-            found = await self._get_intent(inp.payment_id)
+            found = await _unless_psp_fails(self._get_intent(inp.payment_id))
             if found is not None and found["status"] == "succeeded":
                 intent = found
         if intent is None:
@@ -213,8 +269,14 @@ class PaymentActivities:
         json: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
     ) -> httpx.Response:
-        """One PSP request; transport failures and 5xx become retryable errors."""
+        """One PSP request; transport failures and 5xx become retryable errors.
+
+        The breaker hears how it went: 5xx, 429, timeouts and unreachable are failures; any
+        other answer, a declined card included, is the PSP working as it should.
+        """
         headers = {"Idempotency-Key": key} if key else {}
+        permit = await self._admit(method, path)
+        started = time.monotonic()
         try:
             response = await self._http.request(
                 method,
@@ -225,19 +287,65 @@ class PaymentActivities:
                 timeout=self._timeout_s,
             )
         except httpx.TimeoutException as exc:
+            await self._settle(permit, started, failed=True)
             raise ApplicationError(
                 f"PSP {method} {path}: no answer within {self._timeout_s}s, outcome unknown",
                 type=PSP_UNKNOWN_OUTCOME,
             ) from exc
         except httpx.TransportError as exc:
+            await self._settle(permit, started, failed=True)
             raise ApplicationError(
                 f"PSP {method} {path} unreachable: {exc!r}", type=PSP_UNAVAILABLE
             ) from exc
-        if response.status_code >= 500 or response.status_code == 429:
+        except BaseException:
+            # Cancelled (or a bug): nothing is known about the PSP, so give the permit back.
+            if permit is not None and self._breaker is not None:
+                with contextlib.suppress(Exception):
+                    await self._breaker.release(permit)
+            raise
+        unhealthy = response.status_code >= 500 or response.status_code == 429
+        await self._settle(permit, started, failed=unhealthy)
+        if unhealthy:
             raise ApplicationError(
                 f"PSP {method} {path} answered {response.status_code}", type=PSP_UNAVAILABLE
             )
         return response
+
+    async def _admit(self, method: str, path: str) -> Permit | None:
+        """Breaker first (an open breaker spends no rate tokens), then the rate limiter."""
+        permit: Permit | None = None
+        if self._breaker is not None:
+            try:
+                permit = await self._breaker.allow()
+            except CircuitOpen as exc:
+                raise ApplicationError(
+                    f"PSP circuit is {exc.state.value}: {method} {path} not sent "
+                    f"(it may close in {exc.retry_after_s:.1f}s)",
+                    type=CIRCUIT_OPEN,
+                ) from exc
+        if self._limiter is None:
+            return permit
+        try:
+            decision = await self._limiter.allow(PSP_LIMITER_KEY)
+        except RedisError as exc:
+            # Like the breaker, the limiter fails open: Redis down must not stop payments.
+            activity.logger.warning("PSP rate limiter unavailable, calling anyway: %r", exc)
+            return permit
+        if decision.allowed:
+            return permit
+        if permit is not None and self._breaker is not None:
+            await self._breaker.release(permit)
+        raise ApplicationError(
+            f"PSP call rate exceeded: {method} {path} not sent; "
+            f"a token is back in {decision.retry_after_s:.3f}s",
+            type=RATE_LIMITED,
+            next_retry_delay=_rate_limited_delay(decision.retry_after_s),
+        )
+
+    async def _settle(self, permit: Permit | None, started: float, *, failed: bool) -> None:
+        if permit is None or self._breaker is None:
+            return
+        await self._breaker.record(permit, failed=failed, duration_s=time.monotonic() - started)
 
     def _authorization_from(self, response: httpx.Response) -> dict[str, Any]:
         if response.status_code in (200, 201):

@@ -87,11 +87,16 @@ class PaymentWorkflow:
                 errors.PAYMENT_DECLINED,
             ):
                 return self._done(PaymentResult(status="DECLINED", detail=str(cause)))
-            if isinstance(cause, ActivityTimeout):
-                return self._done(
-                    PaymentResult(status="TIMEOUT", detail="PSP did not answer in time")
-                )
-            raise
+            # Anything else means no usable answer within the payment window: retries ran out
+            # at the schedule-to-close deadline (the cause is then the PSP's last error, not a
+            # timeout) or the PSP answered nonsense. The order fails cleanly; its void
+            # compensation looks the intent up by order in case one landed.
+            detail = (
+                "PSP did not answer in time"
+                if isinstance(cause, ActivityTimeout)
+                else str(cause or e)
+            )
+            return self._done(PaymentResult(status="TIMEOUT", detail=f"{detail} ({e.retry_state})"))
         self._payment_id = auth.payment_id
         if auth.status == PaymentStatus.AUTHORIZED:
             return self._done(PaymentResult("AUTHORIZED", auth.payment_id, auth.authorized_cents))
