@@ -22,11 +22,13 @@ from sqlalchemy import Table, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.status import ReservationState
-from store.models import Reservation, Stock, utcnow_iso
+from store.models import Order, Product, Reservation, Stock, utcnow_iso
 from store.sql import insert_ignore
 
 R: Table = Reservation.__table__  # type: ignore[attr-defined]
 S: Table = Stock.__table__  # type: ignore[attr-defined]
+P: Table = Product.__table__  # type: ignore[attr-defined]
+ORD: Table = Order.__table__  # type: ignore[attr-defined]
 
 
 class OutOfStock(Exception):
@@ -194,3 +196,85 @@ async def return_stock(
     if existing and existing[0] == ReservationState.RETURNED:
         return BranchOutcome(state=ReservationState.RETURNED, changed=False)
     return await cancel(s, order_id=order_id, location_id=location_id, sku=sku)
+
+
+# --------------------------------------------------------------------------------- reads
+# Used by the flash-sale path (activities/hot_stock.py) and the stock check (store/checks.py).
+# None of them writes.
+
+
+async def begin_snapshot(s: AsyncSession) -> None:
+    """Make the session's transaction read one consistent snapshot. Call before its first
+    statement. PostgreSQL needs REPEATABLE READ for that (READ COMMITTED takes a new snapshot
+    per statement); a SQLite transaction already reads one snapshot."""
+    if s.get_bind().dialect.name == "postgresql":
+        await s.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+
+async def fence(
+    s: AsyncSession, *, order_id: str, location_id: str, sku: str
+) -> tuple[str, int] | None:
+    """The branch's (state, quantity), or None when no try or cancel has been recorded."""
+    return await _fence_row(s, order_id, location_id, sku)
+
+
+async def stock_available(s: AsyncSession, *, location_id: str, sku: str) -> int | None:
+    row = (
+        await s.execute(
+            select(S.c.available).where((S.c.location_id == location_id) & (S.c.sku == sku))
+        )
+    ).first()
+    return int(row[0]) if row else None
+
+
+async def hot_stock_keys(
+    s: AsyncSession, *, sku: str | None = None, location_id: str | None = None
+) -> list[tuple[str, str]]:
+    """(location_id, sku) of every stock row whose product is on the flash-sale path."""
+    stmt = (
+        select(S.c.location_id, S.c.sku)
+        .join(P, P.c.sku == S.c.sku)
+        .where(P.c.hot.is_(True))
+        .order_by(S.c.location_id, S.c.sku)
+    )
+    if sku is not None:
+        stmt = stmt.where(S.c.sku == sku)
+    if location_id is not None:
+        stmt = stmt.where(S.c.location_id == location_id)
+    return [(r[0], r[1]) for r in (await s.execute(stmt)).all()]
+
+
+async def stock_locations(s: AsyncSession, *, sku: str) -> list[str]:
+    rows = (await s.execute(select(S.c.location_id).where(S.c.sku == sku))).all()
+    return [r[0] for r in rows]
+
+
+_IN_CHUNK = 500
+
+
+async def fence_states(
+    s: AsyncSession, *, location_id: str, sku: str, order_ids: list[str]
+) -> dict[str, tuple[str, int]]:
+    """order_id -> (state, quantity) for those of ``order_ids`` that have a fence row."""
+    out: dict[str, tuple[str, int]] = {}
+    for i in range(0, len(order_ids), _IN_CHUNK):
+        chunk = order_ids[i : i + _IN_CHUNK]
+        rows = await s.execute(
+            select(R.c.order_id, R.c.state, R.c.quantity).where(
+                (R.c.location_id == location_id) & (R.c.sku == sku) & R.c.order_id.in_(chunk)
+            )
+        )
+        out.update({r[0]: (r[1], r[2]) for r in rows.all()})
+    return out
+
+
+async def order_statuses(s: AsyncSession, order_ids: list[str]) -> dict[str, str]:
+    """order_id -> status in the orders read model, for those that have a row."""
+    out: dict[str, str] = {}
+    for i in range(0, len(order_ids), _IN_CHUNK):
+        chunk = order_ids[i : i + _IN_CHUNK]
+        rows = await s.execute(
+            select(ORD.c.order_id, ORD.c.status).where(ORD.c.order_id.in_(chunk))
+        )
+        out.update({r[0]: r[1] for r in rows.all()})
+    return out

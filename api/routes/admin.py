@@ -6,10 +6,13 @@ to workflows.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
+from redis.exceptions import RedisError
 
+from activities.hot_stock import drop_hot_counters, reconcile_hot_counters
 from api import queries
 from api.catalogue import product_dict
 from api.deps import AdminDep, SessionDep, StateDep
@@ -26,7 +29,10 @@ from api.schemas import (
     StockIn,
     StockOut,
 )
+from api.state import AppState
 from store.models import Location, Product
+
+log = logging.getLogger(__name__)
 
 IdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
@@ -57,6 +63,8 @@ async def put_product(
     # After the commit: a reader that loads between commit and invalidation is dropped by
     # the cache's lease check, so the next GET sees the new price.
     await state.catalogue.invalidate(sku)
+    if body.hot is not None:
+        await _follow_hot_flag(state, sku, hot=body.hot)
     return product_dict(Product(**row))
 
 
@@ -66,8 +74,11 @@ async def put_product(
     responses={404: {"model": Problem, "description": "Unknown product or location"}},
     summary="Set the sellable quantity (reserved and sold are untouched)",
 )
-async def put_inventory(sku: SkuPath, body: StockIn, session: SessionDep) -> dict[str, Any]:
-    if await session.get(Product, sku) is None:
+async def put_inventory(
+    sku: SkuPath, body: StockIn, session: SessionDep, state: StateDep
+) -> dict[str, Any]:
+    product = await session.get(Product, sku)
+    if product is None:
         await session.rollback()
         raise ApiProblem(404, NOT_FOUND, f"product {sku!r} does not exist")
     if await session.get(Location, body.location_id) is None:
@@ -76,8 +87,29 @@ async def put_inventory(sku: SkuPath, body: StockIn, session: SessionDep) -> dic
     row = await queries.set_available(
         session, sku=sku, location_id=body.location_id, available=body.available
     )
+    hot = product.hot
     await session.commit()
+    if hot:
+        await _follow_hot_flag(state, sku, hot=True, location_id=body.location_id)
     return {k: row[k] for k in ("sku", "location_id", "available", "reserved", "sold")}
+
+
+async def _follow_hot_flag(
+    state: AppState, sku: str, *, hot: bool, location_id: str | None = None
+) -> None:
+    """After the commit, the flash-sale counters follow the DB: set from ``available`` minus
+    claims in flight when the SKU is hot (restock, flag turned on), deleted when it is not.
+    Redis being down does not undo the DB change: the counter is rebuilt on first use or by
+    reconciliation."""
+    try:
+        if hot:
+            await reconcile_hot_counters(
+                state.sessionmaker, state.redis, sku=sku, location_id=location_id
+            )
+        else:
+            await drop_hot_counters(state.sessionmaker, state.redis, sku=sku)
+    except (RedisError, OSError) as exc:
+        log.warning("hot counter for %s not updated (redis unavailable): %s", sku, exc)
 
 
 @router.put(

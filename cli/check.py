@@ -1,0 +1,107 @@
+"""``tradeflow check <what>``: prove an invariant from the ledgers; exit 1 naming each
+offending row when it does not hold.
+
+    tradeflow check stock [--database-url URL] [--redis-url URL | --no-redis]
+
+To add a check, write its ``add_arguments(parser)`` and ``run(args) -> int`` (importing its
+heavy modules inside ``run``) and list it in ``CHECKS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+HELP = "prove an invariant from the ledgers (exit 1 and name the rows when it fails)"
+
+
+@dataclass(frozen=True)
+class Check:
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _connection_arguments(parser: argparse.ArgumentParser, *, redis: bool) -> None:
+    parser.add_argument(
+        "--database-url", help="database to check (default: DATABASE_URL / the embedded SQLite)"
+    )
+    if redis:
+        parser.add_argument(
+            "--redis-url", help="Redis holding the hot counters (default: REDIS_URL)"
+        )
+        parser.add_argument(
+            "--no-redis", action="store_true", help="check the database only, not the hot counters"
+        )
+
+
+# ------------------------------------------------------------------------------------ stock
+
+
+def _stock_arguments(parser: argparse.ArgumentParser) -> None:
+    _connection_arguments(parser, redis=True)
+
+
+def _run_stock(args: argparse.Namespace) -> int:
+    return asyncio.run(_stock(args))
+
+
+async def _stock(args: argparse.Namespace) -> int:
+    from redis.exceptions import RedisError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cli.seed import redact_url
+    from infra.redis import make_redis
+    from infra.settings import get_settings, to_async_url
+    from store.checks import check_stock
+    from store.db import make_engine, make_sessionmaker
+
+    settings = get_settings()
+    db_url = to_async_url(args.database_url) if args.database_url else settings.async_database_url
+    engine = make_engine(db_url, pool_size=2)
+    redis = None if args.no_redis else make_redis(args.redis_url or settings.redis_url)
+    try:
+        report = await check_stock(make_sessionmaker(engine), redis=redis)
+    except SQLAlchemyError as e:
+        print(f"stock check could not read {redact_url(db_url)}: {e}")
+        return 2
+    except (RedisError, OSError) as e:
+        print(f"stock check could not read the hot counters in Redis: {e} (--no-redis skips them)")
+        return 2
+    finally:
+        if redis is not None:
+            await redis.aclose()
+        await engine.dispose()
+    for note in report.notes:
+        print(f"note: {note}")
+    if report.ok:
+        print(f"stock check OK: {report.summary()}")
+        return 0
+    for v in report.violations:
+        print(f"FAIL {v}")
+    print(f"stock check FAILED: {len(report.violations)} problems in {report.summary()}")
+    return 1
+
+
+CHECKS: dict[str, Check] = {
+    "stock": Check(
+        help="available + reserved + sold == stocked per location and SKU, reservations match,"
+        " none held by an ended order, Redis hot counters match the DB",
+        add_arguments=_stock_arguments,
+        run=_run_stock,
+    ),
+}
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("check", help=HELP, description=HELP)
+    checks = parser.add_subparsers(dest="check", metavar="<what>", required=True)
+    for name, check in CHECKS.items():
+        sub = checks.add_parser(name, help=check.help, description=check.help)
+        check.add_arguments(sub)
+
+
+def run(args: argparse.Namespace) -> int:
+    return CHECKS[args.check].run(args)
