@@ -1,0 +1,355 @@
+"""Refunds of an order: request one (idempotent per key), read them.
+
+``POST /v1/orders/{order_id}/refunds`` decides at once, in one database transaction, whether
+the refund fits: it stores the refund and commits its amount against the capture with one
+conditional UPDATE on ``payments`` (see ``store/refunds.py``), so two refunds racing for the
+last cents cannot both pass, whichever API replica takes them. Only then does it start
+``RefundWorkflow``, which does the money movement. If the workflow service is down the refund
+stays stored (PENDING) and the answer is 503; a retry with the same key starts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import RPCTimeoutOrCancelledError
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
+
+from api.deps import IdempotencyKeyDep, SessionDep, StateDep
+from api.errors import (
+    INTERNAL_UNAVAILABLE,
+    NOT_FOUND,
+    TEMPORAL_UNAVAILABLE,
+    VALIDATION_ERROR,
+    ApiProblem,
+    unavailable,
+)
+from api.routes.orders import OrderIdPath
+from api.schemas import INT32_MAX, MAX_ORDER_LINES, MAX_QUANTITY, Id, Problem, Text
+from api.state import AppState
+from domain.messages import RefundInput, RefundView, RestockLine
+from domain.names import REFUND_WORKFLOW, refund_workflow_id
+from store import refunds as book
+from store.models import Order
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/orders", tags=["refunds"])
+
+# Problem codes of the refunds resource.
+NOT_REFUNDABLE = "not_refundable"
+REFUND_EXCEEDS_CAPTURED = "refund_exceeds_captured"
+IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+
+START_TIMEOUT = timedelta(seconds=10)
+_GRACE_S = 1.0
+_TEMPORAL_DOWN = (RPCError, RPCTimeoutOrCancelledError, RuntimeError, TimeoutError)
+
+RefundIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+# --------------------------------------------------------------------------------- bodies
+
+
+class RestockLineIn(BaseModel):
+    sku: Id
+    quantity: Annotated[StrictInt, Field(ge=1, le=MAX_QUANTITY)]
+
+
+class RefundBody(BaseModel):
+    """``POST /v1/orders/{order_id}/refunds``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "amount_cents": 1299,
+                "reason": "one item arrived damaged",
+                "restock": [{"sku": "SKU-1", "quantity": 1}],
+            }
+        }
+    )
+
+    amount_cents: Annotated[StrictInt, Field(gt=0, le=INT32_MAX)]
+    reason: Text
+    restock: Annotated[list[RestockLineIn], Field(max_length=MAX_ORDER_LINES)] | None = None
+    """Units to put back on sale at the order's location once the money is back; each SKU
+    must be on the order, and an order's refunds together restock at most what was ordered."""
+
+
+class RestockOut(BaseModel):
+    sku: str
+    quantity: int
+
+
+class RefundOut(BaseModel):
+    """Documentation shape of the ``Refund`` resource (handlers return the stored view)."""
+
+    refund_id: str
+    order_id: str
+    amount_cents: int
+    currency: str
+    status: str
+    """``PENDING``, ``SUCCEEDED`` or ``FAILED``."""
+    reason: str
+    restock: list[RestockOut]
+    failure_reason: str | None
+    created_at: str
+    updated_at: str
+
+
+class RefundList(BaseModel):
+    items: list[RefundOut]
+
+
+def refund_resource(refund: RefundView) -> dict[str, Any]:
+    return asdict(refund)
+
+
+# -------------------------------------------------------------------------------- service
+
+
+@dataclass(frozen=True)
+class Requested:
+    created: bool
+    refund: dict[str, Any]
+
+
+def merge_restock(body: RefundBody) -> list[RestockLine]:
+    """Quantities of repeated SKUs added up (the restock fence is one row per SKU)."""
+    merged: dict[str, int] = {}
+    for line in body.restock or []:
+        merged[line.sku] = merged.get(line.sku, 0) + line.quantity
+    return [RestockLine(sku, qty) for sku, qty in merged.items()]
+
+
+def request_hash(body: RefundBody, restock: list[RestockLine]) -> str:
+    canonical = json.dumps(
+        {
+            "amount_cents": body.amount_cents,
+            "reason": body.reason,
+            "restock": sorted([li.sku, li.quantity] for li in restock),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class RefundsService:
+    def __init__(self, state: AppState) -> None:
+        self._state = state
+
+    async def request(
+        self, session: AsyncSession, order_id: str, body: RefundBody, key: str
+    ) -> Requested:
+        order = await session.get(Order, order_id)
+        if order is None:
+            await session.rollback()
+            raise ApiProblem(404, NOT_FOUND, f"order {order_id!r} does not exist")
+        # Read now: a rollback below expires the row, and reloading it is I/O.
+        status, currency, location_id = order.status, order.currency, order.location_id
+        ordered: dict[str, int] = {}
+        for item in order.view.get("items", []):
+            ordered[item["sku"]] = ordered.get(item["sku"], 0) + int(item["quantity"])
+        restock = merge_restock(body)
+        for line in restock:
+            if line.sku not in ordered:
+                await session.rollback()
+                raise ApiProblem(
+                    422, VALIDATION_ERROR, f"restock: {line.sku!r} is not an item of this order"
+                )
+            if line.quantity > ordered[line.sku]:
+                await session.rollback()
+                raise ApiProblem(
+                    422,
+                    VALIDATION_ERROR,
+                    f"restock: {line.quantity} of {line.sku} is more than the"
+                    f" {ordered[line.sku]} ordered",
+                )
+        try:
+            admitted = await book.admit(
+                session,
+                refund_id=f"r_{uuid.uuid4().hex}",
+                order_id=order_id,
+                idempotency_key=key,
+                request_hash=request_hash(body, restock),
+                amount_cents=body.amount_cents,
+                currency=currency,
+                reason=body.reason,
+                restock=restock,
+                ordered=ordered,
+            )
+        except book.NotRefundable as e:
+            await session.rollback()
+            raise ApiProblem(
+                409,
+                NOT_REFUNDABLE,
+                f"{e}; a refund is possible only after the payment is captured",
+                extra={"order_status": status},
+            ) from e
+        except book.RefundExceedsCaptured as e:
+            await session.rollback()
+            raise ApiProblem(
+                422,
+                REFUND_EXCEEDS_CAPTURED,
+                str(e),
+                extra={"refundable_cents": e.refundable_cents},
+            ) from e
+        except book.IdempotencyKeyReused as e:
+            await session.rollback()
+            raise ApiProblem(
+                422,
+                IDEMPOTENCY_KEY_REUSED,
+                "this Idempotency-Key was used with a different request body",
+                extra={"refund_id": e.refund_id},
+            ) from e
+        except book.RestockExceedsOrdered as e:
+            await session.rollback()
+            raise ApiProblem(422, VALIDATION_ERROR, f"restock: {e}") from e
+        await session.commit()
+
+        refund = admitted.refund
+        if refund.status == book.PENDING:
+            # Also on a repeat: the first request may have stored the refund while the
+            # workflow service was down. USE_EXISTING makes a second start a no-op.
+            if admitted.payment_id is None:  # pragma: no cover - a capture always has an id
+                raise unavailable(INTERNAL_UNAVAILABLE, "the captured payment has no PSP id")
+            await self._start(
+                RefundInput(
+                    refund_id=refund.refund_id,
+                    order_id=order_id,
+                    payment_id=admitted.payment_id,
+                    amount_cents=refund.amount_cents,
+                    currency=refund.currency,
+                    location_id=location_id,
+                    restock=list(refund.restock),
+                )
+            )
+        return Requested(created=admitted.created, refund=refund_resource(refund))
+
+    async def _start(self, inp: RefundInput) -> None:
+        detail = (
+            "the workflow service is not answering; the refund is stored and a retry with the"
+            " same Idempotency-Key starts it"
+        )
+        client = self._state.temporal.client
+        if client is None:
+            raise unavailable(TEMPORAL_UNAVAILABLE, detail)
+        summary = f"Refund of {inp.amount_cents} {inp.currency} on order {inp.order_id}"
+        if inp.restock:
+            summary += ", restocking " + ", ".join(
+                f"{li.quantity} x {li.sku}" for li in inp.restock
+            )
+        try:
+            await asyncio.wait_for(
+                client.start_workflow(
+                    REFUND_WORKFLOW,
+                    inp,
+                    id=refund_workflow_id(inp.refund_id),
+                    task_queue=self._state.orders_task_queue,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    static_summary=summary,
+                    rpc_timeout=START_TIMEOUT,
+                ),
+                timeout=START_TIMEOUT.total_seconds() + _GRACE_S,
+            )
+        except WorkflowAlreadyStartedError:
+            pass  # it ran already and closed
+        except _TEMPORAL_DOWN as exc:
+            log.error("could not start the workflow of refund %s: %s", inp.refund_id, exc)
+            raise unavailable(TEMPORAL_UNAVAILABLE, detail) from exc
+
+    async def get(self, session: AsyncSession, order_id: str, refund_id: str) -> dict[str, Any]:
+        refund = await book.get(session, refund_id=refund_id)
+        await session.commit()
+        if refund is None or refund.order_id != order_id:
+            raise ApiProblem(404, NOT_FOUND, f"order {order_id!r} has no refund {refund_id!r}")
+        return refund_resource(refund)
+
+    async def of_order(self, session: AsyncSession, order_id: str) -> dict[str, Any]:
+        order = await session.get(Order, order_id)
+        refunds = (await book.of_orders(session, [order_id])).get(order_id, [])
+        await session.commit()
+        if order is None:
+            raise ApiProblem(404, NOT_FOUND, f"order {order_id!r} does not exist")
+        return {"items": [refund_resource(r) for r in refunds]}
+
+
+# --------------------------------------------------------------------------------- routes
+
+
+def _problem(description: str) -> dict[str, object]:
+    return {"model": Problem, "description": description}
+
+
+@router.post(
+    "/{order_id}/refunds",
+    status_code=202,
+    summary="Refund an order, fully or partly (after capture)",
+    description=(
+        "Needs an `Idempotency-Key` header (1-255 characters), scoped to the order. The first "
+        "request answers 202 with the `Refund` (status `PENDING`) and `Location`; the same key "
+        "and body again answers 200 with the same refund; the same key with another body "
+        "answers 422 `idempotency_key_reused`. A refund that would take the order's refunds "
+        "past what was captured is 422 `refund_exceeds_captured` (decided atomically, also "
+        "when refunds race); before capture it is 409 `not_refundable`. The order's status "
+        "does not change: the money shows in the order's `amounts`, `payment` and `refunds`."
+    ),
+    responses={
+        200: {"model": RefundOut, "description": "Repeat of an earlier request"},
+        202: {"model": RefundOut, "description": "Accepted; the refund workflow runs"},
+        400: _problem("Missing or bad Idempotency-Key"),
+        404: _problem("No such order"),
+        409: _problem("not_refundable: nothing captured yet"),
+        422: _problem("validation_error, refund_exceeds_captured, idempotency_key_reused"),
+        503: _problem("temporal_unavailable: the refund is stored; retry with the same key"),
+    },
+)
+async def request_refund(
+    order_id: OrderIdPath,
+    body: RefundBody,
+    key: IdempotencyKeyDep,
+    session: SessionDep,
+    state: StateDep,
+) -> JSONResponse:
+    requested = await RefundsService(state).request(session, order_id, body, key)
+    refund_id = requested.refund["refund_id"]
+    return JSONResponse(
+        requested.refund,
+        status_code=202 if requested.created else 200,
+        headers={"Location": f"/v1/orders/{order_id}/refunds/{refund_id}"},
+    )
+
+
+@router.get(
+    "/{order_id}/refunds",
+    summary="Every refund of an order, oldest first",
+    responses={200: {"model": RefundList}, 404: _problem("No such order")},
+)
+async def list_refunds(order_id: OrderIdPath, session: SessionDep, state: StateDep) -> JSONResponse:
+    return JSONResponse(await RefundsService(state).of_order(session, order_id))
+
+
+@router.get(
+    "/{order_id}/refunds/{refund_id}",
+    summary="One refund",
+    responses={200: {"model": RefundOut}, 404: _problem("No such order or refund")},
+)
+async def get_refund(
+    order_id: OrderIdPath, refund_id: RefundIdPath, session: SessionDep, state: StateDep
+) -> JSONResponse:
+    return JSONResponse(await RefundsService(state).get(session, order_id, refund_id))

@@ -1,0 +1,197 @@
+"""One refund of a captured order (``refund-<refund_id>``), on the orders task queue.
+
+The API has already admitted the refund: in the transaction that stored it, its amount was
+committed against the capture, so racing refunds cannot together pass it. This workflow
+carries the refund out:
+
+1. re-read the intent at the PSP, so refunds made outside tradeflow count: if this one no
+   longer fits, it ends FAILED (``exceeds_captured_at_psp``) and its amount is released;
+2. refund at the PSP under ``refund:<refund_id>``, retried for as long as it takes (a PSP down
+   for hours delays the refund, never loses or doubles it);
+3. put the refunded units back on sale, if asked, exactly once per (refund, sku);
+4. record it SUCCEEDED and add it to the order's refunded money, in one transaction.
+
+The order workflow is not involved: an order's refunds are read from the refunds table, so a
+DELIVERED order stays DELIVERED and no write here can race the order's own read-model writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+
+with workflow.unsafe.imports_passed_through():
+    from domain import names
+    from domain.messages import (
+        PspRefundRequest,
+        PspRefundResult,
+        RefundableAtPsp,
+        RefundInput,
+        RefundView,
+        RestockReport,
+        RestockRequest,
+        SettleRefund,
+    )
+    from workflows import options
+
+#: PSP calls of a refund. The money is owed, so they never give up on infrastructure faults
+#: (5xx, timeouts, open breaker): attempts go on, at most ``maximum_interval`` apart, until
+#: the PSP answers. Business refusals are raised non-retryable and end the refund FAILED.
+PSP_UNTIL_DONE = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=5),
+    maximum_attempts=0,
+)
+
+#: Bookkeeping in tradeflow's own database: retried until the database answers.
+BOOKKEEPING = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    maximum_attempts=0,
+)
+
+EXCEEDS_CAPTURED_AT_PSP = "exceeds_captured_at_psp"
+CANCELLED_BEFORE_SENDING = "cancelled_before_sending"
+
+
+@workflow.defn(name=names.REFUND_WORKFLOW)
+class RefundWorkflow:
+    def __init__(self) -> None:
+        self._refund_id = ""
+        self._sending = False
+        """Set before the PSP is first asked to refund: from then on the money may move."""
+
+    @workflow.run
+    async def run(self, inp: RefundInput) -> RefundView:
+        self._refund_id = inp.refund_id
+        try:
+            return await self._refund(inp)
+        except (asyncio.CancelledError, ActivityError) as e:
+            if not _is_cancellation(e):
+                raise
+            # Cancelled from outside (UI, CLI). Before the PSP was asked nothing moved: give
+            # the amount back. Once asked, the PSP may have refunded: finish what was started
+            # (the key makes resending safe), then close as cancelled.
+            finish = (
+                self._send_and_book(inp)
+                if self._sending
+                else self._fail(inp, CANCELLED_BEFORE_SENDING)
+            )
+            await asyncio.shield(asyncio.ensure_future(finish))
+            raise
+
+    async def _refund(self, inp: RefundInput) -> RefundView:
+        self._details(f"checking what the PSP has refunded on {inp.payment_id}")
+        try:
+            seen = await workflow.execute_activity(
+                names.ACT_CHECK_REFUNDABLE_AT_PSP,
+                _psp_request(inp),
+                result_type=RefundableAtPsp,
+                start_to_close_timeout=options.PSP_CALL,
+                retry_policy=PSP_UNTIL_DONE,
+            )
+        except ActivityError as e:
+            return await self._fail(inp, _refusal(e))
+        if not seen.fits:
+            workflow.logger.info(
+                "refund %s of %s does not fit: the PSP received %s and refunded %s already",
+                inp.refund_id,
+                inp.amount_cents,
+                seen.received_cents,
+                seen.refunded_cents,
+            )
+            return await self._fail(inp, EXCEEDS_CAPTURED_AT_PSP)
+        self._sending = True
+        return await self._send_and_book(inp)
+
+    async def _send_and_book(self, inp: RefundInput) -> RefundView:
+        self._details(f"refunding {inp.amount_cents} {inp.currency} at the PSP")
+        try:
+            sent = await workflow.execute_activity(
+                names.ACT_SEND_REFUND,
+                _psp_request(inp),
+                result_type=PspRefundResult,
+                start_to_close_timeout=options.PSP_CALL,
+                retry_policy=PSP_UNTIL_DONE,
+            )
+        except ActivityError as e:
+            return await self._fail(inp, _refusal(e))
+        # Units first, then the status: a refund that reads SUCCEEDED has its units back.
+        if inp.restock:
+            self._details(f"putting {len(inp.restock)} line(s) back on sale at {inp.location_id}")
+            report = await workflow.execute_activity(
+                names.ACT_RESTOCK_REFUNDED_ITEMS,
+                RestockRequest(
+                    refund_id=inp.refund_id,
+                    order_id=inp.order_id,
+                    location_id=inp.location_id,
+                    lines=list(inp.restock),
+                ),
+                result_type=RestockReport,
+                start_to_close_timeout=options.SHORT,
+                retry_policy=BOOKKEEPING,
+            )
+            if report.refused:
+                workflow.logger.warning(
+                    "refund %s: not restocked (no longer sold): %s", inp.refund_id, report.refused
+                )
+        self._details(f"recording PSP refund {sent.psp_refund_id}")
+        view = await workflow.execute_activity(
+            names.ACT_MARK_REFUND_SUCCEEDED,
+            SettleRefund(refund_id=inp.refund_id, psp_refund_id=sent.psp_refund_id),
+            result_type=RefundView,
+            start_to_close_timeout=options.SHORT,
+            retry_policy=BOOKKEEPING,
+        )
+        self._details(f"{view.status}: {inp.amount_cents} {inp.currency} refunded")
+        return view
+
+    async def _fail(self, inp: RefundInput, reason: str) -> RefundView:
+        self._details(f"failing: {reason}; releasing {inp.amount_cents} from the cap")
+        view = await workflow.execute_activity(
+            names.ACT_MARK_REFUND_FAILED,
+            SettleRefund(refund_id=inp.refund_id, failure_reason=reason),
+            result_type=RefundView,
+            start_to_close_timeout=options.SHORT,
+            retry_policy=BOOKKEEPING,
+        )
+        self._details(f"{view.status}: {view.failure_reason}")
+        return view
+
+    def _details(self, text: str) -> None:
+        workflow.set_current_details(f"**refund {self._refund_id}** — {text}")
+
+
+def _psp_request(inp: RefundInput) -> PspRefundRequest:
+    return PspRefundRequest(
+        refund_id=inp.refund_id,
+        order_id=inp.order_id,
+        payment_id=inp.payment_id,
+        amount_cents=inp.amount_cents,
+        idempotency_key=f"refund:{inp.refund_id}",
+    )
+
+
+def _refusal(e: ActivityError) -> str:
+    """The failure reason of a refund the PSP refused; re-raises anything else (with retries
+    that never end, only a non-retryable business refusal gets here)."""
+    cause = e.__cause__
+    if not isinstance(cause, ApplicationError) or not cause.non_retryable:
+        raise e  # a cancellation, or a fault that is not the PSP's answer
+    if cause.type == names.ERR_REFUND_LEDGER_INCONSISTENT:
+        raise e
+    if cause.type == names.ERR_REFUND_EXCEEDS_CAPTURED:
+        return EXCEEDS_CAPTURED_AT_PSP
+    code = cause.details[0] if cause.details else cause.type
+    return f"psp_refused:{code}"
+
+
+def _is_cancellation(e: BaseException) -> bool:
+    """The workflow was cancelled: raised at the await itself, or by the activity it awaited."""
+    return isinstance(e, asyncio.CancelledError) or isinstance(e.__cause__, CancelledError)
