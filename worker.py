@@ -20,27 +20,40 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.couriers import CourierActivities
+from activities.hot_stock import load_hot_counters
 from activities.inventory import InventoryActivities
 from activities.orders import OrderActivities
 from activities.payments import PaymentActivities
+from activities.refunds import RefundActivities
 from domain.names import ALL_TASK_QUEUES, DISPATCH_TASK_QUEUE, ORDERS_TASK_QUEUE
+from infra.breaker import BreakerConfig, CircuitBreaker
+from infra.ratelimit import GcraLimiter
+from infra.redis import make_redis
 from infra.settings import Settings, get_settings
 from store.db import make_engine, make_sessionmaker
 from workflows.checkout import OrderWorkflow
 from workflows.delivery import DeliveryWorkflow
 from workflows.payment import PaymentWorkflow
+from workflows.refund import RefundWorkflow
 
 log = logging.getLogger("tradeflow.worker")
 
 WORKFLOWS_BY_QUEUE: dict[str, list[type]] = {
-    ORDERS_TASK_QUEUE: [OrderWorkflow, PaymentWorkflow],
+    ORDERS_TASK_QUEUE: [OrderWorkflow, PaymentWorkflow, RefundWorkflow],
     DISPATCH_TASK_QUEUE: [DeliveryWorkflow],
 }
+
+
+PSP_BREAKER_NAME = "psp"
+PSP_RATE_PREFIX = "ratelimit:psp"
 
 
 @dataclass
@@ -48,13 +61,32 @@ class Dependencies:
     engine: AsyncEngine
     http: httpx.AsyncClient
     psp_url: str
+    redis: aioredis.Redis | None = None
+    """Closed by ``aclose`` when set. Without it (tests) PSP calls are neither broken nor
+    limited."""
+    psp_breaker: CircuitBreaker | None = None
+    psp_limiter: GcraLimiter | None = None
 
     def activities(self) -> list[Callable[..., Any]]:
         sessions = make_sessionmaker(self.engine)
-        inventory = InventoryActivities(sessionmaker=sessions)
+        inventory = InventoryActivities(sessionmaker=sessions, redis=self.redis)
         orders = OrderActivities(sessionmaker=sessions)
         couriers = CourierActivities(sessionmaker=sessions)
-        payments = PaymentActivities(http=self.http, sessionmaker=sessions, psp_url=self.psp_url)
+        payments = PaymentActivities(
+            http=self.http,
+            sessionmaker=sessions,
+            psp_url=self.psp_url,
+            breaker=self.psp_breaker,
+            limiter=self.psp_limiter,
+        )
+        refunds = RefundActivities(
+            http=self.http,
+            sessionmaker=sessions,
+            psp_url=self.psp_url,
+            breaker=self.psp_breaker,
+            limiter=self.psp_limiter,
+            redis=self.redis,
+        )
         return [
             inventory.try_reserve,
             inventory.confirm_reservation,
@@ -68,18 +100,59 @@ class Dependencies:
             payments.authorize_payment,
             payments.capture_payment,
             payments.void_payment,
+            refunds.check_refundable_at_psp,
+            refunds.send_refund,
+            refunds.mark_refund_succeeded,
+            refunds.mark_refund_failed,
+            refunds.restock_refunded_items,
         ]
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
         await self.engine.dispose()
 
 
+def psp_guards(
+    redis: aioredis.Redis, settings: Settings, *, key_prefix: str = ""
+) -> tuple[CircuitBreaker, GcraLimiter]:
+    """The PSP circuit breaker and call-rate limiter, shared by every worker through Redis
+    (``key_prefix`` keeps separate fleets, e.g. tests, apart on one Redis)."""
+    breaker = CircuitBreaker(
+        redis,
+        name=PSP_BREAKER_NAME,
+        prefix=f"{key_prefix}breaker",
+        config=BreakerConfig(
+            window_s=settings.psp_breaker_window_s,
+            min_calls=settings.psp_breaker_min_calls,
+            failure_rate=settings.psp_breaker_failure_rate,
+            slow_call_s=settings.psp_breaker_slow_call_s,
+            slow_call_rate=settings.psp_breaker_slow_call_rate,
+            open_s=settings.psp_breaker_open_s,
+            half_open_probes=settings.psp_breaker_probes,
+            probe_successes=min(settings.psp_breaker_probe_successes, settings.psp_breaker_probes),
+        ),
+    )
+    limiter = GcraLimiter(
+        redis,
+        rate_per_s=settings.psp_rate_per_s,
+        burst=settings.psp_burst,
+        prefix=f"{key_prefix}{PSP_RATE_PREFIX}",
+    )
+    return breaker, limiter
+
+
 def make_dependencies(settings: Settings) -> Dependencies:
+    redis = make_redis(settings.redis_url)
+    breaker, limiter = psp_guards(redis, settings)
     return Dependencies(
         engine=make_engine(settings.async_database_url),
         http=httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0)),
         psp_url=settings.resolved_psp_url,
+        redis=redis,
+        psp_breaker=breaker,
+        psp_limiter=limiter,
     )
 
 
@@ -108,6 +181,17 @@ def build_workers(
     ]
 
 
+async def load_hot_stock(deps: Dependencies) -> None:
+    """Create the flash-sale counters that are missing (a live counter is left alone). If
+    Redis or the DB is not up yet, hot SKUs load their counter on first use instead."""
+    if deps.redis is None:
+        return
+    try:
+        await load_hot_counters(make_sessionmaker(deps.engine), deps.redis)
+    except (RedisError, OSError, SQLAlchemyError) as e:
+        log.warning("hot-SKU counters not loaded at start (loaded on first use): %s", e)
+
+
 async def serve(settings: Settings, queues: list[str]) -> None:
     from infra.temporal import connect
 
@@ -130,6 +214,7 @@ async def serve(settings: Settings, queues: list[str]) -> None:
         )
     client = await connect(settings)
     deps = make_dependencies(settings)
+    await load_hot_stock(deps)
     workers = build_workers(client, deps, roles={q: q for q in queues})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -22,7 +22,17 @@ from temporalio.client import Client
 from api.catalogue import PRODUCT_CACHE_PREFIX, Catalogue
 from api.errors import install_error_handlers
 from api.middleware import ObservabilityMiddleware
-from api.routes import admin, couriers, deliveries, health, inventory, orders, products
+from api.routes import (
+    admin,
+    couriers,
+    deliveries,
+    health,
+    inventory,
+    orders,
+    payments,
+    products,
+    refunds,
+)
 from api.state import AppState, TemporalConnector
 from domain.names import DISPATCH_TASK_QUEUE, ORDERS_TASK_QUEUE
 from infra.cache import CacheAside
@@ -146,8 +156,9 @@ def create_app(
     install_error_handlers(app)
     # Outermost: sees the final status code. Spans come from FastAPI itself where it can.
     app.add_middleware(ObservabilityMiddleware, spans=not NATIVE_TELEMETRY)
-    for module in (health, products, inventory, admin, orders, deliveries, couriers):
+    for module in (health, products, inventory, admin, orders, deliveries, couriers, payments):
         app.include_router(module.router)
+    app.include_router(refunds.router)
     return app
 
 

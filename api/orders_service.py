@@ -62,6 +62,7 @@ from domain.messages import (
     OrderTimeouts,
     OrderView,
     PaymentView,
+    RefundView,
     TimelineEntry,
 )
 from domain.money import DELIVERY_FEE_CENTS, line_total
@@ -78,8 +79,9 @@ from domain.names import (
     delivery_workflow_id,
     order_workflow_id,
 )
-from domain.status import TERMINAL_STATUSES, CourierEventType, OrderStatus
+from domain.status import TERMINAL_STATUSES, CourierEventType, OrderStatus, PaymentStatus
 from infra.telemetry import metrics
+from store import refunds as refund_book
 from store.models import Location, Order, utcnow_iso
 
 log = logging.getLogger(__name__)
@@ -150,6 +152,24 @@ def _application_error_type(exc: WorkflowUpdateFailedError) -> str | None:
 
 def _format_amount(cents: int, currency: str) -> str:
     return f"{cents // 100}.{cents % 100:02d} {currency}"
+
+
+def with_refunds(view: dict[str, Any], refunds: list[RefundView]) -> dict[str, Any]:
+    """The order's refunds laid over its view. The refunds table is their only source, so
+    no refund write ever races the order workflow's read-model writes; the order's
+    ``status`` is left alone (a DELIVERED order stays DELIVERED)."""
+    if not refunds:
+        return view
+    view = {**view, "amounts": dict(view["amounts"]), "payment": dict(view["payment"])}
+    view["refunds"] = [asdict(r) for r in refunds]
+    refunded = sum(r.amount_cents for r in refunds if r.status == refund_book.SUCCEEDED)
+    captured = int(view["amounts"].get("captured_cents") or 0)
+    view["amounts"]["refunded_cents"] = refunded
+    if captured > 0 and refunded == captured:
+        view["payment"]["status"] = PaymentStatus.REFUNDED.value
+    elif 0 < refunded < captured:
+        view["payment"]["status"] = PaymentStatus.PARTIALLY_REFUNDED.value
+    return view
 
 
 class OrdersService:
@@ -339,6 +359,7 @@ class OrdersService:
                 reservation_ttl_s=settings.reservation_ttl_s,
             ),
             dispatch_task_queue=self._state.dispatch_task_queue,
+            notify_merchant=bool(settings.merchant_webhook_url),
         )
 
     async def _start(self, inp: CheckoutInput) -> None:
@@ -390,7 +411,15 @@ class OrdersService:
     # ------------------------------------------------------------------------------- read
 
     async def current_view(self, order: Order) -> dict[str, Any]:
-        """The order as of now: the workflow's own view while it runs, else the read model."""
+        """The order as of now, with its refunds from the refunds table."""
+        view = await self._order_view(order)
+        async with self._state.sessionmaker() as session:
+            refunds = await refund_book.of_orders(session, [order.order_id])
+            await session.commit()
+        return with_refunds(view, refunds.get(order.order_id, []))
+
+    async def _order_view(self, order: Order) -> dict[str, Any]:
+        """The workflow's own view while it runs, else the read model."""
         stored = dict(order.view)
         client = self._state.temporal.client
         if order.status in TERMINAL_STATUSES or client is None:
@@ -436,12 +465,14 @@ class OrdersService:
         rows = await queries.list_orders(
             session, customer_id=customer_id, status=status, before=before, limit=limit + 1
         )
-        await session.commit()
         page = rows[:limit]
+        refunds = await refund_book.of_orders(session, [r.order_id for r in page])
+        await session.commit()
         next_cursor = None
         if len(rows) > limit:
             next_cursor = encode_cursor(page[-1].created_at, page[-1].order_id)
-        return {"items": [dict(r.view) for r in page], "next_cursor": next_cursor}
+        items = [with_refunds(dict(r.view), refunds.get(r.order_id, [])) for r in page]
+        return {"items": items, "next_cursor": next_cursor}
 
     # ----------------------------------------------------------------------------- cancel
 

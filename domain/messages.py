@@ -63,6 +63,8 @@ class CheckoutInput:
     """RFC 3339 UTC time the API accepted the order."""
     timeouts: OrderTimeouts = field(default_factory=OrderTimeouts)
     dispatch_task_queue: str = "dispatch"
+    notify_merchant: bool = False
+    """Tell the merchant's webhook when the order is paid or cancelled (max effort)."""
 
 
 @dataclass
@@ -364,3 +366,135 @@ class SweepReport:
     released_orders: list[str]
     released_units: int
     still_running: int
+
+
+# ------------------------------------------------------------------- merchant notifications
+
+#: Seconds to wait after each failed try before the next one (like Alipay's notify_url
+#: schedule): 12 tries over about 25 hours, then tradeflow gives up and records it.
+NOTIFY_BACKOFF_S: tuple[float, ...] = (15, 15, 30, 180, 600, 1200, 1800, 3600, 10800, 21600, 50400)
+
+
+@dataclass(frozen=True)
+class MerchantEvent:
+    event_id: str
+    """Stable per fact (``<order_id>.paid``): the merchant dedupes on it."""
+    type: str
+    """``order.paid``, ``order.cancelled`` or ``refund.succeeded``."""
+    order_id: str
+    amount_cents: int
+    currency: str
+    occurred_at: str
+    backoff_s: list[float] = field(default_factory=lambda: list(NOTIFY_BACKOFF_S))
+
+
+@dataclass(frozen=True)
+class NotifyAttempt:
+    delivered: bool
+    status_code: int | None = None
+    error: str | None = None
+    skipped: bool = False
+    """No merchant URL is configured: nothing to deliver."""
+
+
+@dataclass(frozen=True)
+class NotificationOutcome:
+    event_id: str
+    order_id: str
+    type: str
+    status: str
+    """DELIVERED, GAVE_UP or SKIPPED."""
+    attempts: int
+    last_error: str | None = None
+
+
+# -------------------------------------------------------------------------- refund workflow
+
+
+@dataclass(frozen=True)
+class RestockLine:
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class RefundView:
+    """The ``Refund`` resource of the REST contract (plus a few additive fields)."""
+
+    refund_id: str
+    order_id: str
+    amount_cents: int
+    currency: str
+    status: str
+    """``PENDING``, ``SUCCEEDED`` or ``FAILED``."""
+    reason: str
+    restock: list[RestockLine]
+    created_at: str
+    updated_at: str
+    failure_reason: str | None = None
+    """Why a refund FAILED: ``exceeds_captured_at_psp`` or ``psp_refused:<code>``."""
+
+
+@dataclass(frozen=True)
+class RefundInput:
+    """API -> refund workflow. The money is already committed against the capture (the
+    ``payments`` cap moved in the transaction that stored the refund)."""
+
+    refund_id: str
+    order_id: str
+    payment_id: str
+    amount_cents: int
+    currency: str
+    location_id: str
+    """Where restocked units go back on sale: the order's location."""
+    restock: list[RestockLine] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PspRefundRequest:
+    refund_id: str
+    order_id: str
+    payment_id: str
+    amount_cents: int
+    idempotency_key: str
+    """``refund:<refund_id>``: a retry after an unknown outcome gets the PSP's first answer."""
+
+
+@dataclass(frozen=True)
+class RefundableAtPsp:
+    received_cents: int
+    """What the PSP captured on the intent."""
+    refunded_cents: int
+    """Everything the PSP has refunded on the intent, refunds made outside tradeflow too."""
+    fits: bool
+    """Whether this refund still fits: refunded + amount <= received."""
+
+
+@dataclass(frozen=True)
+class PspRefundResult:
+    psp_refund_id: str
+
+
+@dataclass(frozen=True)
+class SettleRefund:
+    """Refund workflow -> its bookkeeping activities: the outcome to record."""
+
+    refund_id: str
+    psp_refund_id: str | None = None
+    failure_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class RestockRequest:
+    refund_id: str
+    order_id: str
+    location_id: str
+    lines: list[RestockLine]
+
+
+@dataclass(frozen=True)
+class RestockReport:
+    returned: list[RestockLine]
+    """Lines whose units this call (or an earlier attempt) put back on sale."""
+    refused: list[RestockLine]
+    """Lines the order no longer had sold (returned by earlier refunds or a compensation)."""

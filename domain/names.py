@@ -73,3 +73,26 @@ SWEEP_WORKFLOW = "InventorySweepWorkflow"
 SWEEPER_SCHEDULE_ID = "inventory-sweeper"
 ACT_FIND_STALE_RESERVATIONS = "find_stale_reservations"
 ACT_RELEASE_ORPHANED_RESERVATIONS = "release_orphaned_reservations"
+
+# Max-effort merchant notifications.
+NOTIFY_WORKFLOW = "NotifyMerchantWorkflow"
+ACT_NOTIFY_MERCHANT = "notify_merchant"
+ACT_RECORD_NOTIFICATION = "record_notification"
+
+
+def notify_workflow_id(event_id: str) -> str:
+    return f"notify-{event_id}"
+
+
+# Refunds: one RefundWorkflow per refund (``refund-<refund_id>``) on the orders queue.
+REFUND_WORKFLOW = "RefundWorkflow"
+ACT_CHECK_REFUNDABLE_AT_PSP = "check_refundable_at_psp"
+ACT_SEND_REFUND = "send_refund"
+ACT_MARK_REFUND_SUCCEEDED = "mark_refund_succeeded"
+ACT_MARK_REFUND_FAILED = "mark_refund_failed"
+ACT_RESTOCK_REFUNDED_ITEMS = "restock_refunded_items"
+
+# ApplicationError types of the refund activities that end a refund as FAILED (non-retryable).
+ERR_REFUND_EXCEEDS_CAPTURED = "RefundExceedsCaptured"
+ERR_REFUND_REFUSED = "RefundRefused"
+ERR_REFUND_LEDGER_INCONSISTENT = "RefundLedgerInconsistent"

@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     task_queues: str = Field(default="orders,dispatch", alias="TRADEFLOW_TASK_QUEUES")
     worker_metrics_port: int = Field(default=0, alias="TRADEFLOW_WORKER_METRICS_PORT", ge=0)
     """Prometheus port for the worker's Temporal SDK metrics; 0 turns them off."""
+    merchant_webhook_url: str | None = Field(default=None, alias="TRADEFLOW_MERCHANT_WEBHOOK_URL")
+    """Where order paid/cancelled and refund events are POSTed (max effort); unset: off."""
+    merchant_secret: str | None = Field(default=None, alias="TRADEFLOW_MERCHANT_SECRET")
+    """HMAC secret of merchant notifications; default: random per data dir."""
     sim_courier_prefix: str = Field(default="k-", alias="TRADEFLOW_SIM_COURIER_PREFIX")
     """The courier simulator plays the couriers whose ids start with this."""
     courier_step_s: float = Field(default=2.0, alias="TRADEFLOW_COURIER_STEP_S", ge=0)
@@ -163,6 +167,10 @@ class Settings(BaseSettings):
     @property
     def resolved_admin_token(self) -> str:
         return self.admin_token or _secret_file(self.data_dir, "admin_token")
+
+    @property
+    def resolved_merchant_secret(self) -> str:
+        return self.merchant_secret or _secret_file(self.data_dir, "merchant_secret")
 
     @property
     def resolved_webhook_secret(self) -> str:

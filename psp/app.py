@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from psp import store as ops
 from psp.faults import Faults
+from psp.merchant import MerchantInbox, merchant
 from psp.signing import SIGNATURE_HEADER, sign
 from psp.store import Event, PspStore, Reply, error_body
 from psp.webhooks import HttpWebhookSender, WebhookSender
@@ -371,6 +372,7 @@ def create_app(
     seed: int | None = None,
     webhook_sender: WebhookSender | None = None,
     webhook_backoff_s: Sequence[float] = DEFAULT_WEBHOOK_BACKOFF_S,
+    merchant_secret: str | None = None,
 ) -> FastAPI:
     """A simulator whose state lives in the SQLite file ``db_path`` (created if missing).
 
@@ -399,6 +401,9 @@ def create_app(
 
     app = FastAPI(title="tradeflow PSP simulator", version="1", lifespan=lifespan)
     app.state.simulator = sim
+    # The simulator also plays the merchant receiving tradeflow's notifications.
+    app.state.merchant = MerchantInbox(secret=merchant_secret)
+    app.include_router(merchant)
     app.include_router(payments)
     app.include_router(testing)
     app.include_router(operations)
@@ -436,6 +441,7 @@ def main() -> None:
         action_delay_s=settings.psp_action_delay_s,
         slow_s=float(os.environ.get("PSP_SLOW_S") or 5.0),
         seed=int(seed) if seed else None,
+        merchant_secret=settings.resolved_merchant_secret,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     uvicorn.run(app, host=settings.bind_host, port=settings.psp_port, log_level="info")

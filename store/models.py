@@ -118,6 +118,10 @@ class Payment(SQLModel, table=True):
     authorized_cents: int = 0
     captured_cents: int = 0
     refunded_cents: int = 0
+    refund_committed_cents: int = 0
+    """Refunds admitted against the capture (pending and succeeded). The API moves it with
+    one conditional UPDATE (``+ amount <= captured_cents``), so racing refunds cannot
+    together pass the capture; a refund that fails gives its amount back."""
     updated_at: str = Field(default_factory=utcnow_iso, max_length=32)
 
 
@@ -135,3 +139,73 @@ class Courier(SQLModel, table=True):
     assignment: str | None = Field(default=None, max_length=16)
     """``OFFERED`` or ``ASSIGNED`` while ``current_order_id`` is set."""
     updated_at: str = Field(default_factory=utcnow_iso, max_length=32)
+
+
+class WebhookEvent(SQLModel, table=True):
+    """A PSP webhook as received: the dedupe record by ``event_id`` and what became of it.
+
+    The row is inserted (``received``) before the workflow is signalled and moved to
+    ``signalled`` or ``ignored`` after; a delivery that finds a ``received`` row signals again
+    (the payment workflow drops repeated event ids), so a crash between the two steps cannot
+    lose the event, and only a finished row answers "duplicate" without touching the workflow.
+    """
+
+    __tablename__ = "webhook_events"
+
+    event_id: str = Field(primary_key=True, max_length=128)
+    type: str = Field(max_length=64)
+    order_id: str = Field(max_length=64, index=True)
+    payment_id: str = Field(max_length=64)
+    amount_cents: int
+    outcome: str = Field(max_length=16)
+    """``received``, ``signalled`` or ``ignored``."""
+    detail: str | None = Field(default=None, max_length=200)
+    """Why an event was ignored (order finished, unknown order, unhandled type)."""
+    received_at: str = Field(default_factory=utcnow_iso, max_length=32)
+    processed_at: str | None = Field(default=None, max_length=32)
+
+
+class Notification(SQLModel, table=True):
+    """Outcome of a max-effort merchant notification, one row per event."""
+
+    __tablename__ = "notifications"
+
+    event_id: str = Field(primary_key=True, max_length=128)
+    order_id: str = Field(max_length=64, index=True)
+    type: str = Field(max_length=32)
+    status: str = Field(max_length=16)
+    """DELIVERED, GAVE_UP or SKIPPED."""
+    attempts: int
+    last_error: str | None = Field(default=None, max_length=500)
+    updated_at: str = Field(default_factory=utcnow_iso, max_length=32)
+
+
+class Refund(SQLModel, table=True):
+    """One refund of an order: admitted by the API, carried out by ``RefundWorkflow``.
+
+    The single source of truth for an order's refunds: the ``Order`` resource shows them from
+    here (``refunds``, ``amounts.refunded_cents``, ``payment.status``).
+    """
+
+    __tablename__ = "refunds"
+    __table_args__ = (
+        UniqueConstraint("order_id", "idempotency_key", name="uq_refunds_order_key"),
+        Index("ix_refunds_order_created", "order_id", "created_at"),
+        CheckConstraint("amount_cents > 0", name="ck_refunds_amount"),
+    )
+
+    refund_id: str = Field(primary_key=True, max_length=64)
+    order_id: str = Field(max_length=64)
+    idempotency_key: str = Field(max_length=255)
+    request_hash: str = Field(max_length=64)
+    amount_cents: int
+    currency: str = Field(max_length=3)
+    reason: str = Field(max_length=1000)
+    restock: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
+    """``[{"sku", "quantity"}]`` to put back on sale at the order's location."""
+    status: str = Field(max_length=16)
+    """``PENDING``, ``SUCCEEDED`` or ``FAILED``; moved only from PENDING, once."""
+    failure_reason: str | None = Field(default=None, max_length=200)
+    psp_refund_id: str | None = Field(default=None, max_length=64)
+    created_at: str = Field(max_length=32)
+    updated_at: str = Field(max_length=32)

@@ -14,8 +14,13 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeKey, WorkflowIDReusePolicy
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
-from temporalio.workflow import ChildWorkflowHandle
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    WorkflowAlreadyStartedError,
+)
+from temporalio.workflow import ChildWorkflowHandle, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from domain import errors, names
@@ -35,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         DeliveryResult,
         DeliveryView,
         ItemView,
+        MerchantEvent,
         OfferResult,
         OrderView,
         PaymentInput,
@@ -212,6 +218,13 @@ class OrderWorkflow:
             await self._finish(saga, OrderStatus.CANCELLED, None)
         except _Failed as f:
             await self._finish(saga, OrderStatus.FAILED, f.reason)
+        except (ActivityError, ChildWorkflowError) as e:
+            # A step failed in a way the saga has no business answer for. Undo what ran and
+            # hand the order to an operator rather than fail the workflow holding stock/money.
+            workflow.logger.error("unexpected failure, compensating: %s", e)
+            await self._finish(
+                saga, OrderStatus.NEEDS_ATTENTION, None, why=f"unexpected failure: {e}"
+            )
         except asyncio.CancelledError:
             # Cancelled from outside (UI, CLI): undo what ran, then let Temporal close the run
             # as cancelled. After pick-up the goods are gone, so an operator must look.
@@ -529,7 +542,9 @@ class OrderWorkflow:
         if self._cancel_reason is not None:
             raise _Cancelled()
 
-    async def _finish(self, saga: Saga, status: OrderStatus, reason: FailureReason | None) -> None:
+    async def _finish(
+        self, saga: Saga, status: OrderStatus, reason: FailureReason | None, *, why: str = ""
+    ) -> None:
         self._closing = True
         self._details(f"compensating ({', '.join(reversed(saga.names)) or 'nothing to undo'})")
         failed = await saga.compensate()
@@ -537,8 +552,8 @@ class OrderWorkflow:
         if d.status in (DeliveryStatus.DISPATCHING, DeliveryStatus.ASSIGNED):
             d.status = DeliveryStatus.FAILED.value
         d.offered_to = None
-        if failed:
-            await self._park(f"compensations failed: {', '.join(failed)}")
+        if failed or status == OrderStatus.NEEDS_ATTENTION:
+            await self._park(why or f"compensations failed: {', '.join(failed)}")
             return
         await self._transition(status, reason)
         self._details(
@@ -564,6 +579,31 @@ class OrderWorkflow:
             + ([SA_FAILURE.value_set(reason.value)] if reason else [])
         )
         await self._write_read_model()
+        if status in (OrderStatus.PAID, OrderStatus.CANCELLED) and self._inp.notify_merchant:
+            await self._notify_merchant(f"order.{status.value.lower()}")
+
+    async def _notify_merchant(self, event_type: str) -> None:
+        """Start the max-effort notification as an abandoned child: it outlives the order."""
+        event_id = f"{self._inp.order_id}.{event_type.split('.')[-1]}"
+        try:
+            await workflow.start_child_workflow(
+                names.NOTIFY_WORKFLOW,
+                MerchantEvent(
+                    event_id=event_id,
+                    type=event_type,
+                    order_id=self._inp.order_id,
+                    amount_cents=self._view.amounts.total_cents,
+                    currency=self._inp.currency,
+                    occurred_at=self._view.updated_at,
+                ),
+                id=names.notify_workflow_id(event_id),
+                task_queue=workflow.info().task_queue,
+                parent_close_policy=ParentClosePolicy.ABANDON,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                static_summary=f"Notify merchant: {event_type} for order {self._inp.order_id}",
+            )
+        except WorkflowAlreadyStartedError:
+            pass  # already notifying of this fact
 
     async def _write_read_model(self) -> None:
         """Write the read model as of now. The write runs as its own task behind a shield: a

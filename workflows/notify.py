@@ -1,0 +1,66 @@
+"""Max-effort merchant notification (``notify-<event_id>``).
+
+One signed POST per try, on a growing schedule measured in hours, with durable timers between
+tries; after the last try tradeflow gives up and records it. Started by the order (or refund)
+workflow as an abandoned child, so a slow merchant never holds an order open.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from domain import names
+    from domain.messages import MerchantEvent, NotificationOutcome, NotifyAttempt
+    from workflows import options
+
+#: One HTTP try per scheduled attempt: the schedule, not Temporal's retry, sets the pace.
+ONE_TRY = RetryPolicy(maximum_attempts=1)
+
+
+@workflow.defn(name=names.NOTIFY_WORKFLOW)
+class NotifyMerchantWorkflow:
+    @workflow.run
+    async def run(self, ev: MerchantEvent) -> NotificationOutcome:
+        delays = [0.0, *ev.backoff_s]
+        last_error: str | None = None
+        for attempt, delay in enumerate(delays, start=1):
+            if delay:
+                workflow.set_current_details(
+                    f"try {attempt}/{len(delays)} of {ev.type} in {delay:.0f}s (last: {last_error})"
+                )
+                await workflow.sleep(timedelta(seconds=delay), summary=f"notify try {attempt}")
+            try:
+                res = await workflow.execute_activity(
+                    names.ACT_NOTIFY_MERCHANT,
+                    ev,
+                    result_type=NotifyAttempt,
+                    start_to_close_timeout=timedelta(seconds=15),
+                    retry_policy=ONE_TRY,
+                )
+            except Exception as e:  # the activity itself failed (worker crash, timeout)
+                res = NotifyAttempt(delivered=False, error=str(e))
+            if res.skipped:
+                return await self._record(ev, "SKIPPED", attempt, None)
+            if res.delivered:
+                return await self._record(ev, "DELIVERED", attempt, None)
+            last_error = res.error or f"HTTP {res.status_code}"
+        return await self._record(ev, "GAVE_UP", len(delays), last_error)
+
+    async def _record(
+        self, ev: MerchantEvent, status: str, attempts: int, error: str | None
+    ) -> NotificationOutcome:
+        outcome = NotificationOutcome(ev.event_id, ev.order_id, ev.type, status, attempts, error)
+        await workflow.execute_activity(
+            names.ACT_RECORD_NOTIFICATION,
+            outcome,
+            start_to_close_timeout=options.SHORT,
+            retry_policy=options.RECORD,
+        )
+        workflow.set_current_details(
+            f"{status} after {attempts} tr{'y' if attempts == 1 else 'ies'}"
+        )
+        return outcome
