@@ -30,9 +30,12 @@ from temporalio.worker import Worker
 from activities.couriers import CourierActivities
 from activities.hot_stock import load_hot_counters
 from activities.inventory import InventoryActivities
+from activities.notify import NotifyActivities
 from activities.orders import OrderActivities
 from activities.payments import PaymentActivities
 from activities.refunds import RefundActivities
+from activities.sweeper import SweeperActivities, ensure_sweeper_schedule
+from domain.messages import RESERVATION_TTL_MARGIN_S
 from domain.names import ALL_TASK_QUEUES, DISPATCH_TASK_QUEUE, ORDERS_TASK_QUEUE
 from infra.breaker import BreakerConfig, CircuitBreaker
 from infra.ratelimit import GcraLimiter
@@ -41,13 +44,21 @@ from infra.settings import Settings, get_settings
 from store.db import make_engine, make_sessionmaker
 from workflows.checkout import OrderWorkflow
 from workflows.delivery import DeliveryWorkflow
+from workflows.notify import NotifyMerchantWorkflow
 from workflows.payment import PaymentWorkflow
 from workflows.refund import RefundWorkflow
+from workflows.sweeper import InventorySweepWorkflow
 
 log = logging.getLogger("tradeflow.worker")
 
 WORKFLOWS_BY_QUEUE: dict[str, list[type]] = {
-    ORDERS_TASK_QUEUE: [OrderWorkflow, PaymentWorkflow, RefundWorkflow],
+    ORDERS_TASK_QUEUE: [
+        OrderWorkflow,
+        PaymentWorkflow,
+        RefundWorkflow,
+        NotifyMerchantWorkflow,
+        InventorySweepWorkflow,
+    ],
     DISPATCH_TASK_QUEUE: [DeliveryWorkflow],
 }
 
@@ -66,8 +77,13 @@ class Dependencies:
     limited."""
     psp_breaker: CircuitBreaker | None = None
     psp_limiter: GcraLimiter | None = None
+    merchant_url: str | None = None
+    """Merchant webhook for max-effort notifications; None: notifications are skipped."""
+    merchant_secret: str = ""
 
-    def activities(self) -> list[Callable[..., Any]]:
+    def activities(self, client: Client | None = None) -> list[Callable[..., Any]]:
+        """Every activity, bound to these dependencies. ``client`` (the worker's Temporal
+        client) is what the sweeper uses to ask whether an order still runs."""
         sessions = make_sessionmaker(self.engine)
         inventory = InventoryActivities(sessionmaker=sessions, redis=self.redis)
         orders = OrderActivities(sessionmaker=sessions)
@@ -87,7 +103,26 @@ class Dependencies:
             limiter=self.psp_limiter,
             redis=self.redis,
         )
+        notify = NotifyActivities(
+            http=self.http,
+            sessionmaker=sessions,
+            url=self.merchant_url,
+            secret=self.merchant_secret,
+        )
+        extra: list[Callable[..., Any]] = []
+        if client is not None:
+            sweeper = SweeperActivities(
+                sessionmaker=sessions, client=client, inventory=inventory, redis=self.redis
+            )
+            extra = [
+                sweeper.find_stale_reservations,
+                sweeper.release_orphaned_reservations,
+                sweeper.reconcile_hot_stock,
+            ]
         return [
+            *extra,
+            notify.notify_merchant,
+            notify.record_notification,
             inventory.try_reserve,
             inventory.confirm_reservation,
             inventory.cancel_reservation,
@@ -153,6 +188,8 @@ def make_dependencies(settings: Settings) -> Dependencies:
         redis=redis,
         psp_breaker=breaker,
         psp_limiter=limiter,
+        merchant_url=settings.merchant_webhook_url,
+        merchant_secret=settings.resolved_merchant_secret,
     )
 
 
@@ -166,7 +203,7 @@ def build_workers(
     """One worker per role. ``roles`` maps role (``orders``/``dispatch``) to the task queue name
     it polls; tests pass unique queue names, production uses the names as they are."""
     roles = roles or {q: q for q in ALL_TASK_QUEUES}
-    acts = deps.activities()
+    acts = deps.activities(client)
     return [
         Worker(
             client,
@@ -192,6 +229,22 @@ async def load_hot_stock(deps: Dependencies) -> None:
         log.warning("hot-SKU counters not loaded at start (loaded on first use): %s", e)
 
 
+async def install_sweeper(client: Client, settings: Settings) -> None:
+    """The inventory sweeper schedule exists once per namespace; the first worker creates it."""
+    ttl = settings.reservation_ttl_s or settings.payment_timeout_s + RESERVATION_TTL_MARGIN_S
+    try:
+        created = await ensure_sweeper_schedule(
+            client, task_queue=ORDERS_TASK_QUEUE, every_s=settings.sweep_interval_s, ttl_s=ttl
+        )
+    except Exception as e:  # an old server without schedules must not stop the worker
+        log.warning("inventory sweeper schedule not installed: %s", e)
+        return
+    if created:
+        log.info(
+            "inventory sweeper scheduled every %.0fs (TTL %.0fs)", settings.sweep_interval_s, ttl
+        )
+
+
 async def serve(settings: Settings, queues: list[str]) -> None:
     from infra.temporal import connect
 
@@ -215,6 +268,8 @@ async def serve(settings: Settings, queues: list[str]) -> None:
     client = await connect(settings)
     deps = make_dependencies(settings)
     await load_hot_stock(deps)
+    if ORDERS_TASK_QUEUE in queues:
+        await install_sweeper(client, settings)
     workers = build_workers(client, deps, roles={q: q for q in queues})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -7,16 +7,19 @@ behind a running saga's back would race its confirm.
 
 from __future__ import annotations
 
+import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.hot_stock import reconcile_hot_counters
 from activities.inventory import InventoryActivities
 from domain.messages import ReleaseReport, ReservationKey, StaleReservations, SweepInput
 from domain.names import (
     ACT_FIND_STALE_RESERVATIONS,
+    ACT_RECONCILE_HOT_STOCK,
     ACT_RELEASE_ORPHANED_RESERVATIONS,
     order_workflow_id,
 )
@@ -30,10 +33,22 @@ class SweeperActivities:
         sessionmaker: async_sessionmaker[AsyncSession],
         client: Client,
         inventory: InventoryActivities,
+        redis: aioredis.Redis | None = None,
     ) -> None:
         self._sessions = sessionmaker
         self._client = client
         self._inventory = inventory
+        self._redis = redis
+
+    @activity.defn(name=ACT_RECONCILE_HOT_STOCK)
+    async def reconcile_hot_stock(self) -> int:
+        """Repair drift between flash-sale counters and the database; how many were off."""
+        if self._redis is None:
+            return 0
+        changes = await reconcile_hot_counters(self._sessions, self._redis)
+        for change in changes:
+            activity.logger.warning("hot counter repaired: %s", change)
+        return len(changes)
 
     @activity.defn(name=ACT_FIND_STALE_RESERVATIONS)
     async def find_stale_reservations(self, inp: SweepInput) -> StaleReservations:

@@ -366,6 +366,8 @@ class SweepReport:
     released_orders: list[str]
     released_units: int
     still_running: int
+    hot_counters_repaired: int = 0
+    """Flash-sale counters that had drifted from the database and were set right."""
 
 
 # ------------------------------------------------------------------- merchant notifications

@@ -73,6 +73,7 @@ SWEEP_WORKFLOW = "InventorySweepWorkflow"
 SWEEPER_SCHEDULE_ID = "inventory-sweeper"
 ACT_FIND_STALE_RESERVATIONS = "find_stale_reservations"
 ACT_RELEASE_ORPHANED_RESERVATIONS = "release_orphaned_reservations"
+ACT_RECONCILE_HOT_STOCK = "reconcile_hot_stock"
 
 # Max-effort merchant notifications.
 NOTIFY_WORKFLOW = "NotifyMerchantWorkflow"

@@ -38,15 +38,23 @@ class InventorySweepWorkflow:
                     maximum_attempts=5, maximum_interval=timedelta(seconds=30)
                 ),
             )
+        workflow.set_current_details("reconciling flash-sale counters with the database")
+        repaired = await workflow.execute_activity(
+            names.ACT_RECONCILE_HOT_STOCK,
+            result_type=int,
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30)),
+        )
         result = SweepReport(
             examined=len(stale.order_ids),
             released_orders=report.released_orders,
             released_units=report.released_units,
             still_running=len(report.still_running),
+            hot_counters_repaired=repaired,
         )
         workflow.set_current_details(
             f"released {result.released_units} unit(s) from {len(result.released_orders)} orphaned "
-            f"order(s); {result.still_running} still running"
+            f"order(s); {result.still_running} still running; {repaired} hot counter(s) repaired"
         )
         workflow.logger.info("inventory sweep: %s", result)
         return result

@@ -65,13 +65,18 @@ async def test_sweeper_releases_orphaned_holds_and_leaves_running_orders(
             dev_env.client,
             task_queue=queue,
             workflows=[InventorySweepWorkflow],
-            activities=[sweeper.find_stale_reservations, sweeper.release_orphaned_reservations],
+            activities=[
+                sweeper.find_stale_reservations,
+                sweeper.release_orphaned_reservations,
+                sweeper.reconcile_hot_stock,
+            ],
         ):
             report = await _sweep(stack, queue)
             assert report.examined == 3
             assert sorted(report.released_orders) == sorted([orphan, b.order_id])
             assert report.released_units == 5
             assert report.still_running == 1
+            assert report.hot_counters_repaired == 0  # no Redis given: nothing to reconcile
             assert await stack.stock("SKU-S") == (9, 1, 0)
 
             again = await _sweep(stack, queue)  # nothing left to release; C still running
