@@ -2,6 +2,7 @@
 offending row when it does not hold.
 
     tradeflow check stock [--database-url URL] [--redis-url URL | --no-redis]
+    tradeflow check money [--database-url URL] [--psp-url URL]
 
 To add a check, write its ``add_arguments(parser)`` and ``run(args) -> int`` (importing its
 heavy modules inside ``run``) and list it in ``CHECKS``.
@@ -85,12 +86,78 @@ async def _stock(args: argparse.Namespace) -> int:
     return 1
 
 
+# ------------------------------------------------------------------------------------ money
+
+
+def _money_arguments(parser: argparse.ArgumentParser) -> None:
+    _connection_arguments(parser, redis=False)
+    parser.add_argument(
+        "--psp-url", help="PSP whose ledger to reconcile with (default: TRADEFLOW_PSP_URL)"
+    )
+    parser.add_argument(
+        "--order",
+        action="append",
+        dest="orders",
+        metavar="ORDER_ID",
+        help="check only this order (repeatable); default: every order with a payment",
+    )
+
+
+def _run_money(args: argparse.Namespace) -> int:
+    return asyncio.run(_money(args))
+
+
+async def _money(args: argparse.Namespace) -> int:
+    import httpx
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cli.seed import redact_url
+    from infra.settings import get_settings, to_async_url
+    from store.checks import check_money
+    from store.db import make_engine, make_sessionmaker
+
+    settings = get_settings()
+    db_url = to_async_url(args.database_url) if args.database_url else settings.async_database_url
+    psp_url = args.psp_url or settings.resolved_psp_url
+    engine = make_engine(db_url, pool_size=2)
+    psp = httpx.AsyncClient(base_url=psp_url, timeout=httpx.Timeout(30.0, connect=3.0))
+    try:
+        report = await check_money(make_sessionmaker(engine), psp, order_ids=args.orders)
+    except SQLAlchemyError as e:
+        print(f"money check could not read {redact_url(db_url)}: {e}")
+        return 2
+    except (httpx.HTTPError, ValueError, KeyError) as e:
+        print(f"money check could not read the PSP ledger at {psp_url}: {e!r}")
+        return 2
+    finally:
+        await psp.aclose()
+        await engine.dispose()
+    for note in report.notes:
+        print(f"note: {note}")
+    if report.ok:
+        print(f"money check OK: {report.summary()}")
+        return 0
+    for v in report.violations:
+        print(f"FAIL {v}")
+    print(
+        f"money check FAILED: {len(report.violations)} problems on"
+        f" {len(report.offenders())} orders in {report.summary()}"
+    )
+    return 1
+
+
 CHECKS: dict[str, Check] = {
     "stock": Check(
         help="available + reserved + sold == stocked per location and SKU, reservations match,"
         " none held by an ended order, Redis hot counters match the DB",
         add_arguments=_stock_arguments,
         run=_run_stock,
+    ),
+    "money": Check(
+        help="per order, tradeflow's payment record equals the PSP ledger (authorized, captured,"
+        " voided, refunded), refunded <= captured <= authorized, no dangling authorization",
+        add_arguments=_money_arguments,
+        run=_run_money,
     ),
 }
 

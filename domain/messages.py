@@ -450,6 +450,9 @@ class RefundInput:
     location_id: str
     """Where restocked units go back on sale: the order's location."""
     restock: list[RestockLine] = field(default_factory=list)
+    notify_merchant: bool = False
+    """Tell the merchant (max effort) once the refund SUCCEEDED: set when a merchant webhook
+    URL is configured."""
 
 
 @dataclass(frozen=True)

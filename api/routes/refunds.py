@@ -236,6 +236,7 @@ class RefundsService:
                     currency=refund.currency,
                     location_id=location_id,
                     restock=list(refund.restock),
+                    notify_merchant=bool(self._state.settings.merchant_webhook_url),
                 )
             )
         return Requested(created=admitted.created, refund=refund_resource(refund))

@@ -20,10 +20,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import CancelledError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
-from domain.messages import CheckoutInput, OrderView, RefundInput, RefundView, RestockLine
-from domain.names import refund_workflow_id
+from domain.messages import (
+    CheckoutInput,
+    OrderView,
+    RefundInput,
+    RefundView,
+    RestockLine,
+)
+from domain.names import notify_workflow_id, refund_workflow_id
 from store import refunds as book
 from store.checks import check_ledger
 from store.db import make_engine, make_sessionmaker
@@ -90,7 +97,7 @@ async def _admit(
 
 
 async def _start(
-    stack: Stack, inp: CheckoutInput, admitted: book.Admitted
+    stack: Stack, inp: CheckoutInput, admitted: book.Admitted, *, notify_merchant: bool = False
 ) -> WorkflowHandle[Any, RefundView]:
     assert admitted.payment_id is not None
     refund = admitted.refund
@@ -104,6 +111,7 @@ async def _start(
             currency=refund.currency,
             location_id=inp.location_id,
             restock=list(refund.restock),
+            notify_merchant=notify_merchant,
         ),
         id=refund_workflow_id(refund.refund_id),
         task_queue=stack.orders_queue,
@@ -193,6 +201,54 @@ async def test_full_refund_gives_back_the_capture_and_the_order_stays_delivered(
     assert (intent["amount_received"], intent["amount_refunded"]) == (TOTAL, TOTAL)
     assert (await stack.read_model(inp.order_id))["status"] == "DELIVERED"
     assert await stack.stock("SKU-1") == (3, 0, 2)  # no restock asked, none done
+
+
+async def test_a_succeeded_refund_notifies_the_merchant_only_when_asked(
+    dev_env: WorkflowEnvironment, sqlite_url: str, tmp_path: Path
+) -> None:
+    # On the dev server: run on the time-skipping server, this test (the abandoned
+    # notification child) left the tests after it (PSP down for minutes, relying on time
+    # skipping) timing out; on the real-time server nothing here waits on a timer.
+    async with order_stack(dev_env.client, sqlite_url, tmp_path / "psp.db") as stack:
+        await stack.seed_product("SKU-1", PRICE, 5)
+        await _notifies_only_when_asked(stack)
+
+
+async def _notifies_only_when_asked(stack: Stack) -> None:
+    inp, _ = await _delivered(stack)
+
+    told = await _admit(stack.engine, inp.order_id, 700)
+    refund = await (await _start(stack, inp, told, notify_merchant=True)).result()
+    assert refund.status == "SUCCEEDED"
+    event_id = f"{refund.refund_id}.succeeded"
+    child = stack.client.get_workflow_handle(notify_workflow_id(event_id))
+    # No merchant URL on this stack's workers: the notification runs and is SKIPPED.
+    outcome = await child.result()  # NotificationOutcome, as a dict
+    assert (outcome["event_id"], outcome["order_id"], outcome["type"], outcome["status"]) == (
+        event_id,
+        inp.order_id,
+        "refund.succeeded",
+        "SKIPPED",
+    )
+    desc = await child.describe()
+    assert desc.parent_id == refund_workflow_id(refund.refund_id)
+    async with stack.engine.connect() as c:
+        row = (
+            await c.execute(
+                text("SELECT order_id, type, status FROM notifications WHERE event_id = :e"),
+                {"e": event_id},
+            )
+        ).one()
+    assert tuple(row) == (inp.order_id, "refund.succeeded", "SKIPPED")
+
+    silent = await _admit(stack.engine, inp.order_id, 300)
+    quiet = await (await _start(stack, inp, silent)).result()
+    assert quiet.status == "SUCCEEDED"
+    with pytest.raises(RPCError) as e:
+        await stack.client.get_workflow_handle(
+            notify_workflow_id(f"{quiet.refund_id}.succeeded")
+        ).describe()
+    assert e.value.status == RPCStatusCode.NOT_FOUND
 
 
 async def test_partial_refunds_up_to_the_capture_then_one_more_cent_is_refused(
