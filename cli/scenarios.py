@@ -3,9 +3,10 @@
 ``Stack`` runs the order and dispatch workers on fresh task queues against a real database and
 the PSP simulator in-process; the workflow tests drive it on the time-skipping server.
 
-Each scenario below drives one path of the saga to its end on a ``Stack`` and returns the ids
-of the workflows it ran (order, then payment and delivery when the path reaches them).
-``tradeflow history record`` runs them on the real dev server and keeps each history for the
+Each scenario below drives one path to its end on a ``Stack`` and returns the ids of the
+workflows it started itself (an order with its payment and delivery, a refund, a notification,
+a sweep); ``tradeflow history record`` adds every child those started (abandoned merchant
+notifications too), runs them on the real dev server and keeps each history for the
 replay tests, so the dev server's clock is real: every timeout that a scenario lets fire is a
 second or two, and every timeout it does not want to fire is generous.
 
@@ -24,12 +25,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 from sqlalchemy import Table, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
 
 from domain.messages import (
@@ -39,31 +42,47 @@ from domain.messages import (
     CourierEvent,
     CourierEventResult,
     DeliveryAddress,
+    MerchantEvent,
+    NotificationOutcome,
     OrderLine,
     OrderTimeouts,
     OrderView,
     PaymentOutcome,
+    RefundView,
+    ReservationKey,
+    SweepInput,
+    SweepReport,
 )
 from domain.money import DELIVERY_FEE_CENTS
 from domain.names import (
     DELIVERY_WORKFLOW,
+    NOTIFY_WORKFLOW,
     ORDER_WORKFLOW,
     PAYMENT_WORKFLOW,
     QUERY_ORDER,
+    REFUND_WORKFLOW,
     SIGNAL_PAYMENT_OUTCOME,
+    SWEEP_WORKFLOW,
     UPDATE_CANCEL,
     UPDATE_COURIER_EVENT,
     UPDATE_COURIER_RESPONSE,
     delivery_workflow_id,
+    notify_workflow_id,
     order_workflow_id,
     payment_workflow_id,
+    refund_workflow_id,
 )
 from store.db import make_engine, make_sessionmaker
 from store.models import Courier, Product, Stock
 from worker import Dependencies, build_workers
 from workflows.checkout import OrderWorkflow
 
+if TYPE_CHECKING:
+    from api.state import AppState
+
 MAIN = (31.2304, 121.4737)
+MERCHANT_URL = "http://psp/v1/merchant/webhook"
+"""The PSP simulator's merchant endpoint, as the in-process workers reach it."""
 C: Table = Courier.__table__  # type: ignore[attr-defined]
 S: Table = Stock.__table__  # type: ignore[attr-defined]
 
@@ -75,6 +94,8 @@ class Stack:
     psp: httpx.AsyncClient
     orders_queue: str
     dispatch_queue: str
+    merchant_url: str | None = None
+    """Where the workers send merchant notifications (None: they skip them)."""
 
     async def seed_product(
         self, sku: str, price_cents: int, available: int, *, hot: bool = False
@@ -166,6 +187,7 @@ class Stack:
         customer_id: str = "c-1",
         timeouts: OrderTimeouts | None = None,
         order_id: str | None = None,
+        notify_merchant: bool = False,
     ) -> CheckoutInput:
         return CheckoutInput(
             order_id=order_id or f"o_{uuid.uuid4().hex}",
@@ -180,6 +202,7 @@ class Stack:
             timeouts=timeouts
             or OrderTimeouts(payment_timeout_s=60, offer_timeout_s=10, max_offers=3),
             dispatch_task_queue=self.dispatch_queue,
+            notify_merchant=notify_merchant,
         )
 
     async def start(self, inp: CheckoutInput) -> WorkflowHandle[Any, OrderView]:
@@ -218,18 +241,28 @@ async def wait_for_view(
 
 @contextlib.asynccontextmanager
 async def order_stack(
-    client: Client, db_url: str, psp_db: Path, *, psp_app: Any = None
+    client: Client,
+    db_url: str,
+    psp_db: Path,
+    *,
+    psp_app: Any = None,
+    merchant_url: str | None = None,
 ) -> AsyncIterator[Stack]:
     """Workers for the order and dispatch roles on fresh queues, talking to the real PSP
-    simulator in-process (ASGI transport) and to the real database at ``db_url``."""
+    simulator in-process (ASGI transport) and to the real database at ``db_url``.
+
+    ``merchant_url``: where merchant notifications go (``MERCHANT_URL`` is the simulator's
+    merchant endpoint); None, the default, skips them."""
     from psp.app import create_app
 
     app = psp_app or create_app(psp_db, webhook_url=None, webhook_secret="test-secret")
     engine = make_engine(db_url)
     psp_http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://psp")
-    deps = Dependencies(engine=engine, http=psp_http, psp_url="http://psp")
+    deps = Dependencies(
+        engine=engine, http=psp_http, psp_url="http://psp", merchant_url=merchant_url
+    )
     suffix = uuid.uuid4().hex[:8]
-    stack = Stack(client, engine, psp_http, f"orders-{suffix}", f"dispatch-{suffix}")
+    stack = Stack(client, engine, psp_http, f"orders-{suffix}", f"dispatch-{suffix}", merchant_url)
     workers = build_workers(
         client, deps, roles={"orders": stack.orders_queue, "dispatch": stack.dispatch_queue}
     )
@@ -503,3 +536,231 @@ async def no_courier(stack: Stack) -> list[str]:
     inp, h = await _order(stack, run, timeouts=timeouts)
     _expect(await h.result(), "FAILED", "NO_COURIER")
     return _ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+
+
+# ------------------------------------------------------------------- refunds, notifications
+
+
+async def _delivered(
+    stack: Stack, run: str, *, quantity: int = 1, notify_merchant: bool = False
+) -> CheckoutInput:
+    """A delivered (so captured) order of ``quantity`` units of ``SKU-<run>``."""
+    sku = f"SKU-{run}"
+    await stack.seed_product(sku, PRICE, 5)
+    async with _couriers(stack, run, 0.5) as (courier,):
+        inp = stack.checkout(
+            [(sku, quantity, PRICE)],
+            timeouts=PATIENT,
+            order_id=f"o-{run}",
+            notify_merchant=notify_merchant,
+        )
+        _expect(await _accept_and_deliver(stack, inp, await stack.start(inp), courier), "DELIVERED")
+    return inp
+
+
+async def _request_refund(
+    stack: Stack,
+    order_id: str,
+    amount_cents: int,
+    *,
+    restock: tuple[tuple[str, int], ...] = (),
+    merchant_configured: bool = True,
+) -> str:
+    """What ``POST /v1/orders/{order_id}/refunds`` does, without the HTTP around it: the API's
+    own service admits the refund (``store.refunds.admit``) and starts ``RefundWorkflow``.
+    ``merchant_configured``: the API has the stack's merchant webhook URL in its settings, so
+    the refund tells the merchant once it succeeded."""
+    from api.routes.refunds import RefundBody, RefundsService, RestockLineIn
+
+    state = SimpleNamespace(
+        settings=SimpleNamespace(
+            merchant_webhook_url=stack.merchant_url if merchant_configured else None
+        ),
+        temporal=SimpleNamespace(client=stack.client),
+        orders_task_queue=stack.orders_queue,
+    )
+    body = RefundBody(
+        amount_cents=amount_cents,
+        reason="recorded scenario",
+        restock=[RestockLineIn(sku=sku, quantity=q) for sku, q in restock] or None,
+    )
+    async with make_sessionmaker(stack.engine)() as session:
+        requested = await RefundsService(cast("AppState", state)).request(
+            session, order_id, body, key=uuid.uuid4().hex
+        )
+    if not requested.created or requested.refund["status"] != "PENDING":
+        raise ScenarioFailed(f"refund of {order_id} not admitted: {requested.refund}")
+    return str(requested.refund["refund_id"])
+
+
+async def _refund_result(stack: Stack, refund_id: str) -> RefundView:
+    handle = stack.client.get_workflow_handle(refund_workflow_id(refund_id), result_type=RefundView)
+    return await handle.result()
+
+
+def _expect_refund(refund: RefundView, status: str, reason: str | None = None) -> None:
+    if (refund.status, refund.failure_reason) != (status, reason):
+        raise ScenarioFailed(
+            f"refund {refund.refund_id} ended {refund.status}/{refund.failure_reason},"
+            f" expected {status}/{reason}"
+        )
+
+
+@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW, REFUND_WORKFLOW, NOTIFY_WORKFLOW)
+async def refund_full(stack: Stack) -> list[str]:
+    """A delivered order is refunded in full through the API's path: checked at the PSP,
+    refunded, recorded SUCCEEDED, nothing restocked; the merchant webhook is configured, so
+    the refund starts its ``refund.succeeded`` notification as an abandoned child."""
+    run = _run_id("refund_full")
+    inp = await _delivered(stack, run)
+    total = PRICE + DELIVERY_FEE_CENTS
+    refund_id = await _request_refund(stack, inp.order_id, total)
+    _expect_refund(await _refund_result(stack, refund_id), "SUCCEEDED")
+    if await stack.ledger(inp.order_id) != [
+        ("authorize", total),
+        ("capture", total),
+        ("refund", total),
+    ]:
+        raise ScenarioFailed(f"PSP ledger of {inp.order_id}: {await stack.ledger(inp.order_id)}")
+    event_id = f"{refund_id}.succeeded"
+    if (outcome := await _notification(stack, event_id)).status != "DELIVERED":
+        raise ScenarioFailed(f"notification {event_id}: {outcome}")
+    return [
+        *_ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW),
+        refund_workflow_id(refund_id),
+    ]
+
+
+@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW, REFUND_WORKFLOW)
+async def refund_partial_with_restock(stack: Stack) -> list[str]:
+    """One of two delivered units is refunded and put back on sale before SUCCEEDED; no
+    merchant webhook configured at the API, so no notification."""
+    run = _run_id("refund_partial_with_restock")
+    inp = await _delivered(stack, run, quantity=2)
+    sku = inp.lines[0].sku
+    refund_id = await _request_refund(
+        stack, inp.order_id, PRICE, restock=((sku, 1),), merchant_configured=False
+    )
+    _expect_refund(await _refund_result(stack, refund_id), "SUCCEEDED")
+    if (stock := await stack.stock(sku)) != (4, 0, 1):  # 5 seeded, 2 sold, 1 back on sale
+        raise ScenarioFailed(f"{sku} after the restock: (available, reserved, sold) = {stock}")
+    return [
+        *_ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW),
+        refund_workflow_id(refund_id),
+    ]
+
+
+@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW, REFUND_WORKFLOW)
+async def refund_exceeds_at_psp(stack: Stack) -> list[str]:
+    """Refunded at the PSP's dashboard first: tradeflow's refund fits its own cap, not what the
+    PSP has left, so it ends FAILED/exceeds_captured_at_psp and its amount is released."""
+    from workflows.refund import EXCEEDS_CAPTURED_AT_PSP
+
+    run = _run_id("refund_exceeds_at_psp")
+    inp = await _delivered(stack, run)
+    order = await stack.read_model(inp.order_id)
+    payment_id = order["view"]["payment"]["payment_id"]
+    r = await stack.psp.post(
+        "/v1/refunds",
+        json={"payment_id": payment_id, "amount_cents": 1000},
+        headers={"Idempotency-Key": f"dashboard-{run}"},
+    )
+    r.raise_for_status()
+    refund_id = await _request_refund(stack, inp.order_id, 1000)
+    _expect_refund(await _refund_result(stack, refund_id), "FAILED", EXCEEDS_CAPTURED_AT_PSP)
+    return [
+        *_ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW),
+        refund_workflow_id(refund_id),
+    ]
+
+
+async def _merchant_received(stack: Stack, event_id: str) -> None:
+    r = await stack.psp.get("/v1/merchant/notifications")
+    r.raise_for_status()
+    if event_id not in {e["event_id"] for e in r.json()["items"]}:
+        raise ScenarioFailed(f"the merchant never received {event_id}")
+
+
+async def _notification(stack: Stack, event_id: str) -> NotificationOutcome:
+    handle = stack.client.get_workflow_handle(
+        notify_workflow_id(event_id), result_type=NotificationOutcome
+    )
+    return await handle.result()
+
+
+@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW, NOTIFY_WORKFLOW)
+async def notify_delivered(stack: Stack) -> list[str]:
+    """An order with ``notify_merchant``: on PAID it starts the merchant notification as an
+    abandoned child, which the merchant endpoint takes on the first try; delivered."""
+    run = _run_id("notify_delivered")
+    inp = await _delivered(stack, run, notify_merchant=True)
+    event_id = f"{inp.order_id}.paid"
+    outcome = await _notification(stack, event_id)
+    if (outcome.status, outcome.attempts) != ("DELIVERED", 1):
+        raise ScenarioFailed(f"notification {event_id}: {outcome}")
+    await _merchant_received(stack, event_id)
+    # The notification is the order's child: ``record`` finds it in the order's history.
+    return _ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+
+
+@scenario(NOTIFY_WORKFLOW)
+async def notify_retried(stack: Stack) -> list[str]:
+    """The merchant answers 503 once: the notification waits out its (here 1 s) backoff on a
+    durable timer and is delivered on the second try. Started directly, as the order workflow
+    would, since its production schedule begins at 15 s."""
+    run = _run_id("notify_retried")
+    event_id = f"o-{run}.paid"
+    r = await stack.psp.post("/v1/merchant/fail_next", json={"count": 1})
+    r.raise_for_status()
+    await stack.client.start_workflow(
+        NOTIFY_WORKFLOW,
+        MerchantEvent(
+            event_id=event_id,
+            type="order.paid",
+            order_id=f"o-{run}",
+            amount_cents=PRICE + DELIVERY_FEE_CENTS,
+            currency="USD",
+            occurred_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            backoff_s=[1.0, 1.0],
+        ),
+        id=notify_workflow_id(event_id),
+        task_queue=stack.orders_queue,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+    )
+    outcome = await _notification(stack, event_id)
+    if (outcome.status, outcome.attempts) != ("DELIVERED", 2):
+        raise ScenarioFailed(f"notification {event_id}: {outcome}")
+    await _merchant_received(stack, event_id)
+    return [notify_workflow_id(event_id)]
+
+
+@scenario(SWEEP_WORKFLOW)
+async def inventory_sweep(stack: Stack) -> list[str]:
+    """A hold whose order workflow never ran (its history gone) is past its TTL: the sweep
+    finds it, sees no running order and releases it through the saga's fenced cancel."""
+    from activities.inventory import InventoryActivities
+
+    run = _run_id("inventory_sweep")
+    sku, orphan = f"SKU-{run}", f"o-{run}-orphan"
+    await stack.seed_product(sku, PRICE, 5)
+    inventory = InventoryActivities(sessionmaker=make_sessionmaker(stack.engine))
+    await inventory.try_reserve(ReservationKey(orphan, "main", sku, 2))
+    async with stack.engine.begin() as conn:  # past any TTL
+        await conn.execute(
+            text(
+                "UPDATE reservations SET created_at = '2000-01-01T00:00:00.000000Z'"
+                " WHERE order_id = :o"
+            ),
+            {"o": orphan},
+        )
+    sweep_id = f"sweep-{run}"
+    report = await stack.client.execute_workflow(
+        SWEEP_WORKFLOW,
+        SweepInput(ttl_s=600),
+        id=sweep_id,
+        task_queue=stack.orders_queue,
+        result_type=SweepReport,
+    )
+    if orphan not in report.released_orders or await stack.stock(sku) != (5, 0, 0):
+        raise ScenarioFailed(f"sweep did not release {orphan}: {report}")
+    return [sweep_id]
