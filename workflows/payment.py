@@ -98,6 +98,10 @@ class PaymentWorkflow:
             )
             return self._done(PaymentResult(status="TIMEOUT", detail=f"{detail} ({e.retry_state})"))
         self._payment_id = auth.payment_id
+        if self._outcome is not None and self._outcome.payment_id != auth.payment_id:
+            # An event that came before we knew our intent, for another one: not ours.
+            workflow.logger.warning("early event %s was for another intent", self._outcome.event_id)
+            self._outcome = None
         if auth.status == PaymentStatus.AUTHORIZED:
             return self._done(PaymentResult("AUTHORIZED", auth.payment_id, auth.authorized_cents))
         if auth.status == PaymentStatus.DECLINED:
