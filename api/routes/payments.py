@@ -190,10 +190,14 @@ async def _claim(state: AppState, event: PspEvent, outcome: str, detail: str | N
 
 async def _finish(state: AppState, event_id: str, outcome: str, detail: str | None) -> None:
     c = _EVENTS.c
+    # Racing deliveries of one event finish in any order; one that found the workflow already
+    # gone says "ignored" even though an earlier signal took effect, so "signalled" may
+    # overwrite "ignored" but never the other way round.
+    settled_from = (RECEIVED, IGNORED) if outcome == SIGNALLED else (RECEIVED,)
     async with state.sessionmaker() as session, session.begin():
         await session.execute(
             update(_EVENTS)
-            .where(c.event_id == event_id, c.outcome == RECEIVED)
+            .where(c.event_id == event_id, c.outcome.in_(settled_from))
             .values(outcome=outcome, detail=detail, processed_at=utcnow_iso())
         )
 
