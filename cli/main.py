@@ -22,7 +22,8 @@ SUBCOMMANDS: dict[str, str] = {
     "migrate": "cli.migrate",
     "seed": "cli.seed",
     "courier-sim": "cli.courier_sim",
-    # Added by their owners: "check": "cli.check", "load": "cli.load", "history": "cli.history".
+    "history": "cli.history",
+    "check": "cli.check",
 }
 
 
