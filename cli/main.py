@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, str] = {
     "courier-sim": "cli.courier_sim",
     "history": "cli.history",
     "check": "cli.check",
+    "load": "cli.load",
 }
 
 

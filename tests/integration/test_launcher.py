@@ -1,7 +1,8 @@
 """`tradeflow up` as an operator runs it: a subprocess on free ports with its own data dir.
 
-``running_stack`` (module-scoped) is the whole stack started by the launcher; end-to-end tests
-that drive orders through HTTP can use it too.
+``running_stack`` (module-scoped) is the whole stack started by the launcher with the courier
+simulator on, as ``make up`` runs it. ``launched`` and ``launcher_env`` start other stacks:
+``test_end_to_end.py`` uses them for its own (simulator off, for the README story).
 """
 
 from __future__ import annotations
@@ -333,3 +334,44 @@ def test_sigterm_stops_exactly_what_up_started_and_a_second_up_keeps_the_data(
             assert second.stop() == 0, second.transcript()
             for pid in second.children.values():
                 assert not group_alive(pid)
+
+
+def test_load_generator_places_orders_that_all_reach_paid(running_stack: RunningStack) -> None:
+    """`tradeflow load` against the launcher's stack: its own SKU and customers, so the other
+    tests' figures do not move."""
+    done = subprocess.run(
+        [
+            *tradeflow_command(),
+            "load",
+            "--api",
+            running_stack.api_url,
+            "--admin-token",
+            running_stack.admin_token,
+            "--seed",
+            "--couriers",
+            "0",
+            "--sku",
+            "LOAD-SMOKE",
+            "--orders",
+            "12",
+            "--concurrency",
+            "4",
+            "--timeout-s",
+            "60",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{running_stack.transcript()}"
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["accepted"] == result["paid"] == 12, result
+    assert result["rejected"] == {} and result["failed"] == {} and result["unfinished"] == 0
+    assert result["accepted_per_s"] > 0 and result["paid_per_s"] > 0
+    assert 0 < result["checkout_p50_ms"] <= result["checkout_p95_ms"]
+    assert "accepted 12/12" in done.stderr, "progress goes to stderr"
+    with httpx.Client(base_url=running_stack.api_url, timeout=5) as http:
+        stock = http.get("/v1/inventory/LOAD-SMOKE", params={"location_id": "main"}).json()
+    assert stock["reserved"] + stock["sold"] == 12

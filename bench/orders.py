@@ -1,0 +1,631 @@
+"""Orders per second to PAID, against a baseline of trivial workflows on the same Temporal.
+
+    .venv/bin/python -m bench.orders --orders 200 --concurrency 20
+
+Starts its own stack with ``tradeflow up`` (free ports, a throwaway data dir, no demo data, no
+courier simulator), or uses the one at ``--api`` / ``--temporal-address``. Each round runs:
+
+1. **baseline**: C starters start N workflows ``BenchNoop`` (one no-op activity) on the stack's
+   Temporal server, served by a worker process of its own (``python -m bench.orders
+   --serve-noop-worker``) with the settings of tradeflow's ``worker.py`` (sandboxed, 100
+   activity slots); each workflow counts when the server closes it;
+2. **tradeflow**: ``tradeflow load`` places N orders through the API, C at a time; each order
+   counts when its timeline says ``PAID`` (price, reserve stock, payment child workflow that
+   authorizes at the PSP simulator, confirm stock; five activities, two workflows).
+
+Both are open loop (everything is submitted as fast as C submitters can, then the run waits for
+the last one), timed from the first submission to the server-side event, so the ratios compare
+like with like. Each phase starts once the machine has been nearly idle for a few seconds (the
+previous phase's tail, or other work on the machine, would otherwise land in it), and every
+other round runs the two sides the other way round. Values are medians over ``--rounds``; a
+ratio is the median of the per-round ratios. Printed: one JSON line per figure,
+``{"name", "value", "unit", "ratio_to_baseline"}``; progress goes to stderr.
+
+While orders wait for a courier after PAID they must not load the machine: the stack this
+starts has no couriers and ``TRADEFLOW_OFFER_TIMEOUT_S=3600``, so each order's dispatch makes
+one courier search and then sleeps on a timer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from temporalio import activity, workflow
+
+# Imported lazily, inside functions: this module holds a workflow, and the sandbox re-imports
+# a workflow's module for every run; the baseline must not pay for httpx or the API client.
+
+READY_LINE = re.compile(r"^tradeflow ready: api=(http://\S+) ui=(http://\S+)$")
+READY_TIMEOUT_S = 180.0
+
+
+# -- the baseline workflow ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NoopInput:
+    n: int
+
+
+@dataclass(frozen=True)
+class NoopOutput:
+    n: int
+
+
+@activity.defn(name="bench_noop")
+async def noop(inp: NoopInput) -> NoopOutput:
+    return NoopOutput(inp.n)
+
+
+@workflow.defn(name="BenchNoop")
+class NoopWorkflow:
+    @workflow.run
+    async def run(self, inp: NoopInput) -> NoopOutput:
+        return await workflow.execute_activity(
+            noop, inp, start_to_close_timeout=timedelta(seconds=30)
+        )
+
+
+@dataclass
+class Figures:
+    """One run of either side, in the same shape."""
+
+    submitted_per_s: float
+    completed_per_s: float
+    submit_latencies_s: list[float] = field(repr=False)
+    complete_latencies_s: list[float] = field(repr=False)
+    complete: int
+    n: int
+    cpu_s: dict[str, float] | None = None
+    """CPU seconds each server process spent on this run, through to the machine being quiet
+    again (so an order's dispatch start counts too); None when the pids are not known."""
+
+
+async def run_baseline(
+    address: str,
+    namespace: str,
+    task_queue: str,
+    *,
+    n: int,
+    concurrency: int,
+    report: Callable[[str], None],
+) -> Figures:
+    """Start ``n`` BenchNoop workflows from ``concurrency`` starters; wait until all closed."""
+    from temporalio.client import Client, WorkflowHandle
+
+    client = await Client.connect(address, namespace=namespace)
+    run = uuid.uuid4().hex[:8]
+    handles: list[tuple[float, WorkflowHandle[Any, Any]]] = []
+    submit_latencies: list[float] = []
+    next_n = 0
+
+    async def starter() -> None:
+        nonlocal next_n
+        while next_n < n:
+            i = next_n
+            next_n += 1
+            sent = time.time()
+            t0 = time.perf_counter()
+            handle = await client.start_workflow(
+                NoopWorkflow.run, NoopInput(i), id=f"bench-noop-{run}-{i}", task_queue=task_queue
+            )
+            submit_latencies.append(time.perf_counter() - t0)
+            handles.append((sent, handle))
+
+    started = time.time()
+    await asyncio.gather(*(starter() for _ in range(concurrency)))
+    submit_s = time.time() - started
+    await asyncio.gather(*(h.result() for _, h in handles))
+    # Completion as the server recorded it, like the PAID entry of an order's timeline.
+    closes = await asyncio.gather(*(h.describe() for _, h in handles))
+    complete_latencies = []
+    last = started
+    for (sent, _), desc in zip(handles, closes, strict=True):
+        assert desc.close_time is not None
+        closed = desc.close_time.timestamp()
+        complete_latencies.append(max(closed - sent, 0.0))
+        last = max(last, closed)
+    report(f"baseline: {n} workflows in {last - started:.1f}s")
+    return Figures(
+        submitted_per_s=n / submit_s,
+        completed_per_s=n / (last - started),
+        submit_latencies_s=submit_latencies,
+        complete_latencies_s=complete_latencies,
+        complete=n,
+        n=n,
+    )
+
+
+async def serve_noop_worker(address: str, namespace: str, task_queue: str) -> None:
+    """The baseline's worker, in a process of its own like tradeflow's ``worker.py``, with its
+    settings (``worker.build_workers``): sandboxed workflows, 100 activity slots."""
+    from temporalio.client import Client
+    from temporalio.worker import Worker
+
+    client = await Client.connect(address, namespace=namespace)
+    worker = Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[NoopWorkflow],
+        activities=[noop],
+        max_concurrent_activities=100,
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    running = asyncio.create_task(worker.run())
+    print("noop worker ready", flush=True)
+    await stop.wait()
+    await worker.shutdown()
+    await running
+
+
+@contextmanager
+def noop_worker(address: str, namespace: str, task_queue: str) -> Iterator[int]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.orders",
+            "--serve-noop-worker",
+            task_queue,
+            "--temporal-address",
+            address,
+            "--namespace",
+            namespace,
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != "noop worker ready":
+            raise SystemExit(f"the baseline worker did not start (exit {process.wait()})")
+        yield process.pid
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def run_orders(
+    api_url: str,
+    admin_token: str,
+    *,
+    n: int,
+    concurrency: int,
+    report: Callable[[str], None],
+) -> Figures:
+    from cli.load import LoadConfig, run_load
+
+    config = LoadConfig(
+        api_url=api_url,
+        orders=n,
+        concurrency=concurrency,
+        admin_token=admin_token,
+        seed=True,
+        couriers=0,
+        timeout_s=600,
+    )
+    result = await run_load(config, report=lambda line: report(f"tradeflow: {line}"))
+    if not result.ok:
+        report(f"tradeflow: not every order reached PAID: {result.summary()}")
+    return Figures(
+        submitted_per_s=result.accepted_per_s,
+        completed_per_s=result.paid_per_s,
+        submit_latencies_s=result.checkout_latencies_s,
+        complete_latencies_s=result.paid_latencies_s,
+        complete=result.paid,
+        n=n,
+    )
+
+
+# -- the stack ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stack:
+    api_url: str
+    admin_token: str
+    temporal_address: str
+    namespace: str = "default"
+    pids: dict[str, int] = field(default_factory=dict)
+    """The stack's server processes (from ``pids.json``), when this benchmark started it."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def launched_stack(report: Callable[[str], None], keep: bool) -> Iterator[Stack]:
+    """``tradeflow up`` on free ports with a throwaway data dir; stopped (SIGTERM) after."""
+    from infra.settings import Settings
+
+    ours = {f.alias.upper() for f in Settings.model_fields.values() if f.alias}
+    data_dir = Path(tempfile.mkdtemp(prefix="tradeflow-bench-"))
+    env = {k: v for k, v in os.environ.items() if k.upper() not in ours}
+    temporal_address = f"127.0.0.1:{_free_port()}"
+    env.update(
+        TRADEFLOW_DATA_DIR=str(data_dir),
+        TEMPORAL_ADDRESS=temporal_address,
+        TEMPORAL_UI_PORT=str(_free_port()),
+        API_PORT=str(_free_port()),
+        PSP_PORT=str(_free_port()),
+        REDIS_URL=f"redis://127.0.0.1:{_free_port()}/0",
+        TRADEFLOW_DEMO="off",
+        TRADEFLOW_COURIER_SIMULATOR="off",
+        TRADEFLOW_OFFER_TIMEOUT_S="3600",
+        PYTHONUNBUFFERED="1",
+    )
+    script = Path(sys.executable).parent / "tradeflow"
+    argv = [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
+    report(f"starting the stack: tradeflow up (data dir {data_dir})")
+    process = subprocess.Popen(
+        [*argv, "up"],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line.rstrip("\n"))
+            if "webhook secret:" in line:
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not ready.wait(0.2):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("tradeflow up did not get ready:\n" + "\n".join(lines))
+        match = next(m for m in map(READY_LINE.match, lines) if m)
+        token = next(line.split()[2] for line in lines if "admin token:" in line)
+        report(f"stack ready: api={match.group(1)} temporal={temporal_address}")
+        children = json.loads((data_dir / "pids.json").read_text())["children"]
+        yield Stack(
+            api_url=match.group(1),
+            admin_token=token,
+            temporal_address=temporal_address,
+            pids={name: int(info["pid"]) for name, info in children.items()},
+        )
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        reader.join(timeout=5)
+        if keep:
+            report(f"kept {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# -- figures --------------------------------------------------------------------------------
+
+
+def cpu_busy_fraction(interval_s: float = 1.0) -> float | None:
+    """Share of the machine's CPU time that was busy over ``interval_s`` (Linux only)."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        return sum(values), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval_s)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total1 - total0
+    return 1.0 - (idle1 - idle0) / total if total > 0 else None
+
+
+async def quiesce(
+    report: Callable[[str], None],
+    *,
+    busy_below: float = 0.25,
+    quiet_s: int = 3,
+    max_wait_s: float = 120.0,
+) -> None:
+    """Wait until the machine has been nearly idle for ``quiet_s`` seconds in a row.
+
+    Each phase must start on a quiet machine: orders keep the worker busy for a few seconds
+    after their PAID (dispatch starts), and that tail must not land in the next baseline."""
+    deadline = time.monotonic() + max_wait_s
+    quiet = 0
+    busy: float | None = None
+    while quiet < quiet_s:
+        busy = await asyncio.to_thread(cpu_busy_fraction, 1.0)
+        if busy is None:  # not Linux: a fixed pause instead
+            await asyncio.sleep(5)
+            return
+        quiet = quiet + 1 if busy < busy_below else 0
+        if time.monotonic() > deadline:
+            report(f"warning: the machine is still {busy:.0%} busy; measuring anyway")
+            return
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float] | None:
+    """User + system CPU seconds of each process so far (Linux ``/proc``); None elsewhere."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    try:
+        for name, pid in pids.items():
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return None
+    return out
+
+
+def load_average() -> str:
+    """The machine's load average: other work on it skews both sides of the comparison."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def figures_lines(baselines: list[Figures], orders: list[Figures]) -> list[dict[str, Any]]:
+    from cli.load import percentile
+
+    def med(runs: list[Figures], get: Callable[[Figures], float]) -> float:
+        return median([get(r) for r in runs])
+
+    def pct(p: float) -> Callable[[Figures], float]:
+        return lambda r: percentile(r.submit_latencies_s, p) * 1000
+
+    def pct_done(p: float) -> Callable[[Figures], float]:
+        return lambda r: percentile(r.complete_latencies_s, p) * 1000
+
+    pairs: list[tuple[str, str, str, Callable[[Figures], float]]] = [
+        ("started_per_s", "orders_accepted_per_s", "per_s", lambda r: r.submitted_per_s),
+        ("completed_per_s", "orders_paid_per_s", "per_s", lambda r: r.completed_per_s),
+        ("start_latency_p50_ms", "checkout_latency_p50_ms", "ms", pct(50)),
+        ("start_latency_p95_ms", "checkout_latency_p95_ms", "ms", pct(95)),
+        ("time_to_complete_p50_ms", "time_to_paid_p50_ms", "ms", pct_done(50)),
+        ("time_to_complete_p95_ms", "time_to_paid_p95_ms", "ms", pct_done(95)),
+    ]
+    if all(f.cpu_s for f in baselines + orders):
+        pairs += [
+            ("cpu_ms", "order_cpu_ms", "cpu_ms", cpu_ms),
+            ("temporal_cpu_ms", "order_temporal_cpu_ms", "cpu_ms", lambda f: cpu_ms(f, "temporal")),
+        ]
+    out: list[dict[str, Any]] = []
+    for base_name, name, unit, get in pairs:
+        base = med(baselines, get)
+        value = med(orders, get)
+        # The median of per-round ratios: what loads the machine during a round loads both
+        # of its sides.
+        ratios = [get(o) / get(b) for b, o in zip(baselines, orders, strict=True) if get(b)]
+        out.append(
+            {
+                "name": f"baseline_noop_workflow_{base_name}",
+                "value": round(base, 2),
+                "unit": {"per_s": "workflows/s", "cpu_ms": "CPU ms/workflow"}.get(unit, unit),
+                "ratio_to_baseline": 1.0,
+            }
+        )
+        out.append(
+            {
+                "name": name,
+                "value": round(value, 2),
+                "unit": {"per_s": "orders/s", "cpu_ms": "CPU ms/order"}.get(unit, unit),
+                "ratio_to_baseline": round(median(ratios), 3) if ratios else None,
+            }
+        )
+    return out
+
+
+async def measure(
+    stack: Stack,
+    task_queue: str,
+    worker_pid: int,
+    *,
+    n: int,
+    concurrency: int,
+    rounds: int,
+    warmup: int,
+    report: Callable[[str], None],
+) -> tuple[list[Figures], list[Figures]]:
+    # The processes each side keeps busy: Temporal serves both; the baseline's worker is ours.
+    server = {k: v for k, v in stack.pids.items() if k == "temporal"}
+    sides = {
+        "baseline": {**server, "worker": worker_pid} if server else {},
+        "tradeflow": dict(stack.pids),
+    }
+
+    async def phase(side: str, count: int) -> Figures:
+        pids = sides[side]
+        before = cpu_seconds(pids) if pids else None
+        if side == "baseline":
+            figures = await run_baseline(
+                stack.temporal_address,
+                stack.namespace,
+                task_queue,
+                n=count,
+                concurrency=concurrency,
+                report=report,
+            )
+        else:
+            figures = await run_orders(
+                stack.api_url, stack.admin_token, n=count, concurrency=concurrency, report=report
+            )
+        await quiesce(report)  # the work the run set off, to its end
+        after = cpu_seconds(pids) if pids else None
+        if before is not None and after is not None:
+            figures.cpu_s = {k: after[k] - before[k] for k in before}
+        return figures
+
+    if warmup:
+        report(f"warm-up: {warmup} workflows and {warmup} orders (not counted)")
+        await phase("baseline", warmup)
+        await phase("tradeflow", warmup)
+    baselines: list[Figures] = []
+    orders: list[Figures] = []
+    for r in range(1, rounds + 1):
+        # Every other round the other way round, so neither side always runs first.
+        for side in ("baseline", "tradeflow") if r % 2 else ("tradeflow", "baseline"):
+            what = "workflows" if side == "baseline" else "orders"
+            report(f"round {r}/{rounds}: {side}, {n} {what} at concurrency {concurrency}")
+            (baselines if side == "baseline" else orders).append(await phase(side, n))
+        b, o = baselines[-1], orders[-1]
+        report(
+            f"round {r}/{rounds}: baseline {b.completed_per_s:.2f} workflows/s completed, "
+            f"tradeflow {o.completed_per_s:.2f} orders/s to PAID "
+            f"(ratio {o.completed_per_s / b.completed_per_s:.3f})"
+            + (
+                f"; CPU ms per item {cpu_ms(b):.1f} vs {cpu_ms(o):.1f} "
+                f"(ratio {cpu_ms(o) / cpu_ms(b):.2f})"
+                if b.cpu_s and o.cpu_s
+                else ""
+            )
+            + f"; {load_average()}"
+        )
+    return baselines, orders
+
+
+def cpu_ms(f: Figures, only: str | None = None) -> float:
+    """CPU milliseconds per workflow / order, of every server process or of ``only``."""
+    assert f.cpu_s is not None
+    spent = f.cpu_s.get(only, 0.0) if only else sum(f.cpu_s.values())
+    return spent * 1000 / f.n
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.orders",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--orders", "-n", type=int, default=200, help="per round [200]")
+    parser.add_argument("--concurrency", "-c", type=int, default=20, help="submitters [20]")
+    parser.add_argument("--rounds", type=int, default=1, help="baseline + tradeflow rounds [1]")
+    parser.add_argument("--warmup", type=int, default=20, help="uncounted runs first [20]")
+    parser.add_argument("--api", help="use the stack at this API URL instead of starting one")
+    parser.add_argument("--admin-token", help="with --api [TRADEFLOW_ADMIN_TOKEN]")
+    parser.add_argument(
+        "--temporal-address", help="with --api [TEMPORAL_ADDRESS, else 127.0.0.1:7233]"
+    )
+    parser.add_argument("--namespace", default=os.environ.get("TEMPORAL_NAMESPACE", "default"))
+    parser.add_argument("--keep", action="store_true", help="keep the started stack's data dir")
+    parser.add_argument("--serve-noop-worker", metavar="TASK_QUEUE", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_noop_worker:
+        address = args.temporal_address or os.environ.get("TEMPORAL_ADDRESS", "127.0.0.1:7233")
+        asyncio.run(serve_noop_worker(address, args.namespace, args.serve_noop_worker))
+        # Skip interpreter finalisation: the SDK's core threads may still be winding down,
+        # and Python can abort (PyGILState_Release) if they touch it while it finalises.
+        sys.stdout.flush()
+        os._exit(0)
+
+    def report(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    report(
+        f"bench.orders: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, {load_average()}"
+    )
+
+    def go(stack: Stack) -> tuple[list[Figures], list[Figures]]:
+        task_queue = f"bench-noop-{uuid.uuid4().hex[:8]}"
+        with noop_worker(stack.temporal_address, stack.namespace, task_queue) as worker_pid:
+            return asyncio.run(
+                measure(
+                    stack,
+                    task_queue,
+                    worker_pid,
+                    n=args.orders,
+                    concurrency=args.concurrency,
+                    rounds=args.rounds,
+                    warmup=args.warmup,
+                    report=report,
+                )
+            )
+
+    if args.api:
+        from cli.load import default_admin_token
+
+        token = args.admin_token or default_admin_token()
+        if not token:
+            parser.error("--api needs --admin-token (or TRADEFLOW_ADMIN_TOKEN)")
+        stack = Stack(
+            api_url=args.api.rstrip("/"),
+            admin_token=token,
+            temporal_address=args.temporal_address
+            or os.environ.get("TEMPORAL_ADDRESS", "127.0.0.1:7233"),
+            namespace=args.namespace,
+        )
+        baselines, orders = go(stack)
+    else:
+        with launched_stack(report, keep=args.keep) as stack:
+            baselines, orders = go(stack)
+
+    report(f"done: {load_average()}")
+    for side, runs in (("baseline, per workflow", baselines), ("tradeflow, per order", orders)):
+        if all(f.cpu_s for f in runs):
+            names = sorted(runs[0].cpu_s or {})
+            split = ", ".join(f"{k} {median([cpu_ms(f, k) for f in runs]):.1f}" for k in names)
+            report(f"CPU ms {side}: {split}")
+    for line in figures_lines(baselines, orders):
+        print(json.dumps(line), flush=True)
+    incomplete = [f for f in orders if f.complete < f.n]
+    if incomplete:
+        report(f"warning: {len(incomplete)} round(s) had orders that did not reach PAID")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    # Through the importable module, so that the workflow's module is bench.orders (which the
+    # sandbox can re-import), not __main__.
+    from bench.orders import main as bench_main
+
+    raise SystemExit(bench_main())
