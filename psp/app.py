@@ -125,16 +125,26 @@ class Simulator:
         out = await self.store.write(
             partial(ops.resolve_action, intent_id=intent_id, outcome=outcome, scheduled=False)
         )
-        if out.event is not None and not await self._attempt(out.event):
+        if out.event is None:
+            return out.reply
+        if self.faults.webhook_duplicates or self.faults.webhook_reorder_ms:
+            self._spawn(self._deliver(out.event))  # the fault knobs act on the delivery path
+        elif not await self._attempt(out.event):
             self._spawn(self._deliver(out.event, attempts_done=1))
         return out.reply
 
     async def _deliver(self, event: Event, *, attempts_done: int | None = None) -> None:
         attempts = event.attempts if attempts_done is None else attempts_done
+        if self.webhook_url is not None and self.faults.webhook_reorder_ms:
+            # Fault knob: a random hold-up, so a later event may overtake this one.
+            await asyncio.sleep(self.rng.uniform(0, self.faults.webhook_reorder_ms) / 1000)
         while self.webhook_url is not None and attempts < self.max_delivery_attempts:
             if attempts > 0:
                 await asyncio.sleep(self._backoff_s[min(attempts, len(self._backoff_s)) - 1])
             if await self._attempt(event):
+                # Fault knob: at-least-once delivery, sent again as real PSPs sometimes do.
+                for _ in range(self.faults.webhook_duplicates):
+                    await self._attempt(event)
                 return
             attempts += 1
         if self.webhook_url is not None:
@@ -239,6 +249,8 @@ class FaultsBody(BaseModel):
     error_rate: float | None = Field(default=None, ge=0, le=1)
     latency_ms: StrictInt | None = Field(default=None, ge=0)
     decline_rate: float | None = Field(default=None, ge=0, le=1)
+    webhook_duplicates: StrictInt | None = Field(default=None, ge=0, le=10)
+    webhook_reorder_ms: StrictInt | None = Field(default=None, ge=0)
     seed: int | None = None
     """Reseeds the simulator's random generator, for reproducible fault runs."""
 

@@ -15,23 +15,31 @@ class Faults:
     """Added to every payment call before it is handled."""
     decline_rate: float = 0.0
     """Share of otherwise-authorizable cards declined (0..1)."""
+    webhook_duplicates: int = 0
+    """Each webhook is delivered this many extra times after it first got through."""
+    webhook_reorder_ms: int = 0
+    """Each webhook waits a random 0..N ms before it is sent, so events overtake each other."""
 
     def __post_init__(self) -> None:
         for name in ("error_rate", "decline_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be within 0..1, got {value}")
-        if self.latency_ms < 0:
-            raise ValueError(f"latency_ms must be >= 0, got {self.latency_ms}")
+        for name in ("latency_ms", "webhook_duplicates", "webhook_reorder_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Faults:
-        """``PSP_ERROR_RATE``, ``PSP_LATENCY_MS`` and ``PSP_DECLINE_RATE``; unset means off."""
+        """``PSP_ERROR_RATE``, ``PSP_LATENCY_MS``, ``PSP_DECLINE_RATE``,
+        ``PSP_WEBHOOK_DUPLICATES`` and ``PSP_WEBHOOK_REORDER_MS``; unset means off."""
         env = os.environ if environ is None else environ
         return cls(
             error_rate=float(env.get("PSP_ERROR_RATE") or 0),
             latency_ms=int(float(env.get("PSP_LATENCY_MS") or 0)),
             decline_rate=float(env.get("PSP_DECLINE_RATE") or 0),
+            webhook_duplicates=int(env.get("PSP_WEBHOOK_DUPLICATES") or 0),
+            webhook_reorder_ms=int(float(env.get("PSP_WEBHOOK_REORDER_MS") or 0)),
         )
 
     def as_dict(self) -> dict[str, float | int]:

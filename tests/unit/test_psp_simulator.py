@@ -638,7 +638,13 @@ async def test_state_survives_recreating_the_app_on_the_same_file(
 
 async def test_error_rate_one_answers_503_before_doing_anything(psp: Psp) -> None:
     knobs = await psp.http.post("/v1/admin/faults", json={"error_rate": 1.0})
-    assert knobs.json() == {"error_rate": 1.0, "latency_ms": 0, "decline_rate": 0.0}
+    assert knobs.json() == {
+        "error_rate": 1.0,
+        "latency_ms": 0,
+        "decline_rate": 0.0,
+        "webhook_duplicates": 0,
+        "webhook_reorder_ms": 0,
+    }
     order = new_order()
 
     response = await psp.create(order)
@@ -660,7 +666,13 @@ async def test_fault_knobs_come_from_the_environment(
 
     knobs = (await psp.http.get("/v1/admin/faults")).json()
 
-    assert knobs == {"error_rate": 0.25, "latency_ms": 30, "decline_rate": 0.5}
+    assert knobs == {
+        "error_rate": 0.25,
+        "latency_ms": 30,
+        "decline_rate": 0.5,
+        "webhook_duplicates": 0,
+        "webhook_reorder_ms": 0,
+    }
 
 
 async def test_added_latency_delays_payment_calls(make_psp: Callable[..., Psp]) -> None:
