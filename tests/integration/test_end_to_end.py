@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
@@ -70,7 +70,7 @@ class Stack:
     def admin(self) -> dict[str, str]:
         return {"X-Admin-Token": self.running.admin_token}
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str) -> NoReturn:
         pytest.fail(f"{message}\n{self.running.transcript()}")
 
 
