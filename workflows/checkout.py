@@ -251,19 +251,7 @@ class OrderWorkflow:
         ]
         for key in keys:
             saga.add(f"stock:{key.sku}", self._undo_reservation(key))
-        results = await asyncio.gather(
-            *(
-                workflow.execute_activity(
-                    names.ACT_TRY_RESERVE,
-                    key,
-                    result_type=ReservationResult,
-                    start_to_close_timeout=options.SHORT,
-                    retry_policy=options.FORWARD,
-                )
-                for key in keys
-            ),
-            return_exceptions=True,
-        )
+        results = await self._on_every_line(names.ACT_TRY_RESERVE, keys)
         for r in results:
             if isinstance(r, BaseException):
                 if _is_app_error(r, errors.OUT_OF_STOCK, errors.RESERVATION_CANCELLED):
@@ -282,19 +270,7 @@ class OrderWorkflow:
 
         # 5. Confirm stock: from here a cancel returns sold units instead of cancelling a hold.
         self._details("confirming stock")
-        confirmed = await asyncio.gather(
-            *(
-                workflow.execute_activity(
-                    names.ACT_CONFIRM_RESERVATION,
-                    key,
-                    result_type=ReservationResult,
-                    start_to_close_timeout=options.SHORT,
-                    retry_policy=options.FORWARD,
-                )
-                for key in keys
-            ),
-            return_exceptions=True,
-        )
+        confirmed = await self._on_every_line(names.ACT_CONFIRM_RESERVATION, keys)
         for key, r in zip(keys, confirmed, strict=True):
             if not isinstance(r, BaseException):
                 saga.replace(f"stock:{key.sku}", self._undo_confirmed_stock(key))
@@ -468,6 +444,24 @@ class OrderWorkflow:
         self._view.payment.status = PaymentStatus.CAPTURED.value
 
     # ------------------------------------------------------------------------ compensations
+
+    async def _on_every_line(
+        self, activity: str, keys: list[ReservationKey]
+    ) -> list[ReservationResult | BaseException]:
+        """Run one inventory step on every line at once; each line's outcome or error."""
+        return await asyncio.gather(
+            *(
+                workflow.execute_activity(
+                    activity,
+                    key,
+                    result_type=ReservationResult,
+                    start_to_close_timeout=options.SHORT,
+                    retry_policy=options.FORWARD,
+                )
+                for key in keys
+            ),
+            return_exceptions=True,
+        )
 
     def _undo_reservation(self, key: ReservationKey):  # type: ignore[no-untyped-def]
         async def undo() -> None:
