@@ -32,6 +32,7 @@ from api.routes import (
     payments,
     products,
     refunds,
+    repairs,
 )
 from api.state import AppState, TemporalConnector
 from domain.names import DISPATCH_TASK_QUEUE, ORDERS_TASK_QUEUE
@@ -159,6 +160,7 @@ def create_app(
     for module in (health, products, inventory, admin, orders, deliveries, couriers, payments):
         app.include_router(module.router)
     app.include_router(refunds.router)
+    app.include_router(repairs.router)
     return app
 
 

@@ -48,6 +48,7 @@ from api.errors import (
 from api.pagination import decode_cursor, encode_cursor
 from api.schemas import INT32_MAX, MAX_QUANTITY, CheckoutBody, CourierEventIn
 from api.state import AppState
+from domain import errors
 from domain.messages import (
     AmountsView,
     CancelRequest,
@@ -63,6 +64,8 @@ from domain.messages import (
     OrderView,
     PaymentView,
     RefundView,
+    RepairRequest,
+    RepairResult,
     TimelineEntry,
 )
 from domain.money import DELIVERY_FEE_CENTS, line_total
@@ -76,6 +79,7 @@ from domain.names import (
     UPDATE_CANCEL,
     UPDATE_COURIER_EVENT,
     UPDATE_COURIER_RESPONSE,
+    UPDATE_REPAIR,
     delivery_workflow_id,
     order_workflow_id,
 )
@@ -97,13 +101,20 @@ COURIER_MISMATCH = "courier_mismatch"
 OUT_OF_ORDER = "out_of_order"
 NOT_DISPATCHING = "not_dispatching"
 
+NOT_REPAIRABLE = "not_repairable"
+
 # ApplicationError types raised by the workflows' update validators.
-_NOT_CANCELLABLE_TYPE = "NotCancellable"
-_EVENT_REJECTION_CODES = {"CourierMismatch": COURIER_MISMATCH, "OutOfOrder": OUT_OF_ORDER}
+_NOT_CANCELLABLE_TYPE = errors.NOT_CANCELLABLE
+_EVENT_REJECTION_CODES = {
+    errors.COURIER_MISMATCH: COURIER_MISMATCH,
+    errors.OUT_OF_ORDER: OUT_OF_ORDER,
+}
 
 START_TIMEOUT = timedelta(seconds=10)
 QUERY_TIMEOUT = timedelta(seconds=5)
 UPDATE_TIMEOUT = timedelta(seconds=15)
+REPAIR_TIMEOUT = timedelta(seconds=60)
+"""A repair waits for the compensations it resumes (each retried while it fails)."""
 _GRACE_S = 1.0
 """Local deadline on top of the RPC timeout, in case the client retries internally."""
 
@@ -492,6 +503,8 @@ class OrdersService:
         except WorkflowUpdateFailedError as exc:
             error_type = _application_error_type(exc)
             view = await self.get(session, order_id)
+            if error_type == errors.ALREADY_APPLIED:
+                return view  # repeating an accepted cancel: same answer, nothing more happens
             if error_type == _NOT_CANCELLABLE_TYPE:
                 if view["status"] == OrderStatus.CANCELLED:
                     return view  # repeating an accepted cancel
@@ -556,6 +569,8 @@ class OrdersService:
             )
         except WorkflowUpdateFailedError as exc:
             error_type = _application_error_type(exc)
+            if error_type == errors.ALREADY_APPLIED:
+                return await self._repeated_event(session, order_id, event)
             code = (
                 _EVENT_REJECTION_CODES.get(error_type, snake_case(error_type))
                 if error_type
@@ -565,6 +580,8 @@ class OrdersService:
         except RPCError as exc:
             if exc.status != RPCStatusCode.NOT_FOUND:
                 raise unavailable(TEMPORAL_UNAVAILABLE, "the workflow service failed") from exc
+            if await self._already_recorded(session, order_id, event):
+                return await self._repeated_event(session, order_id, event)
             detail = (
                 "the order is not being dispatched (no open offer)"
                 if closed_code == NOT_DISPATCHING
@@ -580,3 +597,77 @@ class OrdersService:
             "status": result.status,
             "accepted": result.accepted,
         }
+
+    async def _already_recorded(
+        self, session: AsyncSession, order_id: str, event: CourierEventIn
+    ) -> bool:
+        """After its workflow has closed: is this event one the order already took from this
+        courier (its accept, or its delivery)?"""
+        view = await self.get(session, order_id)
+        if view["delivery"].get("courier_id") != event.courier_id:
+            return False
+        if event.type == CourierEventType.ACCEPTED:
+            return True
+        return event.type in (CourierEventType.PICKED_UP, CourierEventType.DELIVERED) and (
+            view["status"] == OrderStatus.DELIVERED
+        )
+
+    async def _repeated_event(
+        self, session: AsyncSession, order_id: str, event: CourierEventIn
+    ) -> dict[str, Any]:
+        """The same event again from the courier that sent it: 202, and no second effect."""
+        view = await self.get(session, order_id)
+        return {
+            "order_id": order_id,
+            "courier_id": event.courier_id,
+            "type": event.type.value,
+            "status": view["status"],
+            "accepted": True,
+            "duplicate": True,
+        }
+
+    # ----------------------------------------------------------------------------- repair
+
+    async def repair(
+        self, session: AsyncSession, order_id: str, reason: str, operator: str
+    ) -> dict[str, Any]:
+        """Resume the compensations of an order parked in NEEDS_ATTENTION (operators)."""
+        await self._load(session, order_id)
+        handle = self._client.get_workflow_handle(order_workflow_id(order_id))
+        log.warning("repair of order %s by %s: %s", order_id, operator, reason)
+        try:
+            result: RepairResult = await asyncio.wait_for(
+                handle.execute_update(
+                    UPDATE_REPAIR,
+                    RepairRequest(reason=reason, operator=operator),
+                    result_type=RepairResult,
+                    rpc_timeout=REPAIR_TIMEOUT,
+                ),
+                timeout=REPAIR_TIMEOUT.total_seconds() + _GRACE_S,
+            )
+        except WorkflowUpdateFailedError as exc:
+            view = await self.get(session, order_id)
+            raise ApiProblem(
+                409,
+                NOT_REPAIRABLE,
+                f"repair refused: {exc.cause}",
+                extra={"order_status": view["status"]},
+            ) from exc
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise unavailable(TEMPORAL_UNAVAILABLE, "the workflow service failed") from exc
+            view = await self.get(session, order_id)
+            raise ApiProblem(
+                409,
+                NOT_REPAIRABLE,
+                f"order is {view['status']} and no longer running; nothing to repair",
+                extra={"order_status": view["status"]},
+            ) from exc
+        except (RPCTimeoutOrCancelledError, RuntimeError, TimeoutError) as exc:
+            raise unavailable(
+                TEMPORAL_UNAVAILABLE,
+                "the repair is accepted or under way but did not finish in time; "
+                "GET the order to follow it",
+            ) from exc
+        view = await self.get(session, order_id)
+        return {**view, "repair": {"status": result.status, "remaining": result.remaining}}

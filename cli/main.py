@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
     "history": "cli.history",
     "check": "cli.check",
     "load": "cli.load",
+    "repair": "cli.repair",
 }
 
 

@@ -143,6 +143,23 @@ class CancelResult:
 
 
 @dataclass(frozen=True)
+class RepairRequest:
+    """An operator resumes the compensations of an order parked in NEEDS_ATTENTION."""
+
+    reason: str
+    """Why the operator repairs it (what was fixed outside); kept in the workflow history."""
+    operator: str = "operator"
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    status: str
+    """The order's status after the repair: its final outcome, or still NEEDS_ATTENTION."""
+    remaining: list[str] = field(default_factory=list)
+    """Compensations that still failed (empty when the repair completed)."""
+
+
+@dataclass(frozen=True)
 class CourierEvent:
     courier_id: str
     type: str

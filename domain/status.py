@@ -57,6 +57,12 @@ for _s in _BEFORE_PICKUP:
         OrderStatus.NEEDS_ATTENTION,
     }
 ALLOWED_TRANSITIONS[OrderStatus.OUT_FOR_DELIVERY] |= {OrderStatus.NEEDS_ATTENTION}
+#: NEEDS_ATTENTION is where the saga stops on its own; only an operator's repair
+#: (``tradeflow repair``), once the compensations it resumes have all succeeded, moves the
+#: order on to the outcome it was heading for.
+ALLOWED_TRANSITIONS[OrderStatus.NEEDS_ATTENTION] = frozenset(
+    {OrderStatus.CANCELLED, OrderStatus.FAILED}
+)
 
 CANCELLABLE_STATUSES = frozenset(_BEFORE_PICKUP)
 

@@ -248,6 +248,7 @@ class RefundBody(BaseModel):
 class FaultsBody(BaseModel):
     error_rate: float | None = Field(default=None, ge=0, le=1)
     latency_ms: StrictInt | None = Field(default=None, ge=0)
+    authorize_latency_ms: StrictInt | None = Field(default=None, ge=0)
     decline_rate: float | None = Field(default=None, ge=0, le=1)
     webhook_duplicates: StrictInt | None = Field(default=None, ge=0, le=10)
     webhook_reorder_ms: StrictInt | None = Field(default=None, ge=0)
@@ -268,6 +269,8 @@ async def create_payment_intent(
 ) -> JSONResponse:
     if body.token not in ops.TOKENS:
         raise PspError(400, "invalid_token", f"unknown payment token {body.token!r}")
+    if sim.faults.authorize_latency_ms:
+        await asyncio.sleep(sim.faults.authorize_latency_ms / 1000)
     force_decline = bool(sim.faults.decline_rate) and sim.rng.random() < sim.faults.decline_rate
     out = await sim.store.write(
         partial(

@@ -13,6 +13,9 @@ class Faults:
     """Share of payment calls answered 503 before anything is done (0..1)."""
     latency_ms: int = 0
     """Added to every payment call before it is handled."""
+    authorize_latency_ms: int = 0
+    """Added to intent creation alone, before it commits: an authorization that lands after
+    the client has given up on it (and, say, looked for intents to void)."""
     decline_rate: float = 0.0
     """Share of otherwise-authorizable cards declined (0..1)."""
     webhook_duplicates: int = 0
@@ -25,18 +28,24 @@ class Faults:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be within 0..1, got {value}")
-        for name in ("latency_ms", "webhook_duplicates", "webhook_reorder_ms"):
+        for name in (
+            "latency_ms",
+            "authorize_latency_ms",
+            "webhook_duplicates",
+            "webhook_reorder_ms",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Faults:
-        """``PSP_ERROR_RATE``, ``PSP_LATENCY_MS``, ``PSP_DECLINE_RATE``,
+        """``PSP_ERROR_RATE``, ``PSP_LATENCY_MS``, ``PSP_AUTHORIZE_LATENCY_MS``, ``PSP_DECLINE_RATE``,
         ``PSP_WEBHOOK_DUPLICATES`` and ``PSP_WEBHOOK_REORDER_MS``; unset means off."""
         env = os.environ if environ is None else environ
         return cls(
             error_rate=float(env.get("PSP_ERROR_RATE") or 0),
             latency_ms=int(float(env.get("PSP_LATENCY_MS") or 0)),
+            authorize_latency_ms=int(float(env.get("PSP_AUTHORIZE_LATENCY_MS") or 0)),
             decline_rate=float(env.get("PSP_DECLINE_RATE") or 0),
             webhook_duplicates=int(env.get("PSP_WEBHOOK_DUPLICATES") or 0),
             webhook_reorder_ms=int(float(env.get("PSP_WEBHOOK_REORDER_MS") or 0)),

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+from collections.abc import Coroutine
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeKey, WorkflowIDReusePolicy
@@ -19,6 +21,7 @@ from temporalio.exceptions import (
     ApplicationError,
     ChildWorkflowError,
     WorkflowAlreadyStartedError,
+    is_cancelled_exception,
 )
 from temporalio.workflow import ChildWorkflowHandle, ParentClosePolicy
 
@@ -48,6 +51,8 @@ with workflow.unsafe.imports_passed_through():
         PaymentResult,
         PaymentView,
         RecordOrderInput,
+        RepairRequest,
+        RepairResult,
         ReservationKey,
         ReservationResult,
         TimelineEntry,
@@ -123,6 +128,13 @@ class OrderWorkflow:
         self._delivered = False
         self._children: list[ChildWorkflowHandle[object, object]] = []
         self._writes: list[asyncio.Future[object]] = []
+        self._intended: tuple[OrderStatus, FailureReason | None] = (OrderStatus.CANCELLED, None)
+        """The outcome the saga was heading for when it parked; a repair ends there."""
+        self._parked = False
+        """In NEEDS_ATTENTION and waiting for an operator's repair."""
+        self._repair: RepairRequest | None = None
+        self._repair_left: list[str] = []
+        self._why_parked = ""
 
     # ------------------------------------------------------------------------------ handlers
 
@@ -140,7 +152,9 @@ class OrderWorkflow:
     @cancel.validator
     def _validate_cancel(self, req: CancelRequest) -> None:
         if self._cancel_reason is not None or self._view.status == OrderStatus.CANCELLED:
-            return  # repeating an accepted cancel is fine
+            # Repeating an accepted cancel is fine, and changes nothing: refusing it here
+            # (the API answers 200 with the order) keeps repeats out of the history.
+            raise ApplicationError("the cancel was accepted already", type=errors.ALREADY_APPLIED)
         if (
             self._picked_up
             or self._closing
@@ -148,7 +162,7 @@ class OrderWorkflow:
         ):
             raise ApplicationError(
                 f"order is {self._view.status}" + (" and picked up" if self._picked_up else ""),
-                type="NotCancellable",
+                type=errors.NOT_CANCELLABLE,
             )
 
     @workflow.update(name=names.UPDATE_COURIER_EVENT)
@@ -164,20 +178,45 @@ class OrderWorkflow:
         d = self._view.delivery
         if ev.type not in (CourierEventType.PICKED_UP, CourierEventType.DELIVERED):
             raise ApplicationError(
-                f"{ev.type} goes to the dispatch of this order, not to the order", type="OutOfOrder"
+                f"{ev.type} goes to the dispatch of this order, not to the order",
+                type=errors.OUT_OF_ORDER,
             )
         if d.courier_id is None:
-            raise ApplicationError("no courier is assigned to this order", type="OutOfOrder")
+            raise ApplicationError("no courier is assigned to this order", type=errors.OUT_OF_ORDER)
         if ev.courier_id != d.courier_id:
             raise ApplicationError(
-                f"order is assigned to another courier, not {ev.courier_id}", type="CourierMismatch"
+                f"order is assigned to another courier, not {ev.courier_id}",
+                type=errors.COURIER_MISMATCH,
             )
+        # The assigned courier saying again what it said already: no second effect, and no
+        # history either (a refused update leaves none), so no client can grow the history.
+        if (ev.type == CourierEventType.PICKED_UP and self._picked_up) or (
+            ev.type == CourierEventType.DELIVERED and self._delivered
+        ):
+            raise ApplicationError(f"{ev.type} was recorded already", type=errors.ALREADY_APPLIED)
         if self._cancel_reason is not None or self._closing:
-            raise ApplicationError("order was cancelled or has ended", type="OutOfOrder")
-        if ev.type == CourierEventType.PICKED_UP and self._delivered:
-            raise ApplicationError("order is already delivered", type="OutOfOrder")
+            raise ApplicationError("order was cancelled or has ended", type=errors.OUT_OF_ORDER)
         if ev.type == CourierEventType.DELIVERED and not self._picked_up:
-            raise ApplicationError("delivered before picked_up", type="OutOfOrder")
+            raise ApplicationError("delivered before picked_up", type=errors.OUT_OF_ORDER)
+
+    @workflow.update(name=names.UPDATE_REPAIR)
+    async def repair(self, req: RepairRequest) -> RepairResult:
+        """An operator resumes the compensations of a parked order (``tradeflow repair``)."""
+        workflow.logger.warning("repair by %s: %s", req.operator, req.reason)
+        self._repair = req
+        await workflow.wait_condition(lambda: self._repair is None)
+        return RepairResult(status=self._view.status, remaining=list(self._repair_left))
+
+    @repair.validator
+    def _validate_repair(self, req: RepairRequest) -> None:
+        if not self._parked or self._repair is not None:
+            raise ApplicationError(
+                f"order is {self._view.status}"
+                + (" and a repair is running" if self._repair is not None else ""),
+                type=errors.NOT_REPAIRABLE,
+            )
+        if not req.reason.strip():
+            raise ApplicationError("say why: the reason is recorded", type=errors.NOT_REPAIRABLE)
 
     @workflow.signal(name=names.SIGNAL_DELIVERY_PROGRESS)
     def delivery_progress(self, p: DeliveryProgress) -> None:
@@ -211,33 +250,49 @@ class OrderWorkflow:
             ]
         )
         saga = Saga()
+        closing: Coroutine[Any, Any, None] | None = None
+        cancelled_from_outside = False
         try:
             await self._write_read_model()
             await self._fulfil(saga)
         except _Cancelled:
-            await self._finish(saga, OrderStatus.CANCELLED, None)
+            closing = self._finish(saga, OrderStatus.CANCELLED, None)
         except _Failed as f:
-            await self._finish(saga, OrderStatus.FAILED, f.reason)
+            closing = self._finish(saga, OrderStatus.FAILED, f.reason)
         except (ActivityError, ChildWorkflowError) as e:
-            # A step failed in a way the saga has no business answer for. Undo what ran and
-            # hand the order to an operator rather than fail the workflow holding stock/money.
-            workflow.logger.error("unexpected failure, compensating: %s", e)
-            await self._finish(
-                saga, OrderStatus.NEEDS_ATTENTION, None, why=f"unexpected failure: {e}"
-            )
-        except asyncio.CancelledError:
-            # Cancelled from outside (UI, CLI): undo what ran, then let Temporal close the run
-            # as cancelled. After pick-up the goods are gone, so an operator must look.
-            await asyncio.shield(asyncio.ensure_future(self._settle()))
-            if self._picked_up:
-                await asyncio.shield(asyncio.ensure_future(self._park("cancelled after pick-up")))
+            if is_cancelled_exception(e):
+                # The step in flight was cancelled because the workflow was: an outside cancel.
+                cancelled_from_outside = True
+                closing = self._close_on_outside_cancel(saga)
             else:
-                self._cancel_reason = self._cancel_reason or "workflow cancelled"
-                await asyncio.shield(
-                    asyncio.ensure_future(self._finish(saga, OrderStatus.CANCELLED, None))
+                # A step failed in a way the saga has no business answer for. Undo what ran
+                # and hand the order to an operator rather than fail holding stock or money.
+                workflow.logger.error("unexpected failure, compensating: %s", e)
+                closing = self._finish(
+                    saga, OrderStatus.NEEDS_ATTENTION, None, why=f"unexpected failure: {e}"
                 )
-            raise
+        except asyncio.CancelledError:
+            # Cancelled from outside (UI, CLI): close the order as the rules say, then let
+            # Temporal close the run as cancelled.
+            cancelled_from_outside = True
+            closing = self._close_on_outside_cancel(saga)
+        if closing is not None:
+            # One rule: once compensation starts it finishes, whatever cancel comes meanwhile.
+            await self._to_completion(closing)
+        while self._parked:
+            try:
+                self._details_parked()
+                await workflow.wait_condition(lambda: self._repair is not None)
+            except asyncio.CancelledError:
+                # An operator closes a parked order as it is (it stays NEEDS_ATTENTION).
+                cancelled_from_outside = True
+                break
+            await self._to_completion(self._resume_compensation(saga))
         await workflow.wait_condition(workflow.all_handlers_finished)
+        if cancelled_from_outside and self._view.status != OrderStatus.DELIVERED:
+            # Temporal shows the run as cancelled; a cancel that came once the courier had
+            # delivered changed nothing, so that run completes as delivered.
+            raise asyncio.CancelledError("order workflow cancelled from outside")
         return self._view
 
     async def _fulfil(self, saga: Saga) -> None:
@@ -288,28 +343,35 @@ class OrderWorkflow:
         self._details(f"waiting for courier {courier_id} to pick up")
         await workflow.wait_condition(lambda: self._picked_up or self._cancel_reason is not None)
         self._check_cancel()
+        # The goods have left the store: no compensation may put them back on the shelf.
+        saga.discard_prefix("stock:")
         self._view.delivery.status = DeliveryStatus.PICKED_UP.value
         self._details("capturing payment")
         try:
             await self._capture()
         except ActivityError as e:
-            await self._park(f"capture failed: {e.__cause__ or e}")
+            await self._needs_attention(f"capture failed: {e.__cause__ or e}")
             return
         saga.discard("payment")
         await self._transition(OrderStatus.OUT_FOR_DELIVERY)
         self._details(f"out for delivery with courier {courier_id}")
         await workflow.wait_condition(lambda: self._delivered)
+        await self._complete_delivery(saga, courier_id)
+
+    async def _complete_delivery(self, saga: Saga, courier_id: str) -> None:
+        """Free the courier and close the order as delivered; safe to run again."""
         self._closing = True
         self._view.delivery.status = DeliveryStatus.DELIVERED.value
         await workflow.execute_activity(
             names.ACT_RELEASE_COURIER,
-            CourierOffer(inp.order_id, courier_id),
+            CourierOffer(self._inp.order_id, courier_id),
             result_type=OfferResult,
             start_to_close_timeout=options.SHORT,
             retry_policy=options.FORWARD,
         )
         saga.discard("courier")
-        await self._transition(OrderStatus.DELIVERED)
+        if self._view.status != OrderStatus.DELIVERED:
+            await self._transition(OrderStatus.DELIVERED)
         self._details("delivered")
 
     async def _authorize(self) -> PaymentResult:
@@ -519,7 +581,49 @@ class OrderWorkflow:
 
     # ------------------------------------------------------------------------------ helpers
 
-    async def _settle(self) -> None:
+    async def _to_completion(self, step: Coroutine[Any, Any, None]) -> None:
+        """Run a closing step to its end. An outside cancel that arrives meanwhile does not
+        abandon it (the run's own ``except CancelledError`` cannot catch a cancel raised
+        inside an ``except`` handler); the caller learns of the cancel from Temporal anyway."""
+        task = asyncio.ensure_future(step)
+        while True:
+            try:
+                await asyncio.shield(task)
+                return
+            except asyncio.CancelledError:
+                if task.done():
+                    raise
+                workflow.logger.info("cancel requested while closing; finishing the close first")
+
+    async def _close_on_outside_cancel(self, saga: Saga) -> None:
+        await self._drain_before_close()
+        if OrderStatus(self._view.status).is_terminal:
+            return  # the order had ended already; nothing to undo
+        if self._delivered and self._view.delivery.courier_id is not None:
+            await self._complete_delivery(saga, self._view.delivery.courier_id)
+        elif self._picked_up:
+            await self._needs_attention("cancelled from outside after pick-up")
+        else:
+            self._cancel_reason = self._cancel_reason or "workflow cancelled"
+            await self._finish(saga, OrderStatus.CANCELLED, None)
+
+    async def _resume_compensation(self, saga: Saga) -> None:
+        """An operator's repair: run what is left to undo, then end as the saga meant to."""
+        req = self._repair
+        assert req is not None
+        left = ", ".join(reversed(saga.names)) or "nothing left to undo"
+        self._details(f"repair by {req.operator} ({req.reason}): compensating {left}")
+        self._repair_left = await saga.compensate()
+        if not self._repair_left:
+            status, reason = self._intended
+            if status == OrderStatus.CANCELLED:
+                self._cancel_reason = self._cancel_reason or f"repaired: {req.reason}"
+            self._parked = False
+            await self._transition(status, reason)
+            self._details(f"{status.value} after repair by {req.operator}: {req.reason}")
+        self._repair = None
+
+    async def _drain_before_close(self) -> None:
         """Before closing on an outside cancel: let in-flight read-model writes land, then
         cancel and wait for children still running, so nothing outlives the order."""
         for write in self._writes:
@@ -540,14 +644,21 @@ class OrderWorkflow:
         self, saga: Saga, status: OrderStatus, reason: FailureReason | None, *, why: str = ""
     ) -> None:
         self._closing = True
+        if status == OrderStatus.FAILED and self._cancel_reason is not None:
+            # A cancel the API accepted is the customer's answer: whatever else went wrong
+            # meanwhile (stock, payment, the reservation's TTL), the order ends CANCELLED.
+            status, reason = OrderStatus.CANCELLED, None
+        if status != OrderStatus.NEEDS_ATTENTION:
+            self._intended = (status, reason)
         self._details(f"compensating ({', '.join(reversed(saga.names)) or 'nothing to undo'})")
         failed = await saga.compensate()
+        self._repair_left = failed
         d = self._view.delivery
         if d.status in (DeliveryStatus.DISPATCHING, DeliveryStatus.ASSIGNED):
             d.status = DeliveryStatus.FAILED.value
         d.offered_to = None
         if failed or status == OrderStatus.NEEDS_ATTENTION:
-            await self._park(why or f"compensations failed: {', '.join(failed)}")
+            await self._needs_attention(why or f"compensations failed: {', '.join(failed)}")
             return
         await self._transition(status, reason)
         self._details(
@@ -556,10 +667,26 @@ class OrderWorkflow:
             + (f": {self._cancel_reason}" if status == OrderStatus.CANCELLED else "")
         )
 
-    async def _park(self, why: str) -> None:
+    async def _needs_attention(self, why: str) -> None:
+        """Park the order for an operator; it waits for ``tradeflow repair``."""
         self._closing = True
-        await self._transition(OrderStatus.NEEDS_ATTENTION)
-        self._details(f"NEEDS_ATTENTION: {why}")
+        self._why_parked = why
+        current = OrderStatus(self._view.status)
+        if current.is_terminal and current != OrderStatus.NEEDS_ATTENTION:
+            workflow.logger.error("order is %s already; not parking it: %s", current, why)
+            return
+        # Repairable from the moment a reader can see NEEDS_ATTENTION.
+        self._parked = True
+        if current != OrderStatus.NEEDS_ATTENTION:
+            await self._transition(OrderStatus.NEEDS_ATTENTION)
+        self._details_parked()
+
+    def _details_parked(self) -> None:
+        left = ", ".join(reversed(self._repair_left)) if self._repair_left else ""
+        self._details(
+            f"{self._why_parked}; waiting for an operator: tradeflow repair "
+            f"{self._inp.order_id} --reason ..." + (f" (still to undo: {left})" if left else "")
+        )
 
     async def _transition(self, status: OrderStatus, reason: FailureReason | None = None) -> None:
         check_transition(OrderStatus(self._view.status), status)
@@ -601,7 +728,7 @@ class OrderWorkflow:
 
     async def _write_read_model(self) -> None:
         """Write the read model as of now. The write runs as its own task behind a shield: a
-        cancel interrupts the saga at once, and ``_settle`` waits for the write to land."""
+        cancel interrupts the saga at once, and ``_drain_before_close`` waits for the write to land."""
         self._seq += 1
         write = asyncio.ensure_future(
             workflow.execute_activity(

@@ -14,7 +14,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from domain import names
+    from domain import errors, names
     from domain.messages import (
         CourierEvent,
         CourierEventResult,
@@ -31,6 +31,10 @@ with workflow.unsafe.imports_passed_through():
     from workflows import options
 
 
+PATCH_RELEASE_BOUND_COURIER = "release-bound-courier-on-cancel"
+"""Runs before it released only an open offer's courier; an accepted one could leak."""
+
+
 @workflow.defn(name=names.DELIVERY_WORKFLOW)
 class DeliveryWorkflow:
     @workflow.init
@@ -39,6 +43,10 @@ class DeliveryWorkflow:
         self._state = DeliveryState()
         self._answer: CourierEvent | None = None
         self._assigned = False
+        self._bound: str | None = None
+        """The courier whose row may point at this order (an offer sent, or accepted), until
+        it is released: whoever it is, a cancel frees it."""
+        self._declined: set[str] = set()
 
     @workflow.query(name=names.QUERY_DELIVERY)
     def delivery(self) -> DeliveryState:
@@ -48,6 +56,7 @@ class DeliveryWorkflow:
     async def courier_response(self, ev: CourierEvent) -> CourierEventResult:
         self._answer = ev
         if ev.type == CourierEventType.DECLINED:
+            self._declined.add(ev.courier_id)
             self._state.offered_to = None
             return CourierEventResult(accepted=True, status=self._state.status)
         # Accepted: the courier is this order's from now on, in the DB and in the order
@@ -71,12 +80,19 @@ class DeliveryWorkflow:
     @courier_response.validator
     def _validate(self, ev: CourierEvent) -> None:
         if ev.type not in (CourierEventType.ACCEPTED, CourierEventType.DECLINED):
-            raise ApplicationError(f"{ev.type} is not an answer to an offer", type="OutOfOrder")
+            raise ApplicationError(
+                f"{ev.type} is not an answer to an offer", type=errors.OUT_OF_ORDER
+            )
+        # The same answer again from the courier that gave it: no second effect, no history.
+        if (ev.type == CourierEventType.ACCEPTED and self._state.courier_id == ev.courier_id) or (
+            ev.type == CourierEventType.DECLINED and ev.courier_id in self._declined
+        ):
+            raise ApplicationError(f"{ev.type} was recorded already", type=errors.ALREADY_APPLIED)
         if self._state.status != DeliveryStatus.DISPATCHING or self._state.offered_to is None:
-            raise ApplicationError("the order has no open offer", type="OutOfOrder")
+            raise ApplicationError("the order has no open offer", type=errors.OUT_OF_ORDER)
         if ev.courier_id != self._state.offered_to:
             raise ApplicationError(
-                f"the order is not offered to {ev.courier_id}", type="CourierMismatch"
+                f"the order is not offered to {ev.courier_id}", type=errors.COURIER_MISMATCH
             )
 
     @workflow.run
@@ -101,6 +117,7 @@ class DeliveryWorkflow:
                 self._state.tried.append(courier)
                 # Open the offer before the courier can see it, so a fast accept validates.
                 self._state.offered_to = courier
+                self._bound = courier
                 self._answer = None
                 offer = await workflow.execute_activity(
                     names.ACT_OFFER_TO_COURIER,
@@ -111,6 +128,7 @@ class DeliveryWorkflow:
                 )
                 if not offer.offered:
                     self._state.offered_to = None
+                    self._bound = None  # the courier's row holds another order, not ours
                     continue
                 offers += 1
                 await self._tell_parent(DeliveryProgress(DeliveryStatus.DISPATCHING.value, courier))
@@ -134,17 +152,29 @@ class DeliveryWorkflow:
                 # Declined or timed out: close the offer so a late accept is refused, free them.
                 self._state.offered_to = None
                 await self._release(courier)
+                self._bound = None
                 await self._tell_parent(DeliveryProgress(DeliveryStatus.DISPATCHING.value, None))
         except asyncio.CancelledError:
             offered = self._state.offered_to
             self._state.offered_to = None
-            if offered is not None and not self._assigned:
+            if workflow.patched(PATCH_RELEASE_BOUND_COURIER):
+                await asyncio.shield(asyncio.ensure_future(self._release_bound()))
+            elif offered is not None and not self._assigned:
                 await asyncio.shield(asyncio.ensure_future(self._release(offered)))
             raise
         self._state.status = DeliveryStatus.FAILED.value
         await self._tell_parent(DeliveryProgress(DeliveryStatus.FAILED.value, None))
         workflow.set_current_details(f"no courier accepted after {offers} offers")
         return DeliveryResult("FAILED", None, offers)
+
+    async def _release_bound(self) -> None:
+        """On cancel: free whichever courier may hold this order. An accept being handled
+        right now (its assign in flight, the offer already closed) is let finish first, so
+        the courier it binds is the one freed, not leaked."""
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        if self._bound is not None:
+            await self._release(self._bound)
+            self._bound = None
 
     async def _release(self, courier: str) -> None:
         await workflow.execute_activity(

@@ -23,14 +23,17 @@ FORWARD = RetryPolicy(
     ],
 )
 
-#: Compensations: retried with a growing backoff for about half an hour; a compensation that
-#: still fails after that parks the order in NEEDS_ATTENTION for an operator.
+#: Compensations: retried until they succeed, however long the PSP or the database is down,
+#: with a backoff capped at five minutes so an outage ends in minutes after it heals. Only a
+#: business refusal (the fence says the hold was already confirmed elsewhere, the money was
+#: already captured) stops them: that order parks in NEEDS_ATTENTION, and an operator's
+#: repair (``tradeflow repair``) runs what is left once the cause is fixed.
 COMPENSATION = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=2),
-    maximum_attempts=20,
-    non_retryable_error_types=[errors.RESERVATION_CONFLICT, "AlreadyCaptured"],
+    maximum_interval=timedelta(minutes=5),
+    maximum_attempts=0,
+    non_retryable_error_types=[errors.RESERVATION_CONFLICT, errors.ALREADY_CAPTURED],
 )
 
 #: The read model is written at every transition; it must never block progress for long.

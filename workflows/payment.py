@@ -12,6 +12,7 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.exceptions import TimeoutError as ActivityTimeout
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from domain import errors, names
@@ -79,6 +80,11 @@ class PaymentWorkflow:
                 # the order's void compensation looks the intent up by order in case it landed.
                 schedule_to_close_timeout=timedelta(seconds=max(inp.payment_timeout_s, 60)),
                 retry_policy=options.FORWARD,
+                # If the order gives up on the payment (its TTL, an outside cancel), this
+                # workflow closes only once the attempt in flight has ended: the order's void
+                # then finds the intent that attempt may have created, instead of looking
+                # before it exists and leaving an authorization behind.
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
         except ActivityError as e:
             cause = e.__cause__

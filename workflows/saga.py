@@ -37,6 +37,10 @@ class Saga:
     def discard(self, name: str) -> None:
         self._steps = [s for s in self._steps if s.name != name]
 
+    def discard_prefix(self, prefix: str) -> None:
+        """Forget every step whose name starts with ``prefix`` (e.g. all stock lines)."""
+        self._steps = [s for s in self._steps if not s.name.startswith(prefix)]
+
     @property
     def names(self) -> list[str]:
         return [s.name for s in self._steps]
@@ -45,17 +49,19 @@ class Saga:
         """Run every compensation in reverse order, shielded from workflow cancellation.
 
         Returns the names of compensations that failed for good; the caller decides what that
-        means for the business object (tradeflow parks the order in NEEDS_ATTENTION).
+        means for the business object (tradeflow parks the order in NEEDS_ATTENTION). Those
+        stay registered, so a later ``compensate()`` (an operator's repair) tries them again.
         """
         return await asyncio.shield(asyncio.ensure_future(self._run_all()))
 
     async def _run_all(self) -> list[str]:
-        failed: list[str] = []
+        failed: list[_Step] = []
         while self._steps:
             step = self._steps.pop()
             try:
                 await step.undo()
             except (ActivityError, ChildWorkflowError, ApplicationError) as e:
                 workflow.logger.error("compensation %s failed for good: %s", step.name, e)
-                failed.append(step.name)
-        return failed
+                failed.append(step)
+        self._steps = list(reversed(failed))
+        return [s.name for s in failed]

@@ -41,11 +41,21 @@ def test_terminal_states_are_final() -> None:
         "FAILED",
         "NEEDS_ATTENTION",
     }
-    for terminal in TERMINAL_STATUSES:
+    for terminal in TERMINAL_STATUSES - {OrderStatus.NEEDS_ATTENTION}:
         assert terminal.is_terminal
         for new in OrderStatus:
             with pytest.raises(IllegalTransition):
                 check_transition(terminal, new)
+
+
+def test_needs_attention_moves_on_only_to_the_outcome_an_operator_repair_completes() -> None:
+    assert OrderStatus.NEEDS_ATTENTION.is_terminal  # the saga stops there on its own
+    for new in OrderStatus:
+        if new in (OrderStatus.CANCELLED, OrderStatus.FAILED):
+            check_transition(OrderStatus.NEEDS_ATTENTION, new)
+        else:
+            with pytest.raises(IllegalTransition):
+                check_transition(OrderStatus.NEEDS_ATTENTION, new)
 
 
 def test_cancel_is_possible_until_pickup_and_not_after() -> None:

@@ -644,6 +644,7 @@ async def test_error_rate_one_answers_503_before_doing_anything(psp: Psp) -> Non
         "decline_rate": 0.0,
         "webhook_duplicates": 0,
         "webhook_reorder_ms": 0,
+        "authorize_latency_ms": 0,
     }
     order = new_order()
 
@@ -672,6 +673,7 @@ async def test_fault_knobs_come_from_the_environment(
         "decline_rate": 0.5,
         "webhook_duplicates": 0,
         "webhook_reorder_ms": 0,
+        "authorize_latency_ms": 0,
     }
 
 
