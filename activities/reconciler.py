@@ -3,7 +3,7 @@
 The finds read the database and ask Temporal whether the row's workflow exists (and the PSP
 whether a finished order's intents still hold money); the decisions are the workflow's
 (``domain/reconcile.py``). Every action is idempotent: a restart starts the same workflow id
-with the stored input (``USE_EXISTING``), a fail is a compare-and-set on the row, and the
+with the stored input (and does nothing if it exists by then), a fail is a compare-and-set on the row, and the
 money and courier steps are the saga's own activities, keyed as the saga keys them.
 """
 
@@ -143,14 +143,15 @@ class ReconcilerActivities:
                 inp,
                 id=order_workflow_id(inp.order_id),
                 task_queue=req.task_queue,
-                # The API's own start, repeated: a start racing this one (a client's retry)
-                # joins the same run.
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                # FAIL, not the API's USE_EXISTING: a run that exists by now (a client's retry,
+                # or the API's own start landing late) is not reported as restarted by us. A
+                # retry racing this start joins whichever run won.
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 static_summary=checkout_summary(inp),
             )
         except WorkflowAlreadyStartedError:
-            return RestartResult(False, "its workflow has run and closed meanwhile")
+            return RestartResult(False, "its workflow was started meanwhile (or ran and closed)")
         activity.logger.warning("restarted order %s (its workflow never started)", inp.order_id)
         return RestartResult(True, "started with its stored input")
 
@@ -214,12 +215,12 @@ class ReconcilerActivities:
                 inp,
                 id=refund_workflow_id(inp.refund_id),
                 task_queue=req.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 static_summary=refund_summary(inp),
             )
         except WorkflowAlreadyStartedError:
-            return RestartResult(False, "its workflow has run and closed meanwhile")
+            return RestartResult(False, "its workflow was started meanwhile (or ran and closed)")
         activity.logger.warning("restarted refund %s (its workflow never started)", inp.refund_id)
         return RestartResult(True, "started with its stored amount and restock")
 
