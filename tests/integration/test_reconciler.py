@@ -27,10 +27,18 @@ from domain.messages import (
     AuthorizeInput,
     CancelRequest,
     CancelResult,
+    CheckoutInput,
     ReconcileInput,
     ReconcileReport,
+    RefundInput,
 )
-from domain.names import RECONCILER_SCHEDULE_ID, UPDATE_CANCEL, order_workflow_id
+from domain.names import (
+    RECONCILER_SCHEDULE_ID,
+    REFUND_WORKFLOW,
+    UPDATE_CANCEL,
+    order_workflow_id,
+    refund_workflow_id,
+)
 from store import couriers as fleet
 from store.checks import check_money, check_stock
 from store.db import make_sessionmaker
@@ -104,6 +112,18 @@ async def _stored_while_temporal_is_down(
     assert status == "PENDING"
     assert not await _workflow_exists(stack, order_id)
     return order_id, body
+
+
+async def _stored_input(stack: Stack, order_id: str) -> CheckoutInput:
+    async with stack.engine.connect() as c:
+        stored = (
+            await c.execute(
+                text("SELECT checkout_input FROM orders WHERE order_id = :o"), {"o": order_id}
+            )
+        ).scalar_one()
+    inp = checkout_input_of(json.loads(stored) if isinstance(stored, str) else stored)
+    assert inp is not None
+    return inp
 
 
 async def _stock_and_money_are_exact(stack: Stack) -> None:
@@ -199,15 +219,7 @@ async def test_an_order_nobody_started_in_time_is_failed_and_a_late_start_takes_
             # A start racing the fail (a retry that read PENDING just before) runs, but finds
             # its lines fenced: it reserves nothing, asks the PSP for nothing, and the read
             # model keeps the reconciler's outcome.
-            async with stack.engine.connect() as c:
-                stored = (
-                    await c.execute(
-                        text("SELECT checkout_input FROM orders WHERE order_id = :o"),
-                        {"o": order_id},
-                    )
-                ).scalar_one()
-            inp = checkout_input_of(json.loads(stored) if isinstance(stored, str) else stored)
-            assert inp is not None
+            inp = await _stored_input(stack, order_id)
             late = await stack.client.execute_workflow(
                 OrderWorkflow.run,
                 inp,
@@ -219,6 +231,31 @@ async def test_an_order_nobody_started_in_time_is_failed_and_a_late_start_takes_
             assert await stack.ledger(order_id) == []
             order = await shop.order(order_id)
             assert (order["status"], order["failure_reason"]) == ("FAILED", "NOT_STARTED")
+        await _stock_and_money_are_exact(stack)
+
+
+async def test_an_order_whose_workflow_was_terminated_before_it_began_is_failed_cleanly(
+    dev_env: WorkflowEnvironment, sqlite_url: str, tmp_path: Path
+) -> None:
+    async with order_stack(dev_env.client, sqlite_url, tmp_path / "psp.db") as stack:
+        async with _api(stack, tmp_path, sqlite_url, dev_env.client) as http:
+            shop = Shop(http)
+            await shop.open()
+        order_id, _ = await _stored_while_temporal_is_down(stack, tmp_path, sqlite_url, shop, "k")
+        inp = await _stored_input(stack, order_id)
+        # Started where no worker polls, then terminated by an operator: closed, still PENDING.
+        handle = await stack.client.start_workflow(
+            OrderWorkflow.run, inp, id=order_workflow_id(order_id), task_queue="nobody-polls"
+        )
+        await handle.terminate("operator")
+
+        report = await _reconcile(stack)  # within the restart window, yet not restartable
+        assert (report.orders_restarted, report.orders_failed) == ([], [order_id])
+        async with _api(stack, tmp_path, sqlite_url, dev_env.client) as http:
+            shop.http = http
+            order = await shop.order(order_id)
+            assert (order["status"], order["failure_reason"]) == ("FAILED", "NOT_STARTED")
+            assert await shop.stock() == (5, 0, 0)
         await _stock_and_money_are_exact(stack)
 
 
@@ -274,6 +311,49 @@ async def test_a_refund_stored_while_temporal_was_down_is_restarted_and_the_cap_
         assert [a for k, a in await stack.ledger(order_id) if k == "refund"] == [PRICE, left]
         assert (await _reconcile(stack)).refunds_restarted == []
         await _stock_and_money_are_exact(stack)
+
+
+async def test_a_refund_whose_workflow_ended_pending_is_reported_and_keeps_its_hold(
+    dev_env: WorkflowEnvironment, sqlite_url: str, tmp_path: Path
+) -> None:
+    async with order_stack(dev_env.client, sqlite_url, tmp_path / "psp.db") as stack:
+        async with _api(stack, tmp_path, sqlite_url, dev_env.client) as http:
+            shop = Shop(http)
+            await shop.open()
+            order_id = await shop.place()
+            await shop.deliver(order_id)
+        async with _api(stack, tmp_path, sqlite_url, None) as down:
+            assert_problem(
+                await Shop(down).refund(order_id, PRICE, "k"), 503, "temporal_unavailable"
+            )
+        async with stack.engine.connect() as c:
+            refund_id = (
+                await c.execute(
+                    text("SELECT refund_id FROM refunds WHERE order_id = :o"), {"o": order_id}
+                )
+            ).scalar_one()
+        # Its workflow started and was terminated: whether the PSP got the refund is unknown.
+        handle = await stack.client.start_workflow(
+            REFUND_WORKFLOW,
+            RefundInput(refund_id, order_id, "unknown", PRICE, "USD", "main"),
+            id=refund_workflow_id(refund_id),
+            task_queue="nobody-polls",
+        )
+        await handle.terminate("operator")
+
+        report = await _reconcile(stack)
+        assert (report.refunds_restarted, report.refunds_failed) == ([], [])
+        assert len(report.for_operator) == 1 and refund_id in report.for_operator[0]
+        async with _api(stack, tmp_path, sqlite_url, dev_env.client) as http:
+            shop.http = http
+            r = await http.get(f"/v1/orders/{order_id}/refunds/{refund_id}")
+            assert r.json()["status"] == "PENDING"
+            # Its amount stays on the cap until someone decides.
+            assert_problem(
+                await shop.refund(order_id, TOTAL - PRICE + 1, "more"),
+                422,
+                "refund_exceeds_captured",
+            )
 
 
 # ------------------------------------------------------------------- finished orders' leftovers
