@@ -33,9 +33,10 @@ from activities.inventory import InventoryActivities
 from activities.notify import NotifyActivities
 from activities.orders import OrderActivities
 from activities.payments import PaymentActivities
+from activities.reconciler import ReconcilerActivities, ensure_reconciler_schedule
 from activities.refunds import RefundActivities
 from activities.sweeper import SweeperActivities, ensure_sweeper_schedule
-from domain.messages import RESERVATION_TTL_MARGIN_S
+from domain.messages import RESERVATION_TTL_MARGIN_S, ReconcileInput
 from domain.names import ALL_TASK_QUEUES, DISPATCH_TASK_QUEUE, ORDERS_TASK_QUEUE
 from infra.breaker import BreakerConfig, CircuitBreaker
 from infra.ratelimit import GcraLimiter
@@ -46,6 +47,7 @@ from workflows.checkout import OrderWorkflow
 from workflows.delivery import DeliveryWorkflow
 from workflows.notify import NotifyMerchantWorkflow
 from workflows.payment import PaymentWorkflow
+from workflows.reconciler import ReconcileWorkflow
 from workflows.refund import RefundWorkflow
 from workflows.sweeper import InventorySweepWorkflow
 
@@ -58,6 +60,7 @@ WORKFLOWS_BY_QUEUE: dict[str, list[type]] = {
         RefundWorkflow,
         NotifyMerchantWorkflow,
         InventorySweepWorkflow,
+        ReconcileWorkflow,
     ],
     DISPATCH_TASK_QUEUE: [DeliveryWorkflow],
 }
@@ -83,7 +86,7 @@ class Dependencies:
 
     def activities(self, client: Client | None = None) -> list[Callable[..., Any]]:
         """Every activity, bound to these dependencies. ``client`` (the worker's Temporal
-        client) is what the sweeper uses to ask whether an order still runs."""
+        client) is what the sweeper and the reconciler use to ask whether a workflow runs."""
         sessions = make_sessionmaker(self.engine)
         inventory = InventoryActivities(sessionmaker=sessions, redis=self.redis)
         orders = OrderActivities(sessionmaker=sessions)
@@ -114,10 +117,24 @@ class Dependencies:
             sweeper = SweeperActivities(
                 sessionmaker=sessions, client=client, inventory=inventory, redis=self.redis
             )
+            reconciler = ReconcilerActivities(
+                sessionmaker=sessions,
+                client=client,
+                payments=payments,
+                notify_merchant=self.merchant_url is not None,
+            )
             extra = [
                 sweeper.find_stale_reservations,
                 sweeper.release_orphaned_reservations,
                 sweeper.reconcile_hot_stock,
+                reconciler.find_orphaned_orders,
+                reconciler.restart_order,
+                reconciler.fail_orphaned_order,
+                reconciler.find_orphaned_refunds,
+                reconciler.restart_refund,
+                reconciler.find_unreleased_authorizations,
+                reconciler.find_stranded_couriers,
+                reconciler.record_reconciliation,
             ]
         return [
             *extra,
@@ -245,6 +262,28 @@ async def install_sweeper(client: Client, settings: Settings) -> None:
         )
 
 
+async def install_reconciler(client: Client, settings: Settings) -> None:
+    """The reconciler schedule, created or brought to this worker's settings."""
+    inp = ReconcileInput(
+        grace_s=settings.reconcile_grace_s,
+        restart_within_s=settings.reconcile_restart_within_s,
+    )
+    try:
+        outcome = await ensure_reconciler_schedule(
+            client, task_queue=ORDERS_TASK_QUEUE, every_s=settings.reconcile_interval_s, inp=inp
+        )
+    except Exception as e:  # an old server without schedules must not stop the worker
+        log.warning("reconciler schedule not installed: %s", e)
+        return
+    log.info(
+        "reconciler schedule %s: every %.0fs (grace %.0fs, restart within %.0fs)",
+        outcome,
+        settings.reconcile_interval_s,
+        inp.grace_s,
+        inp.restart_within_s,
+    )
+
+
 async def serve(settings: Settings, queues: list[str]) -> None:
     from infra.temporal import connect
 
@@ -270,6 +309,7 @@ async def serve(settings: Settings, queues: list[str]) -> None:
     await load_hot_stock(deps)
     if ORDERS_TASK_QUEUE in queues:
         await install_sweeper(client, settings)
+        await install_reconciler(client, settings)
     workers = build_workers(client, deps, roles={q: q for q in queues})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -67,6 +67,8 @@ from domain.messages import (
     RepairRequest,
     RepairResult,
     TimelineEntry,
+    checkout_summary,
+    checkout_total_cents,
 )
 from domain.money import DELIVERY_FEE_CENTS, line_total
 from domain.names import (
@@ -87,6 +89,7 @@ from domain.status import TERMINAL_STATUSES, CourierEventType, OrderStatus, Paym
 from infra.telemetry import metrics
 from store import refunds as refund_book
 from store.models import Location, Order, utcnow_iso
+from store.orders import checkout_input_of
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +164,6 @@ def _application_error_type(exc: WorkflowUpdateFailedError) -> str | None:
     return None
 
 
-def _format_amount(cents: int, currency: str) -> str:
-    return f"{cents // 100}.{cents % 100:02d} {currency}"
-
-
 def with_refunds(view: dict[str, Any], refunds: list[RefundView]) -> dict[str, Any]:
     """The order's refunds laid over its view. The refunds table is their only source, so
     no refund write ever races the order workflow's read-model writes; the order's
@@ -198,11 +197,22 @@ class OrdersService:
 
     async def place(self, session: AsyncSession, body: CheckoutBody, key: str) -> Placed:
         started = time.perf_counter()
+        digest = request_hash(body)
+        # A repeat is answered from what was stored, before anything that may have changed
+        # since it was first accepted (the customer's rate, the catalogue): one indexed read.
+        existing = await queries.order_by_key(
+            session, customer_id=body.customer_id, idempotency_key=key
+        )
+        # End the read before anything else: SQLite holds its lock until then.
+        await session.commit()
+        if existing is not None:
+            return await self._repeat(existing, body, digest)
+
         await self._check_rate(body.customer_id)
         currency, lines = await self._price(merge_lines(body))
-        digest = request_hash(body)
         now = utcnow_iso()
         view = self._initial_view(body, currency, lines, now)
+        inp = self._checkout_input(asdict(view), body, {li.sku for li in lines if li.hot})
 
         location = await session.get(Location, body.location_id)
         if location is None:
@@ -224,24 +234,30 @@ class OrdersService:
                 "view": asdict(view),
                 "created_at": now,
                 "updated_at": now,
+                # The exact input, so a retry and the reconciler start this and nothing else.
+                "checkout_input": asdict(inp),
             },
         )
         if inserted:
             await session.commit()
             metrics.orders_created.inc()
             # Committed first: if Temporal is down the order waits here for a retry with the
-            # same key, which starts the workflow (USE_EXISTING makes that safe to repeat).
-            hot = {li.sku for li in lines if li.hot}
-            await self._start(self._checkout_input(asdict(view), body, hot))
+            # same key (or the reconciler), which starts it (USE_EXISTING: safe to repeat).
+            await self._start(inp)
             metrics.checkout_latency.observe(time.perf_counter() - started)
             return Placed(created=True, order=asdict(view))
 
+        # A concurrent first request with this key inserted it in between.
         existing = await queries.order_by_key(
             session, customer_id=body.customer_id, idempotency_key=key
         )
         await session.commit()
         if existing is None:  # pragma: no cover - the conflicting row cannot vanish
             raise unavailable(INTERNAL_UNAVAILABLE, "the order disappeared while being read")
+        return await self._repeat(existing, body, digest)
+
+    async def _repeat(self, existing: Order, body: CheckoutBody, digest: str) -> Placed:
+        """The answer to a request whose key was used before: the stored order, or 422."""
         if existing.request_hash != digest:
             raise ApiProblem(
                 422,
@@ -250,9 +266,18 @@ class OrdersService:
                 extra={"order_id": existing.order_id},
             )
         if existing.status == OrderStatus.PENDING:
-            hot = {li.sku for li in lines if li.hot}
-            await self._start(self._checkout_input(dict(existing.view), body, hot))
+            await self._start(await self._stored_input(existing, body))
         return Placed(created=False, order=await self.current_view(existing))
+
+    async def _stored_input(self, order: Order, body: CheckoutBody) -> CheckoutInput:
+        stored = checkout_input_of(order.checkout_input)
+        if stored is not None:
+            return stored
+        # A row from before inputs were stored: rebuilt from its view (the price snapshot)
+        # and the body (whose hash matched); hot flags as the catalogue says now.
+        products = await self._state.catalogue.products(i["sku"] for i in order.view["items"])
+        hot = {sku for sku, p in products.items() if p is not None and p.get("hot")}
+        return self._checkout_input(dict(order.view), body, hot)
 
     async def _check_rate(self, customer_id: str) -> None:
         try:
@@ -374,9 +399,7 @@ class OrdersService:
         )
 
     async def _start(self, inp: CheckoutInput) -> None:
-        total = inp.delivery_fee_cents + sum(
-            line_total(li.unit_price_cents, li.quantity) for li in inp.lines
-        )
+        total = checkout_total_cents(inp)
         search_attributes = None
         if self._state.search_attributes:
             search_attributes = TypedSearchAttributes(
@@ -387,10 +410,7 @@ class OrdersService:
                     SearchAttributePair(_SA_FAILURE, ""),
                 ]
             )
-        summary = (
-            f"Order {inp.order_id} for {inp.customer_id}: {len(inp.lines)} lines, "
-            f"total {_format_amount(total, inp.currency)}"
-        )
+        summary = checkout_summary(inp)
         unavailable_detail = (
             "the workflow service is not answering; the order is stored and a retry with the "
             "same Idempotency-Key starts it"

@@ -217,7 +217,11 @@ class OrderOut(BaseModel):
     customer_id: str
     location_id: str
     status: str
-    failure_reason: str | None
+    failure_reason: str | None = Field(
+        description="When FAILED: OUT_OF_STOCK, PAYMENT_DECLINED, PAYMENT_TIMEOUT, NO_COURIER,"
+        " INVALID_ORDER, or NOT_STARTED (stored while the workflow service was down and not"
+        " retried in time; failed by the reconciler)"
+    )
     items: list[ItemOut]
     currency: str
     amounts: AmountsOut

@@ -60,6 +60,7 @@ from domain.names import (
     ORDER_WORKFLOW,
     PAYMENT_WORKFLOW,
     QUERY_ORDER,
+    RECONCILE_WORKFLOW,
     REFUND_WORKFLOW,
     SIGNAL_PAYMENT_OUTCOME,
     SWEEP_WORKFLOW,
@@ -764,3 +765,167 @@ async def inventory_sweep(stack: Stack) -> list[str]:
     if orphan not in report.released_orders or await stack.stock(sku) != (5, 0, 0):
         raise ScenarioFailed(f"sweep did not release {orphan}: {report}")
     return [sweep_id]
+
+
+# ------------------------------------------------------------------------------ reconciler
+
+
+async def _stored_while_temporal_is_down(stack: Stack, inp: CheckoutInput) -> None:
+    """The row ``POST /v1/orders`` stores before its ``start_workflow`` fails: PENDING, its
+    view as of acceptance and its checkout input, and no workflow."""
+    from dataclasses import asdict
+
+    from api.queries import insert_order_if_new
+    from domain.messages import (
+        AmountsView,
+        DeliveryView,
+        ItemView,
+        PaymentView,
+        TimelineEntry,
+        checkout_total_cents,
+    )
+
+    total = checkout_total_cents(inp)
+    view = OrderView(
+        order_id=inp.order_id,
+        workflow_id=order_workflow_id(inp.order_id),
+        customer_id=inp.customer_id,
+        location_id=inp.location_id,
+        status="PENDING",
+        failure_reason=None,
+        items=[ItemView(li.sku, li.quantity, li.unit_price_cents) for li in inp.lines],
+        currency=inp.currency,
+        amounts=AmountsView(total - inp.delivery_fee_cents, inp.delivery_fee_cents, total),
+        payment=PaymentView(),
+        delivery=DeliveryView(),
+        refunds=[],
+        timeline=[TimelineEntry("PENDING", inp.created_at)],
+        created_at=inp.created_at,
+        updated_at=inp.created_at,
+    )
+    async with make_sessionmaker(stack.engine)() as session:
+        inserted = await insert_order_if_new(
+            session,
+            row={
+                "order_id": inp.order_id,
+                "customer_id": inp.customer_id,
+                "idempotency_key": f"key-{inp.order_id}",
+                "request_hash": "",
+                "location_id": inp.location_id,
+                "status": "PENDING",
+                "failure_reason": None,
+                "currency": inp.currency,
+                "total_cents": total,
+                "seq": 0,
+                "view": asdict(view),
+                "created_at": inp.created_at,
+                "updated_at": inp.created_at,
+                "checkout_input": asdict(inp),
+            },
+        )
+        await session.commit()
+    if not inserted:
+        raise ScenarioFailed(f"order {inp.order_id} was stored already")
+
+
+async def _refund_stored_while_temporal_is_down(stack: Stack, order_id: str, amount: int) -> str:
+    """``POST /v1/orders/{id}/refunds`` with the workflow service down: the API's own service
+    admits the refund (PENDING, its amount on the cap), then answers 503."""
+    from api.errors import ApiProblem
+    from api.routes.refunds import RefundBody, RefundsService
+
+    state = SimpleNamespace(
+        settings=SimpleNamespace(merchant_webhook_url=None),
+        temporal=SimpleNamespace(client=None),
+        orders_task_queue=stack.orders_queue,
+    )
+    async with make_sessionmaker(stack.engine)() as session:
+        try:
+            await RefundsService(cast("AppState", state)).request(
+                session, order_id, RefundBody(amount_cents=amount, reason="while down"), "down"
+            )
+        except ApiProblem as e:
+            if e.status != 503:
+                raise
+        else:
+            raise ScenarioFailed("a refund was started with the workflow service down")
+    async with stack.engine.connect() as c:
+        refund_id = (
+            await c.execute(
+                text("SELECT refund_id FROM refunds WHERE order_id = :o AND status = 'PENDING'"),
+                {"o": order_id},
+            )
+        ).scalar_one()
+    return str(refund_id)
+
+
+@scenario(RECONCILE_WORKFLOW)
+async def reconcile(stack: Stack) -> list[str]:
+    """One reconcile run (as the ``reconciler`` schedule starts it) over what outages and races
+    leave behind: an order stored while Temporal was down (restarted; its card is declined,
+    so it ends at once), one stored long ago (failed: its line fenced, FAILED/NOT_STARTED), a
+    refund stored while Temporal was down (restarted, SUCCEEDED), a FAILED order whose
+    authorization landed after it ended (voided) and a courier bound to it (released)."""
+    from dataclasses import replace
+
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.payments import PaymentActivities
+    from domain.messages import AuthorizeInput, ReconcileInput, ReconcileReport
+    from store import couriers as fleet
+
+    run = _run_id("reconcile")
+    sku, scarce = f"SKU-{run}-orphans", f"SKU-{run}-scarce"
+    await stack.seed_product(sku, PRICE, 5)
+    await stack.seed_product(scarce, PRICE, 1)
+
+    fresh = stack.checkout([(sku, 1, PRICE)], token="tok_decline", order_id=f"o-{run}-fresh")
+    await _stored_while_temporal_is_down(stack, fresh)
+    old = replace(
+        stack.checkout([(sku, 2, PRICE)], order_id=f"o-{run}-old"),
+        created_at="2000-01-01T00:00:00.000000Z",
+    )
+    await _stored_while_temporal_is_down(stack, old)
+
+    delivered = await _delivered(stack, run)
+    refund_id = await _refund_stored_while_temporal_is_down(stack, delivered.order_id, PRICE)
+
+    ended = stack.checkout([(scarce, 2, PRICE)], order_id=f"o-{run}-ended")
+    _expect(await (await stack.start(ended)).result(), "FAILED", "OUT_OF_STOCK")
+    payments = PaymentActivities(
+        http=stack.psp, sessionmaker=make_sessionmaker(stack.engine), psp_url="http://psp"
+    )
+    total = 2 * PRICE + DELIVERY_FEE_CENTS
+    await ActivityEnvironment().run(
+        payments.authorize_payment,
+        AuthorizeInput(ended.order_id, total, "USD", "tok_ok", f"authorize:{ended.order_id}"),
+    )
+    async with _couriers(stack, f"{run}-stranded", 0.5) as (courier,):
+        async with make_sessionmaker(stack.engine)() as s, s.begin():
+            await fleet.offer(s, order_id=ended.order_id, courier_id=courier)
+
+        reconcile_id = f"reconcile-{run}"
+        report = await stack.client.execute_workflow(
+            RECONCILE_WORKFLOW,
+            ReconcileInput(grace_s=0, restart_within_s=600),
+            id=reconcile_id,
+            task_queue=stack.orders_queue,
+            result_type=ReconcileReport,
+        )
+    if (
+        report.orders_restarted != [fresh.order_id]
+        or report.orders_failed != [old.order_id]
+        or report.refunds_restarted != [refund_id]
+        or ended.order_id not in report.authorizations_voided
+        or report.couriers_released != [courier]
+        or report.errors
+    ):
+        raise ScenarioFailed(f"reconcile did not do what it should: {report}")
+    restarted = stack.client.get_workflow_handle(
+        order_workflow_id(fresh.order_id), result_type=OrderView
+    )
+    _expect(await restarted.result(), "FAILED", "PAYMENT_DECLINED")
+    _expect_refund(await _refund_result(stack, refund_id), "SUCCEEDED")
+    if await stack.stock(sku) != (5, 0, 0):
+        raise ScenarioFailed(f"{sku} after the reconcile: {await stack.stock(sku)}")
+    return [reconcile_id]

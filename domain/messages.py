@@ -67,6 +67,20 @@ class CheckoutInput:
     """Tell the merchant's webhook when the order is paid or cancelled (max effort)."""
 
 
+def checkout_total_cents(inp: CheckoutInput) -> int:
+    return inp.delivery_fee_cents + sum(li.unit_price_cents * li.quantity for li in inp.lines)
+
+
+def checkout_summary(inp: CheckoutInput) -> str:
+    """The order workflow's static summary in the Temporal UI (the API and the reconciler
+    start it with the same)."""
+    total = checkout_total_cents(inp)
+    return (
+        f"Order {inp.order_id} for {inp.customer_id}: {len(inp.lines)} lines, "
+        f"total {total // 100}.{total % 100:02d} {inp.currency}"
+    )
+
+
 @dataclass
 class ItemView:
     sku: str
@@ -472,6 +486,14 @@ class RefundInput:
     URL is configured."""
 
 
+def refund_summary(inp: RefundInput) -> str:
+    """The refund workflow's static summary in the Temporal UI."""
+    summary = f"Refund of {inp.amount_cents} {inp.currency} on order {inp.order_id}"
+    if inp.restock:
+        summary += ", restocking " + ", ".join(f"{li.quantity} x {li.sku}" for li in inp.restock)
+    return summary
+
+
 @dataclass(frozen=True)
 class PspRefundRequest:
     refund_id: str
@@ -520,3 +542,138 @@ class RestockReport:
     """Lines whose units this call (or an earlier attempt) put back on sale."""
     refused: list[RestockLine]
     """Lines the order no longer had sold (returned by earlier refunds or a compensation)."""
+
+
+# ------------------------------------------------------------------------------ reconciler
+
+
+@dataclass(frozen=True)
+class ReconcileInput:
+    grace_s: float = 60.0
+    """Rows younger than this are left alone: the API may still be starting their workflow
+    (its start gives up after about 11 s) and a finishing saga may still be releasing."""
+    restart_within_s: float = 900.0
+    """An orphaned order younger than this is restarted; an older one is failed (its
+    customer was told 503 and has most likely gone elsewhere)."""
+    limit: int = 100
+    """Most rows of each kind looked at in one run (the next run takes the rest)."""
+
+
+@dataclass(frozen=True)
+class OrphanedOrder:
+    """A PENDING order row whose workflow does not run."""
+
+    order_id: str
+    location_id: str
+    age_s: float
+    lines: list[OrderLine]
+    """What its saga would reserve: a fail cancels each line through the fence."""
+    workflow: str
+    """``missing`` (never started, or its history is gone) or ``closed`` (ended, e.g.
+    terminated, before the order got under way)."""
+    restartable: bool
+    """Its ``CheckoutInput`` is stored with the row."""
+
+
+@dataclass(frozen=True)
+class OrphanedOrders:
+    items: list[OrphanedOrder]
+
+
+@dataclass(frozen=True)
+class OrphanedRefund:
+    """A PENDING refund row whose ``RefundWorkflow`` does not run."""
+
+    refund_id: str
+    order_id: str
+    amount_cents: int
+    workflow: str
+    """``missing`` or ``closed``, as for orders."""
+    restartable: bool
+    """The order and its captured payment's PSP id are there to rebuild the input from."""
+
+
+@dataclass(frozen=True)
+class OrphanedRefunds:
+    items: list[OrphanedRefund]
+
+
+@dataclass(frozen=True)
+class RestartRequest:
+    subject_id: str
+    """The order id or refund id."""
+    task_queue: str
+    """Where its workflow runs (the orders queue, the reconciler's own)."""
+
+
+@dataclass(frozen=True)
+class RestartResult:
+    started: bool
+    """False when there was nothing to restart (the row moved on, or its workflow closed)."""
+    detail: str
+
+
+@dataclass(frozen=True)
+class FailOrphanedOrder:
+    order_id: str
+    why: str
+
+
+@dataclass(frozen=True)
+class FailResult:
+    failed: bool
+    """False when the row was no longer PENDING (someone else finished it first)."""
+
+
+@dataclass(frozen=True)
+class UnreleasedAuthorizations:
+    live: list[str]
+    """Finished orders the PSP still holds an authorization (or a pending action) for."""
+    clean: list[str]
+    """Finished orders looked at whose PSP intents hold nothing."""
+
+
+@dataclass(frozen=True)
+class StrandedCouriers:
+    items: list[CourierOffer]
+    """Couriers still bound to an order that has finished."""
+
+
+@dataclass(frozen=True)
+class ReconcileEntry:
+    subject_id: str
+    action: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class ReconcileRecord:
+    entries: list[ReconcileEntry]
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    orders_restarted: list[str] = field(default_factory=list)
+    orders_failed: list[str] = field(default_factory=list)
+    refunds_restarted: list[str] = field(default_factory=list)
+    refunds_failed: list[str] = field(default_factory=list)
+    authorizations_voided: list[str] = field(default_factory=list)
+    """Orders whose hold at the PSP this run released."""
+    authorizations_checked: int = 0
+    """Finished orders looked up at the PSP (voided or found holding nothing)."""
+    couriers_released: list[str] = field(default_factory=list)
+    for_operator: list[str] = field(default_factory=list)
+    """What it found and may not decide alone (a refund whose workflow ended PENDING)."""
+    errors: list[str] = field(default_factory=list)
+    """Steps that failed this run; the next run tries them again."""
+
+    def summary(self) -> str:
+        return (
+            f"orders restarted {len(self.orders_restarted)}, failed {len(self.orders_failed)};"
+            f" refunds restarted {len(self.refunds_restarted)},"
+            f" failed {len(self.refunds_failed)};"
+            f" authorizations voided {len(self.authorizations_voided)}"
+            f" of {self.authorizations_checked} checked;"
+            f" couriers released {len(self.couriers_released)};"
+            f" for an operator {len(self.for_operator)}; errors {len(self.errors)}"
+        )

@@ -83,6 +83,9 @@ class FailureReason(StrEnum):
     PAYMENT_TIMEOUT = "PAYMENT_TIMEOUT"
     NO_COURIER = "NO_COURIER"
     INVALID_ORDER = "INVALID_ORDER"
+    NOT_STARTED = "NOT_STARTED"
+    """Stored by the API but never got under way (its workflow could not be started, or
+    ended before reserving anything) and not retried in time: failed by the reconciler."""
 
 
 class PaymentStatus(StrEnum):

@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     """Unconfirmed reservations lapse after this; default: payment timeout + 120 s."""
     sweep_interval_s: float = Field(default=300.0, alias="TRADEFLOW_SWEEP_INTERVAL_S", gt=0)
     """How often the inventory sweeper schedule runs."""
+    reconcile_interval_s: float = Field(default=60.0, alias="TRADEFLOW_RECONCILE_INTERVAL_S", gt=0)
+    """How often the reconciler schedule runs (docs/operations.md)."""
+    reconcile_grace_s: float = Field(default=60.0, alias="TRADEFLOW_RECONCILE_GRACE_S", ge=0)
+    """The reconciler leaves rows younger than this alone (an API may still be starting them)."""
+    reconcile_restart_within_s: float = Field(
+        default=900.0, alias="TRADEFLOW_RECONCILE_RESTART_WITHIN_S", ge=0
+    )
+    """An order nobody started is restarted up to this age; older, it is failed (NOT_STARTED)."""
     psp_action_delay_s: float = Field(default=3.0, alias="TRADEFLOW_PSP_ACTION_DELAY_S", ge=0)
     checkout_rate: str = Field(default="10/s", alias="TRADEFLOW_CHECKOUT_RATE")
     checkout_burst: int = Field(default=20, alias="TRADEFLOW_CHECKOUT_BURST", ge=1)

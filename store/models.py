@@ -93,6 +93,10 @@ class Order(SQLModel, table=True):
     """The full ``Order`` resource as of ``seq``."""
     created_at: str = Field(max_length=32)
     updated_at: str = Field(max_length=32)
+    checkout_input: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    """The ``CheckoutInput`` the API starts the workflow with, stored with the row: a retry
+    with the same key and the reconciler start exactly that input again, without re-pricing.
+    None for rows written by a workflow started without the API, and rows older than it."""
 
 
 class OrderTimeline(SQLModel, table=True):
@@ -209,3 +213,19 @@ class Refund(SQLModel, table=True):
     psp_refund_id: str | None = Field(default=None, max_length=64)
     created_at: str = Field(max_length=32)
     updated_at: str = Field(max_length=32)
+
+
+class Reconciliation(SQLModel, table=True):
+    """What the reconciler did to an order, refund or courier, one row per (subject, action):
+    the audit trail an operator reads, and how a later run knows an order's authorizations
+    were already looked at at the PSP."""
+
+    __tablename__ = "reconciliations"
+
+    subject_id: str = Field(primary_key=True, max_length=64)
+    """An order id, a refund id or a courier id."""
+    action: str = Field(primary_key=True, max_length=32)
+    """``order_restarted``, ``order_failed``, ``refund_restarted``, ``refund_failed``,
+    ``authorization_voided``, ``authorization_checked``, ``courier_released``."""
+    detail: str = Field(max_length=500)
+    at: str = Field(default_factory=utcnow_iso, max_length=32)

@@ -6,12 +6,23 @@ from typing import Any
 
 from sqlalchemy import Table, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.converter import value_to_type
 
+from domain.messages import CheckoutInput
 from store.models import Order, OrderTimeline
 from store.sql import insert_ignore
 
 ORDERS: Table = Order.__table__  # type: ignore[attr-defined]
 TIMELINE: Table = OrderTimeline.__table__  # type: ignore[attr-defined]
+
+
+def checkout_input_of(stored: dict[str, Any] | None) -> CheckoutInput | None:
+    """``orders.checkout_input`` (``dataclasses.asdict`` of the input) as the dataclass, decoded
+    as Temporal's converter decodes a workflow's input; None when the row has none."""
+    if stored is None:
+        return None
+    inp: CheckoutInput = value_to_type(CheckoutInput, stored, [])
+    return inp
 
 
 async def record_order(s: AsyncSession, *, view: dict[str, Any], seq: int) -> bool:

@@ -216,6 +216,27 @@ async def admit(
     return Admitted(created=True, refund=refund, payment_id=row[0])
 
 
+async def repeat_of(
+    s: AsyncSession, *, order_id: str, idempotency_key: str, request_hash: str
+) -> Admitted | None:
+    """The refund an earlier request with this key stored, or None; raises
+    ``IdempotencyKeyReused`` when that request had another body."""
+    row = (
+        (
+            await s.execute(
+                select(RF.c.refund_id).where(
+                    (RF.c.order_id == order_id) & (RF.c.idempotency_key == idempotency_key)
+                )
+            )
+        )
+        .scalars()
+        .first()
+    )
+    if row is None:
+        return None
+    return await _repeat(s, order_id, idempotency_key, request_hash)
+
+
 async def _repeat(s: AsyncSession, order_id: str, key: str, request_hash: str) -> Admitted:
     row = (
         (

@@ -40,7 +40,7 @@ from api.errors import (
 from api.routes.orders import OrderIdPath
 from api.schemas import INT32_MAX, MAX_ORDER_LINES, MAX_QUANTITY, Id, Problem, Text
 from api.state import AppState
-from domain.messages import RefundInput, RefundView, RestockLine
+from domain.messages import RefundInput, RefundView, RestockLine, refund_summary
 from domain.names import REFUND_WORKFLOW, refund_workflow_id
 from store import refunds as book
 from store.models import Order
@@ -148,6 +148,15 @@ def request_hash(body: RefundBody, restock: list[RestockLine]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _key_reused(e: book.IdempotencyKeyReused) -> ApiProblem:
+    return ApiProblem(
+        422,
+        IDEMPOTENCY_KEY_REUSED,
+        "this Idempotency-Key was used with a different request body",
+        extra={"refund_id": e.refund_id},
+    )
+
+
 class RefundsService:
     def __init__(self, state: AppState) -> None:
         self._state = state
@@ -165,6 +174,19 @@ class RefundsService:
         for item in order.view.get("items", []):
             ordered[item["sku"]] = ordered.get(item["sku"], 0) + int(item["quantity"])
         restock = merge_restock(body)
+        digest = request_hash(body, restock)
+        # A repeat is answered from what was stored, before any check of the request against
+        # the order as it is now (what is left of the capture, what other refunds restock).
+        try:
+            admitted = await book.repeat_of(
+                session, order_id=order_id, idempotency_key=key, request_hash=digest
+            )
+        except book.IdempotencyKeyReused as e:
+            await session.rollback()
+            raise _key_reused(e) from e
+        if admitted is not None:
+            await session.commit()
+            return await self._started(admitted, order_id, location_id)
         for line in restock:
             if line.sku not in ordered:
                 await session.rollback()
@@ -185,7 +207,7 @@ class RefundsService:
                 refund_id=f"r_{uuid.uuid4().hex}",
                 order_id=order_id,
                 idempotency_key=key,
-                request_hash=request_hash(body, restock),
+                request_hash=digest,
                 amount_cents=body.amount_cents,
                 currency=currency,
                 reason=body.reason,
@@ -210,17 +232,14 @@ class RefundsService:
             ) from e
         except book.IdempotencyKeyReused as e:
             await session.rollback()
-            raise ApiProblem(
-                422,
-                IDEMPOTENCY_KEY_REUSED,
-                "this Idempotency-Key was used with a different request body",
-                extra={"refund_id": e.refund_id},
-            ) from e
+            raise _key_reused(e) from e
         except book.RestockExceedsOrdered as e:
             await session.rollback()
             raise ApiProblem(422, VALIDATION_ERROR, f"restock: {e}") from e
         await session.commit()
+        return await self._started(admitted, order_id, location_id)
 
+    async def _started(self, admitted: book.Admitted, order_id: str, location_id: str) -> Requested:
         refund = admitted.refund
         if refund.status == book.PENDING:
             # Also on a repeat: the first request may have stored the refund while the
@@ -249,11 +268,7 @@ class RefundsService:
         client = self._state.temporal.client
         if client is None:
             raise unavailable(TEMPORAL_UNAVAILABLE, detail)
-        summary = f"Refund of {inp.amount_cents} {inp.currency} on order {inp.order_id}"
-        if inp.restock:
-            summary += ", restocking " + ", ".join(
-                f"{li.quantity} x {li.sku}" for li in inp.restock
-            )
+        summary = refund_summary(inp)
         try:
             await asyncio.wait_for(
                 client.start_workflow(

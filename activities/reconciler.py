@@ -1,0 +1,310 @@
+"""Reconciler activities: find what nobody will finish, and restart or fail it.
+
+The finds read the database and ask Temporal whether the row's workflow exists (and the PSP
+whether a finished order's intents still hold money); the decisions are the workflow's
+(``domain/reconcile.py``). Every action is idempotent: a restart starts the same workflow id
+with the stored input (and does nothing if it exists by then), a fail is a compare-and-set on the row, and the
+money and courier steps are the saga's own activities, keyed as the saga keys them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio import activity
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+    WorkflowExecutionStatus,
+)
+from temporalio.client import ScheduleOverlapPolicy as Overlap
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.payments import PaymentActivities
+from domain.messages import (
+    CourierOffer,
+    FailOrphanedOrder,
+    FailResult,
+    OrderLine,
+    OrphanedOrder,
+    OrphanedOrders,
+    OrphanedRefund,
+    OrphanedRefunds,
+    ReconcileInput,
+    ReconcileRecord,
+    RefundInput,
+    RestartRequest,
+    RestartResult,
+    RestockLine,
+    StrandedCouriers,
+    UnreleasedAuthorizations,
+    checkout_summary,
+    refund_summary,
+)
+from domain.names import (
+    ACT_FAIL_ORPHANED_ORDER,
+    ACT_FIND_ORPHANED_ORDERS,
+    ACT_FIND_ORPHANED_REFUNDS,
+    ACT_FIND_STRANDED_COURIERS,
+    ACT_FIND_UNRELEASED_AUTHORIZATIONS,
+    ACT_RECORD_RECONCILIATION,
+    ACT_RESTART_ORDER,
+    ACT_RESTART_REFUND,
+    ORDER_WORKFLOW,
+    RECONCILE_WORKFLOW,
+    RECONCILER_SCHEDULE_ID,
+    REFUND_WORKFLOW,
+    order_workflow_id,
+    refund_workflow_id,
+)
+from domain.reconcile import WORKFLOW_CLOSED, WORKFLOW_MISSING
+from domain.status import FailureReason
+from store import reconciler as queries
+from store.models import utcnow_iso
+
+#: PSP intent statuses under which money is held, or may yet be (a customer action pending).
+HOLDING_INTENT_STATUSES = frozenset({"requires_capture", "requires_action"})
+
+
+def _age_s(created_at: str) -> float:
+    created = datetime.strptime(created_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return max((datetime.now(UTC) - created).total_seconds(), 0.0)
+
+
+class ReconcilerActivities:
+    def __init__(
+        self,
+        *,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        client: Client,
+        payments: PaymentActivities,
+        notify_merchant: bool = False,
+    ) -> None:
+        self._sessions = sessionmaker
+        self._client = client
+        self._payments = payments
+        """Its guarded PSP client (breaker, rate limiter) reads the intents of an order."""
+        self._notify_merchant = notify_merchant
+        """A restarted refund tells the merchant, as the API's start would."""
+
+    # -------------------------------------------------------------------------- orders
+
+    @activity.defn(name=ACT_FIND_ORPHANED_ORDERS)
+    async def find_orphaned_orders(self, inp: ReconcileInput) -> OrphanedOrders:
+        async with self._sessions() as s:
+            rows = await queries.pending_orders(s, older_than_s=inp.grace_s, limit=inp.limit)
+        items: list[OrphanedOrder] = []
+        for i, row in enumerate(rows):
+            activity.heartbeat(i)
+            state = await self._workflow_state(order_workflow_id(row.order_id))
+            if state is None:
+                continue  # running: its own saga decides
+            stored = row.checkout_input
+            lines = (
+                list(stored.lines)
+                if stored is not None
+                else [
+                    OrderLine(str(it["sku"]), int(it["quantity"]), int(it["unit_price_cents"]))
+                    for it in row.items
+                ]
+            )
+            items.append(
+                OrphanedOrder(
+                    order_id=row.order_id,
+                    location_id=row.location_id,
+                    age_s=_age_s(row.created_at),
+                    lines=lines,
+                    workflow=state,
+                    restartable=stored is not None,
+                )
+            )
+        return OrphanedOrders(items=items)
+
+    @activity.defn(name=ACT_RESTART_ORDER)
+    async def restart_order(self, req: RestartRequest) -> RestartResult:
+        async with self._sessions() as s:
+            inp = await queries.pending_order_input(s, order_id=req.subject_id)
+        if inp is None:
+            return RestartResult(False, "no longer PENDING, or no stored input")
+        try:
+            await self._client.start_workflow(
+                ORDER_WORKFLOW,
+                inp,
+                id=order_workflow_id(inp.order_id),
+                task_queue=req.task_queue,
+                # FAIL, not the API's USE_EXISTING: a run that exists by now (a client's retry,
+                # or the API's own start landing late) is not reported as restarted by us. A
+                # retry racing this start joins whichever run won.
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                static_summary=checkout_summary(inp),
+            )
+        except WorkflowAlreadyStartedError:
+            return RestartResult(False, "its workflow was started meanwhile (or ran and closed)")
+        activity.logger.warning("restarted order %s (its workflow never started)", inp.order_id)
+        return RestartResult(True, "started with its stored input")
+
+    @activity.defn(name=ACT_FAIL_ORPHANED_ORDER)
+    async def fail_orphaned_order(self, req: FailOrphanedOrder) -> FailResult:
+        async with self._sessions() as s, s.begin():
+            failed = await queries.fail_pending_order(
+                s,
+                order_id=req.order_id,
+                failure_reason=FailureReason.NOT_STARTED.value,
+                at=utcnow_iso(),
+            )
+        if failed:
+            activity.logger.warning("failed order %s: %s", req.order_id, req.why)
+        return FailResult(failed=failed)
+
+    # ------------------------------------------------------------------------- refunds
+
+    @activity.defn(name=ACT_FIND_ORPHANED_REFUNDS)
+    async def find_orphaned_refunds(self, inp: ReconcileInput) -> OrphanedRefunds:
+        async with self._sessions() as s:
+            rows = await queries.pending_refunds(s, older_than_s=inp.grace_s, limit=inp.limit)
+        items: list[OrphanedRefund] = []
+        for i, row in enumerate(rows):
+            activity.heartbeat(i)
+            state = await self._workflow_state(refund_workflow_id(row.refund_id))
+            if state is None:
+                continue
+            items.append(
+                OrphanedRefund(
+                    refund_id=row.refund_id,
+                    order_id=row.order_id,
+                    amount_cents=row.amount_cents,
+                    workflow=state,
+                    restartable=row.location_id is not None and row.payment_id is not None,
+                )
+            )
+        return OrphanedRefunds(items=items)
+
+    @activity.defn(name=ACT_RESTART_REFUND)
+    async def restart_refund(self, req: RestartRequest) -> RestartResult:
+        async with self._sessions() as s:
+            row = await queries.pending_refund(s, refund_id=req.subject_id)
+        if row is None:
+            return RestartResult(False, "no longer PENDING")
+        if row.location_id is None or row.payment_id is None:
+            return RestartResult(False, "its order or captured payment is gone")
+        inp = RefundInput(
+            refund_id=row.refund_id,
+            order_id=row.order_id,
+            payment_id=row.payment_id,
+            amount_cents=row.amount_cents,
+            currency=row.currency,
+            location_id=row.location_id,
+            restock=[RestockLine(str(i["sku"]), int(i["quantity"])) for i in row.restock],
+            notify_merchant=self._notify_merchant,
+        )
+        try:
+            await self._client.start_workflow(
+                REFUND_WORKFLOW,
+                inp,
+                id=refund_workflow_id(inp.refund_id),
+                task_queue=req.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                static_summary=refund_summary(inp),
+            )
+        except WorkflowAlreadyStartedError:
+            return RestartResult(False, "its workflow was started meanwhile (or ran and closed)")
+        activity.logger.warning("restarted refund %s (its workflow never started)", inp.refund_id)
+        return RestartResult(True, "started with its stored amount and restock")
+
+    # ---------------------------------------------------------------- finished orders
+
+    @activity.defn(name=ACT_FIND_UNRELEASED_AUTHORIZATIONS)
+    async def find_unreleased_authorizations(self, inp: ReconcileInput) -> UnreleasedAuthorizations:
+        async with self._sessions() as s:
+            order_ids = await queries.finished_orders_to_check_at_psp(
+                s, older_than_s=inp.grace_s, limit=inp.limit
+            )
+        live: list[str] = []
+        clean: list[str] = []
+        for i, order_id in enumerate(order_ids):
+            activity.heartbeat(i)
+            try:
+                intents = await self._payments._list_intents(order_id=order_id)
+            except ApplicationError as e:
+                # Not answered now (PSP down, breaker open, over the rate): the next run asks.
+                activity.logger.warning("PSP intents of order %s not read: %s", order_id, e)
+                continue
+            holding = [x for x in intents if x.get("status") in HOLDING_INTENT_STATUSES]
+            (live if holding else clean).append(order_id)
+        return UnreleasedAuthorizations(live=live, clean=clean)
+
+    @activity.defn(name=ACT_FIND_STRANDED_COURIERS)
+    async def find_stranded_couriers(self, inp: ReconcileInput) -> StrandedCouriers:
+        async with self._sessions() as s:
+            pairs = await queries.couriers_on_finished_orders(
+                s, older_than_s=inp.grace_s, limit=inp.limit
+            )
+        return StrandedCouriers(items=[CourierOffer(o, c) for o, c in pairs])
+
+    # -------------------------------------------------------------------------- record
+
+    @activity.defn(name=ACT_RECORD_RECONCILIATION)
+    async def record_reconciliation(self, rec: ReconcileRecord) -> int:
+        async with self._sessions() as s, s.begin():
+            return await queries.record(
+                s, [(e.subject_id, e.action, e.detail) for e in rec.entries], at=utcnow_iso()
+            )
+
+    # ------------------------------------------------------------------------- helpers
+
+    async def _workflow_state(self, workflow_id: str) -> str | None:
+        """``missing``, ``closed``, or None while it runs."""
+        try:
+            desc = await self._client.get_workflow_handle(workflow_id).describe()
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND:
+                return WORKFLOW_MISSING
+            raise
+        if desc.status == WorkflowExecutionStatus.RUNNING:
+            return None
+        return WORKFLOW_CLOSED
+
+
+def reconciler_schedule(*, task_queue: str, every_s: float, inp: ReconcileInput) -> Schedule:
+    """Every ``every_s``; a run still going when the next is due is not doubled."""
+    from datetime import timedelta
+
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            RECONCILE_WORKFLOW, inp, id="reconcile", task_queue=task_queue
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(seconds=every_s))]),
+        policy=SchedulePolicy(overlap=Overlap.SKIP),
+    )
+
+
+async def ensure_reconciler_schedule(
+    client: Client, *, task_queue: str, every_s: float, inp: ReconcileInput
+) -> str:
+    """Create the ``reconciler`` schedule, or bring an existing one to these settings (a
+    changed interval or grace takes effect at the next worker start): ``created`` or
+    ``updated``."""
+    wanted = reconciler_schedule(task_queue=task_queue, every_s=every_s, inp=inp)
+    try:
+        await client.create_schedule(RECONCILER_SCHEDULE_ID, wanted)
+    except ScheduleAlreadyRunningError:
+
+        def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
+            return ScheduleUpdate(schedule=wanted)
+
+        await client.get_schedule_handle(RECONCILER_SCHEDULE_ID).update(replace)
+        return "updated"
+    return "created"

@@ -1,0 +1,304 @@
+"""Periodic reconciliation (started by the ``reconciler`` Temporal Schedule): what a crash, an
+outage or a race left that no workflow will finish.
+
+Each run, oldest first and at most ``limit`` of each kind:
+
+1. PENDING orders whose workflow does not run: restarted (same id, stored input) or failed
+   (every line cancelled through the TCC fence first, so a late start can reserve nothing;
+   then the row FAILED/NOT_STARTED);
+2. PENDING refunds whose workflow was never started: restarted, or failed (releasing their
+   hold on the refund cap) when they cannot be rebuilt; one whose workflow ended is reported;
+3. finished orders (FAILED, CANCELLED) whose PSP intents still hold money: voided with the
+   saga's own activity and key (``void:<order_id>``);
+4. couriers still bound to a finished order: released (keyed by courier and order).
+
+The rules are ``domain/reconcile.py``; docs/operations.md says why. A step that fails is
+reported and taken up by the next run; what was done is recorded in ``reconciliations``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from domain import names
+    from domain.messages import (
+        CourierOffer,
+        FailOrphanedOrder,
+        FailResult,
+        OfferResult,
+        OrphanedOrder,
+        OrphanedOrders,
+        OrphanedRefund,
+        OrphanedRefunds,
+        ReconcileEntry,
+        ReconcileInput,
+        ReconcileRecord,
+        ReconcileReport,
+        RefundView,
+        ReservationKey,
+        ReservationResult,
+        RestartRequest,
+        RestartResult,
+        SettleRefund,
+        StrandedCouriers,
+        UnreleasedAuthorizations,
+        VoidInput,
+        VoidResult,
+    )
+    from domain.reconcile import Decision, Done, order_decision, refund_decision
+    from workflows import options
+
+#: Each step of a run: a few tries, then it is reported and the next run takes it up (a run
+#: must not sit on one stuck PSP call while the schedule skips the runs behind it).
+STEP = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=5,
+)
+FIND_TIMEOUT = timedelta(minutes=5)
+FIND_HEARTBEAT = timedelta(seconds=30)
+NOT_STARTABLE = "not_startable"
+"""Failure reason of a refund the reconciler could not rebuild."""
+ALREADY_CAPTURED = "AlreadyCaptured"
+
+
+@workflow.defn(name=names.RECONCILE_WORKFLOW)
+class ReconcileWorkflow:
+    def __init__(self) -> None:
+        self._done: list[ReconcileEntry] = []
+        self._errors: list[str] = []
+        self._operator: list[str] = []
+
+    @workflow.run
+    async def run(self, inp: ReconcileInput) -> ReconcileReport:
+        restarted, failed = await self._orders(inp)
+        refunds_restarted, refunds_failed = await self._refunds(inp)
+        voided, checked = await self._authorizations(inp)
+        released = await self._couriers(inp)
+        if self._done:
+            workflow.set_current_details(f"recording {len(self._done)} action(s)")
+            await self._step(
+                names.ACT_RECORD_RECONCILIATION, ReconcileRecord(list(self._done)), int
+            )
+        report = ReconcileReport(
+            orders_restarted=restarted,
+            orders_failed=failed,
+            refunds_restarted=refunds_restarted,
+            refunds_failed=refunds_failed,
+            authorizations_voided=voided,
+            authorizations_checked=checked,
+            couriers_released=released,
+            for_operator=list(self._operator),
+            errors=list(self._errors),
+        )
+        workflow.set_current_details(report.summary())
+        workflow.logger.info("reconcile: %s", report.summary())
+        for line in report.for_operator:
+            workflow.logger.warning("reconcile, for an operator: %s", line)
+        return report
+
+    # ---------------------------------------------------------------------------- orders
+
+    async def _orders(self, inp: ReconcileInput) -> tuple[list[str], list[str]]:
+        workflow.set_current_details("looking for PENDING orders whose workflow does not run")
+        found = await self._find(names.ACT_FIND_ORPHANED_ORDERS, inp, OrphanedOrders)
+        restarted: list[str] = []
+        failed: list[str] = []
+        for order in found.items if found else []:
+            decision, why = order_decision(order, restart_within_s=inp.restart_within_s)
+            workflow.set_current_details(f"order {order.order_id}: {decision.value} ({why})")
+            if decision == Decision.RESTART:
+                res = await self._step(
+                    names.ACT_RESTART_ORDER,
+                    RestartRequest(order.order_id, workflow.info().task_queue),
+                    RestartResult,
+                )
+                if res is not None and res.started:
+                    restarted.append(order.order_id)
+                    self._record(order.order_id, Done.ORDER_RESTARTED, why)
+            elif await self._fail_order(order, why):
+                failed.append(order.order_id)
+                self._record(order.order_id, Done.ORDER_FAILED, why)
+        return restarted, failed
+
+    async def _fail_order(self, order: OrphanedOrder, why: str) -> bool:
+        # The fence first: a workflow that a retry still starts finds every line cancelled,
+        # reserves nothing and fails before any payment; then the row says FAILED.
+        cancels = await asyncio.gather(
+            *(
+                self._step(
+                    names.ACT_CANCEL_RESERVATION,
+                    ReservationKey(order.order_id, order.location_id, li.sku, li.quantity, li.hot),
+                    ReservationResult,
+                )
+                for li in order.lines
+            )
+        )
+        if any(c is None for c in cancels):
+            return False
+        res = await self._step(
+            names.ACT_FAIL_ORPHANED_ORDER, FailOrphanedOrder(order.order_id, why), FailResult
+        )
+        return res is not None and res.failed
+
+    # --------------------------------------------------------------------------- refunds
+
+    async def _refunds(self, inp: ReconcileInput) -> tuple[list[str], list[str]]:
+        workflow.set_current_details("looking for PENDING refunds whose workflow does not run")
+        found = await self._find(names.ACT_FIND_ORPHANED_REFUNDS, inp, OrphanedRefunds)
+        restarted: list[str] = []
+        failed: list[str] = []
+        for refund in found.items if found else []:
+            decision, why = refund_decision(refund)
+            workflow.set_current_details(f"refund {refund.refund_id}: {decision.value} ({why})")
+            if decision == Decision.RESTART:
+                res = await self._step(
+                    names.ACT_RESTART_REFUND,
+                    RestartRequest(refund.refund_id, workflow.info().task_queue),
+                    RestartResult,
+                )
+                if res is not None and res.started:
+                    restarted.append(refund.refund_id)
+                    self._record(refund.refund_id, Done.REFUND_RESTARTED, why)
+            elif decision == Decision.FAIL:
+                if await self._fail_refund(refund):
+                    failed.append(refund.refund_id)
+                    self._record(refund.refund_id, Done.REFUND_FAILED, why)
+            else:
+                self._operator.append(
+                    f"refund {refund.refund_id} of order {refund.order_id}"
+                    f" ({refund.amount_cents}): {why}"
+                )
+        return restarted, failed
+
+    async def _fail_refund(self, refund: OrphanedRefund) -> bool:
+        # The refund book's own settlement: FAILED and its amount off the cap, together.
+        view = await self._step(
+            names.ACT_MARK_REFUND_FAILED,
+            SettleRefund(refund_id=refund.refund_id, failure_reason=NOT_STARTABLE),
+            RefundView,
+        )
+        return view is not None and view.failure_reason == NOT_STARTABLE
+
+    # -------------------------------------------------------------------- authorizations
+
+    async def _authorizations(self, inp: ReconcileInput) -> tuple[list[str], int]:
+        workflow.set_current_details("looking at the PSP for holds of finished orders")
+        found = await self._find(
+            names.ACT_FIND_UNRELEASED_AUTHORIZATIONS, inp, UnreleasedAuthorizations
+        )
+        if found is None:
+            return [], 0
+        voided: list[str] = []
+        checked = 0
+        for order_id in found.live:
+            workflow.set_current_details(f"voiding what the PSP holds for order {order_id}")
+            try:
+                res = await self._activity(
+                    names.ACT_VOID_PAYMENT,
+                    # The saga's own void, under its key: a repeat or a race with the saga
+                    # cannot release anything twice.
+                    VoidInput(
+                        order_id=order_id, payment_id=None, idempotency_key=f"void:{order_id}"
+                    ),
+                    VoidResult,
+                )
+            except ActivityError as e:
+                if _error_type(e) != ALREADY_CAPTURED:
+                    self._errors.append(f"void of order {order_id}: {e.__cause__ or e}")
+                    continue
+                checked += 1
+                self._operator.append(
+                    f"order {order_id} ended without the sale but the PSP captured its"
+                    " payment: refund it"
+                )
+                self._record(order_id, Done.AUTHORIZATION_CHECKED, "captured at the PSP")
+                continue
+            checked += 1
+            if res.voided:
+                voided.append(order_id)
+                self._record(
+                    order_id, Done.AUTHORIZATION_VOIDED, f"released {res.payment_id} at the PSP"
+                )
+            else:
+                self._record(order_id, Done.AUTHORIZATION_CHECKED, "nothing left to void")
+        for order_id in found.clean:
+            checked += 1
+            self._record(order_id, Done.AUTHORIZATION_CHECKED, "the PSP holds nothing")
+        return voided, checked
+
+    # -------------------------------------------------------------------------- couriers
+
+    async def _couriers(self, inp: ReconcileInput) -> list[str]:
+        workflow.set_current_details("looking for couriers bound to finished orders")
+        found = await self._find(names.ACT_FIND_STRANDED_COURIERS, inp, StrandedCouriers)
+        released: list[str] = []
+        for offer in found.items if found else []:
+            res = await self._step(
+                names.ACT_RELEASE_COURIER,
+                CourierOffer(offer.order_id, offer.courier_id),
+                OfferResult,
+            )
+            if res is not None and res.offered:
+                released.append(offer.courier_id)
+                # Keyed by the order: a courier may be stranded (and released) more than once.
+                self._record(
+                    offer.order_id, Done.COURIER_RELEASED, f"courier {offer.courier_id} freed"
+                )
+        return released
+
+    # --------------------------------------------------------------------------- helpers
+
+    async def _find(self, activity: str, inp: ReconcileInput, result_type: type[Any]) -> Any:
+        try:
+            return await workflow.execute_activity(
+                activity,
+                inp,
+                result_type=result_type,
+                start_to_close_timeout=FIND_TIMEOUT,
+                heartbeat_timeout=FIND_HEARTBEAT,
+                retry_policy=STEP,
+            )
+        except ActivityError as e:
+            self._errors.append(f"{activity}: {e.__cause__ or e}")
+            return None
+
+    async def _activity(self, activity: str, arg: Any, result_type: type[Any]) -> Any:
+        return await workflow.execute_activity(
+            activity,
+            arg,
+            result_type=result_type,
+            start_to_close_timeout=options.PSP_CALL,
+            retry_policy=STEP,
+        )
+
+    async def _step(self, activity: str, arg: Any, result_type: type[Any]) -> Any:
+        """One action; None (and an error in the report) when it kept failing."""
+        try:
+            return await self._activity(activity, arg, result_type)
+        except ActivityError as e:
+            self._errors.append(f"{activity} {_subject(arg)}: {e.__cause__ or e}")
+            return None
+
+    def _record(self, subject_id: str, action: Done, detail: str) -> None:
+        self._done.append(ReconcileEntry(subject_id, action.value, detail))
+
+
+def _subject(arg: Any) -> str:
+    for attr in ("order_id", "refund_id", "subject_id"):
+        if hasattr(arg, attr):
+            return str(getattr(arg, attr))
+    return ""
+
+
+def _error_type(e: ActivityError) -> str | None:
+    cause = e.__cause__
+    return cause.type if isinstance(cause, ApplicationError) else None
