@@ -31,9 +31,15 @@ from typing import TYPE_CHECKING, Any, cast
 import httpx
 from sqlalchemy import Table, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import CancelledError as TemporalCancelledError
 
 from domain.messages import (
     CancelRequest,
@@ -49,6 +55,8 @@ from domain.messages import (
     OrderView,
     PaymentOutcome,
     RefundView,
+    RepairRequest,
+    RepairResult,
     ReservationKey,
     SweepInput,
     SweepReport,
@@ -67,6 +75,7 @@ from domain.names import (
     UPDATE_CANCEL,
     UPDATE_COURIER_EVENT,
     UPDATE_COURIER_RESPONSE,
+    UPDATE_REPAIR,
     delivery_workflow_id,
     notify_workflow_id,
     order_workflow_id,
@@ -479,6 +488,58 @@ async def cancel_while_dispatching(stack: Stack) -> list[str]:
         await _cancel(h, "changed my mind")
         _expect(await h.result(), "CANCELLED")
     return _ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+
+
+@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+async def outside_cancel_while_dispatching(stack: Stack) -> list[str]:
+    """Cancelled from the UI while a courier holds the offer: the dispatch frees whichever
+    courier it bound, the saga compensates to the end, the run closes as cancelled."""
+    run = _run_id("outside_cancel_while_dispatching")
+    async with _couriers(stack, run, 0.5) as (courier,):
+        inp, h = await _order(stack, run, timeouts=PATIENT)
+        await _until_offered(h, courier)
+        await h.cancel()
+        try:
+            await h.result()
+        except WorkflowFailureError as e:
+            if not isinstance(e.cause, TemporalCancelledError):
+                raise
+        else:
+            raise ScenarioFailed("an outside cancel did not close the run as cancelled")
+        _expect(await view_of(h), "CANCELLED")
+        if await stack.courier(courier) != (None, None):
+            raise ScenarioFailed(f"courier {courier} is still bound to the cancelled order")
+    return _ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+
+
+@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW)
+async def needs_attention_repaired(stack: Stack) -> list[str]:
+    """A compensation is refused for good (the fence row was changed outside), the order
+    parks in NEEDS_ATTENTION; the operator fixes the row and repairs it: CANCELLED."""
+    run = _run_id("needs_attention_repaired")
+    inp, h = await _order(stack, run, token="tok_action_never", timeouts=PATIENT)
+    await wait_for_view(h, lambda v: v.status == "AWAITING_PAYMENT")
+
+    async def fence(state: str) -> None:
+        async with stack.engine.begin() as c:
+            await c.execute(
+                text("UPDATE reservations SET state = :s WHERE order_id = :o"),
+                {"s": state, "o": inp.order_id},
+            )
+
+    await fence("CONFIRMED")
+    await _cancel(h, "changed my mind")
+    await wait_for_view(h, lambda v: v.status == "NEEDS_ATTENTION")
+    await fence("TRIED")
+    result = await h.execute_update(
+        UPDATE_REPAIR,
+        RepairRequest("fence row restored", operator="scenario"),
+        result_type=RepairResult,
+    )
+    if result.remaining:
+        raise ScenarioFailed(f"repair left {result.remaining}")
+    _expect(await h.result(), "CANCELLED")
+    return _ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW)
 
 
 @scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
