@@ -11,6 +11,8 @@ import math
 from sqlalchemy import Table, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from store import fencing
+from store.fencing import Fence
 from store.models import Courier, Location, utcnow_iso
 
 C: Table = Courier.__table__  # type: ignore[attr-defined]
@@ -55,7 +57,14 @@ async def nearest_free_courier(
     return ranked[0][1] if ranked and ranked[0][0] <= radius_km else None
 
 
-async def offer(s: AsyncSession, *, order_id: str, courier_id: str) -> bool:
+async def offer(
+    s: AsyncSession, *, order_id: str, courier_id: str, fence: Fence | None = None
+) -> bool:
+    """Offer the order to the courier if it is free. With a ``fence`` (a zone matcher's lease)
+    the write first passes the zone's fencing check in the same transaction and raises
+    :class:`~store.fencing.StaleFencingToken` (writing nothing) when a newer lease exists."""
+    if fence is not None:
+        await fencing.admit(s, zone=fence.zone, token=fence.token)
     res = await s.execute(
         update(C)
         .where(
@@ -63,7 +72,12 @@ async def offer(s: AsyncSession, *, order_id: str, courier_id: str) -> bool:
             & C.c.available.is_(True)
             & C.c.current_order_id.is_(None)
         )
-        .values(current_order_id=order_id, assignment=OFFERED, updated_at=utcnow_iso())
+        .values(
+            current_order_id=order_id,
+            assignment=OFFERED,
+            fencing_token=None if fence is None else fence.token,
+            updated_at=utcnow_iso(),
+        )
         .returning(C.c.courier_id)
     )
     if res.first() is not None:
@@ -88,7 +102,7 @@ async def release(s: AsyncSession, *, order_id: str, courier_id: str) -> bool:
     res = await s.execute(
         update(C)
         .where((C.c.courier_id == courier_id) & (C.c.current_order_id == order_id))
-        .values(current_order_id=None, assignment=None, updated_at=utcnow_iso())
+        .values(current_order_id=None, assignment=None, fencing_token=None, updated_at=utcnow_iso())
         .returning(C.c.courier_id)
     )
     return res.first() is not None

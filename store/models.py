@@ -142,6 +142,28 @@ class Courier(SQLModel, table=True):
     current_order_id: str | None = Field(default=None, max_length=64, index=True)
     assignment: str | None = Field(default=None, max_length=16)
     """``OFFERED`` or ``ASSIGNED`` while ``current_order_id`` is set."""
+    fencing_token: int | None = Field(default=None)
+    """Fencing token of the zone lease under which a matcher made the current offer (None for
+    offers made without a lease)."""
+    updated_at: str = Field(default_factory=utcnow_iso, max_length=32)
+
+
+class FencingCounter(SQLModel, table=True):
+    """A linearizable counter per lease family: every lease grant takes the next value."""
+
+    __tablename__ = "fencing_counters"
+
+    name: str = Field(primary_key=True, max_length=64)
+    value: int = 0
+
+
+class ZoneFence(SQLModel, table=True):
+    """The highest fencing token a write for this zone has carried; lower ones are refused."""
+
+    __tablename__ = "zone_fences"
+
+    zone: str = Field(primary_key=True, max_length=64)
+    token: int
     updated_at: str = Field(default_factory=utcnow_iso, max_length=32)
 
 
