@@ -36,6 +36,7 @@ from activities.payments import PaymentActivities
 from activities.reconciler import ReconcilerActivities, ensure_reconciler_schedule
 from activities.refunds import RefundActivities
 from activities.sweeper import SweeperActivities, ensure_sweeper_schedule
+from dispatch.geoindex import CourierGeoIndex
 from domain.messages import RESERVATION_TTL_MARGIN_S, ReconcileInput
 from domain.names import ALL_TASK_QUEUES, DISPATCH_TASK_QUEUE, ORDERS_TASK_QUEUE
 from infra.breaker import BreakerConfig, CircuitBreaker
@@ -83,6 +84,12 @@ class Dependencies:
     merchant_url: str | None = None
     """Merchant webhook for max-effort notifications; None: notifications are skipped."""
     merchant_secret: str = ""
+    zone_resolution: int = 7
+    """H3 resolution of the courier geo index (used when ``redis`` is set)."""
+
+    @property
+    def geo(self) -> CourierGeoIndex | None:
+        return None if self.redis is None else CourierGeoIndex(self.redis, self.zone_resolution)
 
     def activities(self, client: Client | None = None) -> list[Callable[..., Any]]:
         """Every activity, bound to these dependencies. ``client`` (the worker's Temporal
@@ -90,7 +97,7 @@ class Dependencies:
         sessions = make_sessionmaker(self.engine)
         inventory = InventoryActivities(sessionmaker=sessions, redis=self.redis)
         orders = OrderActivities(sessionmaker=sessions)
-        couriers = CourierActivities(sessionmaker=sessions)
+        couriers = CourierActivities(sessionmaker=sessions, geo=self.geo)
         payments = PaymentActivities(
             http=self.http,
             sessionmaker=sessions,
@@ -207,6 +214,7 @@ def make_dependencies(settings: Settings) -> Dependencies:
         psp_limiter=limiter,
         merchant_url=settings.merchant_webhook_url,
         merchant_secret=settings.resolved_merchant_secret,
+        zone_resolution=settings.zone_resolution,
     )
 
 
@@ -244,6 +252,18 @@ async def load_hot_stock(deps: Dependencies) -> None:
         await load_hot_counters(make_sessionmaker(deps.engine), deps.redis)
     except (RedisError, OSError, SQLAlchemyError) as e:
         log.warning("hot-SKU counters not loaded at start (loaded on first use): %s", e)
+
+
+async def rebuild_courier_index(deps: Dependencies) -> None:
+    """Free couriers into the geo index from the couriers table (the table is the truth)."""
+    geo = deps.geo
+    if geo is None:
+        return
+    try:
+        listed = await geo.rebuild(make_sessionmaker(deps.engine))
+        log.info("courier geo index rebuilt: %d free couriers", listed)
+    except (RedisError, OSError, SQLAlchemyError) as e:
+        log.warning("courier geo index not rebuilt at start (table scan meanwhile): %s", e)
 
 
 async def install_sweeper(client: Client, settings: Settings) -> None:
@@ -307,6 +327,8 @@ async def serve(settings: Settings, queues: list[str]) -> None:
     client = await connect(settings)
     deps = make_dependencies(settings)
     await load_hot_stock(deps)
+    if DISPATCH_TASK_QUEUE in queues:
+        await rebuild_courier_index(deps)
     if ORDERS_TASK_QUEUE in queues:
         await install_sweeper(client, settings)
         await install_reconciler(client, settings)

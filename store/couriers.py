@@ -30,6 +30,39 @@ def haversine_km(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
     return 2 * r * math.asin(math.sqrt(a))
 
 
+async def location_position(s: AsyncSession, *, location_id: str) -> tuple[float, float] | None:
+    row = (await s.execute(select(L.c.lat, L.c.lng).where(L.c.location_id == location_id))).first()
+    return None if row is None else (row.lat, row.lng)
+
+
+async def courier_state(s: AsyncSession, *, courier_id: str) -> tuple[float, float, bool] | None:
+    """(lat, lng, free) of a courier; free = on shift and holding no order."""
+    row = (
+        await s.execute(
+            select(C.c.lat, C.c.lng, C.c.available, C.c.current_order_id).where(
+                C.c.courier_id == courier_id
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    return row.lat, row.lng, bool(row.available) and row.current_order_id is None
+
+
+async def free_among(s: AsyncSession, *, courier_ids: list[str]) -> set[str]:
+    """Which of these couriers are free now (on shift, holding no order): one indexed read."""
+    if not courier_ids:
+        return set()
+    rows = await s.execute(
+        select(C.c.courier_id).where(
+            C.c.courier_id.in_(courier_ids)
+            & C.c.available.is_(True)
+            & C.c.current_order_id.is_(None)
+        )
+    )
+    return {r.courier_id for r in rows}
+
+
 async def nearest_free_courier(
     s: AsyncSession, *, location_id: str, exclude: list[str], radius_km: float = 50.0
 ) -> str | None:

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 from redis.exceptions import RedisError
 
+from activities.couriers import sync_courier
 from activities.hot_stock import drop_hot_counters, reconcile_hot_counters
 from api import queries
 from api.catalogue import product_dict
@@ -30,6 +31,7 @@ from api.schemas import (
     StockOut,
 )
 from api.state import AppState
+from dispatch.geoindex import CourierGeoIndex
 from store.models import Location, Product
 
 log = logging.getLogger(__name__)
@@ -133,9 +135,14 @@ async def put_location(
     summary="Create a courier or set its position and availability",
     description="Never changes the courier's current offer or assignment (dispatch owns those).",
 )
-async def put_courier(courier_id: IdPath, body: CourierIn, session: SessionDep) -> dict[str, Any]:
+async def put_courier(
+    courier_id: IdPath, body: CourierIn, session: SessionDep, state: StateDep
+) -> dict[str, Any]:
     row = await queries.upsert_courier(
         session, courier_id=courier_id, lat=body.lat, lng=body.lng, available=body.available
     )
     await session.commit()
+    # The geo index follows the table: the courier moves zone, or leaves it when off shift.
+    geo = CourierGeoIndex(state.redis, resolution=state.settings.zone_resolution)
+    await sync_courier(state.sessionmaker, geo, courier_id)
     return row
