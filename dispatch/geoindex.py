@@ -30,10 +30,12 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from dispatch.zones import (
     DEFAULT_RESOLUTION,
     covered_km,
-    rings_for_radius,
+    zone_centre,
     zone_of,
+    zone_reach_km,
     zones_around,
 )
+from store.couriers import haversine_km
 from store.models import Courier
 
 # KEYS: where, zones-set. ARGV: prefix, courier, new zone ('' = not free), lng, lat.
@@ -126,10 +128,15 @@ class CourierGeoIndex:
         sure = covered_km(1, self.resolution)
         if radius_km <= sure or (len(found) >= count and found[count - 1].distance_km <= sure):
             return found
-        k = rings_for_radius(radius_km, self.resolution)
+        # Wider: only zones that list somebody and whose centre the radius (plus a cell's
+        # reach) can touch - a handful of small reads however large the fleet is.
+        reach_km = radius_km + zone_reach_km(self.resolution)
         listed = set(await self.redis.smembers(self._zones))  # type: ignore[misc]
-        reach = set(zones_around(home, k))
-        wide = [z for z in listed if z not in near and z in reach]
+        wide = [
+            str(z)
+            for z in listed
+            if z not in near and haversine_km(lat, lng, *zone_centre(str(z))) <= reach_km
+        ]
         more = await self._search_zones(wide, lat, lng, radius_km, count, skip)
         return sorted(found + more, key=lambda c: (c.distance_km, c.courier_id))[:count]
 

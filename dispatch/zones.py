@@ -36,9 +36,11 @@ def covered_km(k: int, resolution: int) -> float:
     return max(0.0, (math.sqrt(3) / 2 * (2 * k + 1) - 1) * edge)
 
 
-def rings_for_radius(radius_km: float, resolution: int) -> int:
-    """How many hexagon rings around a point's zone cover ``radius_km`` from the point."""
-    k = 1
-    while covered_km(k, resolution) < radius_km:
-        k += 1
-    return k
+def zone_centre(zone: str) -> tuple[float, float]:
+    lat, lng = h3.cell_to_latlng(zone)
+    return float(lat), float(lng)
+
+
+def zone_reach_km(resolution: int) -> float:
+    """Farther than this from a zone's centre no point of the zone lies (with margin)."""
+    return h3.average_hexagon_edge_length(resolution, "km") * 2.0
