@@ -1,0 +1,132 @@
+"""The zone matcher on the real Redis and DB: batch offers only under the zone's lease, fenced."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import insert, select
+
+from dispatch.geoindex import CourierGeoIndex
+from dispatch.service import ShardRegistry, ZoneMatcher
+from dispatch.zones import zone_of
+from infra.locks import LeaseLost, Redlock, RedlockConfig
+from infra.redis import make_redis
+from store.db import make_engine, make_sessionmaker
+from store.fencing import Fence, token_source
+from store.models import Courier
+from tests.conftest import REDIS_URL
+
+STORE = (31.2304, 121.4737)
+ZONE = zone_of(*STORE, 7)
+
+
+@pytest.fixture
+async def world(sqlite_url: str) -> AsyncIterator[dict[str, Any]]:
+    prefix = f"t-{uuid.uuid4().hex[:8]}:"
+    redis = make_redis(REDIS_URL)
+    engine = make_engine(sqlite_url)
+    sessions = make_sessionmaker(engine)
+    rnd = random.Random(5)
+    async with sessions() as s, s.begin():
+        for i in range(30):
+            await s.execute(
+                insert(Courier.__table__).values(  # type: ignore[attr-defined]
+                    courier_id=f"k-{i}",
+                    lat=STORE[0] + rnd.uniform(-0.008, 0.008),
+                    lng=STORE[1] + rnd.uniform(-0.008, 0.008),
+                )
+            )
+    geo = CourierGeoIndex(redis, resolution=7, prefix=prefix)
+    await geo.rebuild(sessions)
+    yield {"redis": redis, "sessions": sessions, "geo": geo, "prefix": prefix}
+    keys = [k async for k in redis.scan_iter(f"{prefix}*")]
+    if keys:
+        await redis.delete(*keys)
+    await redis.aclose()
+    await engine.dispose()
+
+
+def matcher(w: dict[str, Any], *, ttl_ms: int = 1500, window_s: float = 0.2) -> ZoneMatcher:
+    lock = Redlock(
+        [make_redis(REDIS_URL)],
+        RedlockConfig(ttl_ms=ttl_ms, retry_count=200, retry_delay_ms=50, prefix=w["prefix"]),
+        fencing=token_source(w["sessions"]),
+    )
+    return ZoneMatcher(
+        w["redis"], w["geo"], w["sessions"], lock, window_s=window_s, prefix=w["prefix"]
+    )
+
+
+async def offers(w: dict[str, Any]) -> list[tuple[str, str | None, int | None]]:
+    async with w["sessions"]() as s:
+        rows = await s.execute(
+            select(Courier.courier_id, Courier.current_order_id, Courier.fencing_token)  # type: ignore[call-overload]
+        )
+        return [tuple(r) for r in rows]
+
+
+async def test_two_matchers_on_one_zone_offer_each_order_once_and_only_under_the_lease(
+    world: dict[str, Any],
+) -> None:
+    a, b = matcher(world), matcher(world)
+    rnd = random.Random(9)
+    for i in range(40):
+        await a.enqueue(ZONE, f"o-{i}", lat=STORE[0] + rnd.uniform(-0.004, 0.004), lng=STORE[1])
+    await asyncio.gather(a.serve(ZONE, rounds=2), b.serve(ZONE, rounds=2))
+    held = [(c, o, t) for c, o, t in await offers(world) if o is not None]
+    assert len(held) == 30  # every courier got one order; 10 orders still wait
+    assert len({o for _, o, _ in held}) == 30  # no order offered to two couriers
+    assert len({t for _, _, t in held}) == 1  # all written under the first holder's lease
+    for _, order, _ in held:
+        assert await world["redis"].llen(f"{world['prefix']}offer:{order}") == 1
+    assert await world["redis"].zcard(f"{world['prefix']}pending:{ZONE}") == 10
+
+
+async def test_a_matcher_whose_zone_was_taken_over_writes_nothing(world: dict[str, Any]) -> None:
+    old, new = matcher(world), matcher(world)
+    await old.enqueue(ZONE, "o-1", lat=STORE[0], lng=STORE[1])
+    first = await old.redlock.acquire(f"zone:{ZONE}")
+    await old.redis.delete(old.redlock.key_for(f"zone:{ZONE}"))  # its lease lapsed meanwhile
+    second = await new.redlock.acquire(f"zone:{ZONE}")
+    assert await new.match_once(ZONE, Fence(ZONE, second.token or 0)) == 1
+    await old.enqueue(ZONE, "o-2", lat=STORE[0], lng=STORE[1])
+    with pytest.raises(LeaseLost):
+        await old.match_once(ZONE, Fence(ZONE, first.token or 0))
+    assert [o for _, o, _ in await offers(world) if o is not None] == ["o-1"]
+
+
+async def test_a_dead_matchers_zone_is_served_again_within_lease_ttl_and_one_window(
+    world: dict[str, Any],
+) -> None:
+    dead, heir = matcher(world, ttl_ms=1500), matcher(world, ttl_ms=1500)
+    await dead.redlock.acquire(f"zone:{ZONE}")  # and never releases it: SIGKILL
+    await heir.enqueue(ZONE, "o-1", lat=STORE[0], lng=STORE[1])
+    started = time.monotonic()
+    task = asyncio.create_task(heir.serve(ZONE))
+    got = await heir.wait_offer("o-1", timeout_s=10)
+    took = time.monotonic() - started
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert got is not None
+    assert took <= 1.5 + heir.window_s + 0.5
+
+
+async def test_live_shards_divide_the_zones_between_them(world: dict[str, Any]) -> None:
+    reg = ShardRegistry(world["redis"], prefix=world["prefix"], ttl_s=0.5)
+    zones = [f"zone-{i}" for i in range(60)]
+    await reg.heartbeat("0")
+    await reg.heartbeat("1")
+    mine0, mine1 = await reg.zones_of("0", zones), await reg.zones_of("1", zones)
+    assert sorted(mine0 + mine1) == sorted(zones) and not set(mine0) & set(mine1)
+    await asyncio.sleep(0.7)  # shard 1 stops beating
+    await reg.heartbeat("0")
+    assert await reg.members() == ["0"]
+    assert await reg.zones_of("0", zones) == sorted(zones)
+    assert await reg.zones_of("1", zones) == []
