@@ -27,11 +27,24 @@ from dispatch.geoindex import CourierGeoIndex
 from dispatch.matcher import FreeCourier, OpenOrder, match_batch
 from dispatch.zones import zone_centre, zone_reach_km, zones_around
 from infra.hashring import HashRing
-from infra.locks import LeaseLost, Redlock
+from infra.locks import LeaseLost, Redlock, RedlockConfig
+from infra.redis import make_redis
+from infra.settings import Settings
 from store import couriers as fleet
-from store.fencing import Fence, StaleFencingToken
+from store.fencing import Fence, StaleFencingToken, token_source
 
 log = logging.getLogger(__name__)
+
+
+def zone_redlock(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession], *, ttl_ms: int = 10_000
+) -> Redlock:
+    """Zone leases over ``TRADEFLOW_LOCK_REDIS_URLS`` with fencing tokens from the database."""
+    return Redlock(
+        [make_redis(u) for u in settings.lock_redis_url_list],
+        RedlockConfig(ttl_ms=ttl_ms),
+        fencing=token_source(sessions),
+    )
 
 
 @dataclass

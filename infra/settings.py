@@ -131,9 +131,6 @@ class Settings(BaseSettings):
     """H3 resolution of delivery zones (7: hexagons of ~1.4 km edge)."""
     lock_redis_urls: str | None = Field(default=None, alias="TRADEFLOW_LOCK_REDIS_URLS")
     """Comma-separated independent Redis nodes for zone leases (Redlock); default: REDIS_URL."""
-    zone_lease_ttl_s: float = Field(default=10.0, alias="TRADEFLOW_ZONE_LEASE_TTL_S", gt=0)
-    dispatch_window_s: float = Field(default=2.0, alias="TRADEFLOW_DISPATCH_WINDOW_S", ge=0)
-    """Batch matching window per zone; 0 matches each order as it comes (greedy)."""
 
     @property
     def lock_redis_url_list(self) -> list[str]:

@@ -80,7 +80,7 @@ async def highest_token(s: AsyncSession, *, zone: str) -> int | None:
     ).scalar_one_or_none()
 
 
-def token_source(sessions: async_sessionmaker[AsyncSession]) -> Callable[[str], Awaitable[int]]:
+def token_source(sessions: async_sessionmaker[Any]) -> Callable[[str], Awaitable[int]]:
     """A Redlock fencing source: one counter row per leased resource, in its own transaction."""
 
     async def next_for(resource: str) -> int:

@@ -209,3 +209,16 @@ def test_secrets_from_the_environment_win_and_write_no_file(
     )
     assert not (tmp_path / "data" / "admin_token").exists()
     assert not (tmp_path / "data" / "webhook_secret").exists()
+
+
+def test_zone_leases_use_the_listed_redis_nodes_or_else_the_main_redis(
+    env: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().lock_redis_url_list == ["redis://127.0.0.1:6379/0"]
+    assert Settings().zone_resolution == 7
+    env.setenv("TRADEFLOW_LOCK_REDIS_URLS", "redis://a:7001/0, redis://b:7002/0,redis://c:7003/0")
+    assert Settings().lock_redis_url_list == [
+        "redis://a:7001/0",
+        "redis://b:7002/0",
+        "redis://c:7003/0",
+    ]
