@@ -150,3 +150,60 @@ class ZoneMatcher:
                 await pipe.execute()
                 landed += 1
         return landed
+
+
+@dataclass
+class ShardService:
+    """One dispatch shard: beats its heartbeat, and serves (under their leases) the zones the
+    ring gives it among the live shards, re-reading the ring every beat so zones follow
+    membership changes. ``stop()`` is the graceful exit (SIGTERM): it leaves the ring and
+    releases its leases at once; a killed process's zones come free when their leases lapse."""
+
+    shard: str
+    registry: ShardRegistry
+    matcher: ZoneMatcher
+    zones: list[str]
+    beat_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        self._serving: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
+
+    @property
+    def serving(self) -> list[str]:
+        return sorted(z for z, t in self._serving.items() if not t.done())
+
+    async def run(self) -> None:
+        try:
+            while not self._stopping:
+                await self.registry.heartbeat(self.shard)
+                mine = set(await self.registry.zones_of(self.shard, self.zones))
+                for zone in mine - set(self.serving):
+                    self._serving[zone] = asyncio.create_task(self._serve(zone))
+                for zone in set(self.serving) - mine:
+                    self._serving[zone].cancel()  # the ring moved it: give the lease up
+                await asyncio.sleep(self.beat_s)
+        finally:
+            await self._drop_all()
+
+    async def _serve(self, zone: str) -> None:
+        while True:
+            try:
+                await self.matcher.serve(zone)
+            except LeaseLost as e:  # taken over, or Redis trouble: try for it again
+                log.info("shard %s lost zone %s: %s", self.shard, zone, e)
+            except Exception as e:  # QuorumNotAchieved after retries, DB trouble...
+                log.warning("shard %s cannot serve zone %s yet: %r", self.shard, zone, e)
+            await asyncio.sleep(self.matcher.window_s)
+
+    async def _drop_all(self) -> None:
+        tasks = list(self._serving.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._serving.clear()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await self._drop_all()
+        await self.registry.leave(self.shard)
