@@ -23,7 +23,7 @@ async def main(db_url: str, zone: str, ttl_ms: int, urls: list[str]) -> None:
     sessions = make_sessionmaker(engine)
     lock = Redlock(
         [make_redis(u) for u in urls],
-        RedlockConfig(ttl_ms=ttl_ms, retry_count=20),
+        RedlockConfig(ttl_ms=ttl_ms, retry_count=200, retry_delay_ms=20, node_timeout_ms=200),
         fencing=token_source(sessions),
     )
     lease = await lock.acquire(f"zone:{zone}")

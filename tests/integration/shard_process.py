@@ -25,7 +25,13 @@ def build(sessions, redis_url: str, prefix: str, shard: str, zones: list[str]) -
     redis = make_redis(redis_url)
     lock = Redlock(
         [make_redis(redis_url)],
-        RedlockConfig(ttl_ms=LEASE_TTL_MS, retry_count=5, retry_delay_ms=50, prefix=prefix),
+        RedlockConfig(
+            ttl_ms=LEASE_TTL_MS,
+            retry_count=5,
+            retry_delay_ms=50,
+            node_timeout_ms=300,
+            prefix=prefix,
+        ),
         fencing=token_source(sessions),
     )
     geo = CourierGeoIndex(redis, resolution=7, prefix=prefix)

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 STORES = [(31.20, 121.40), (31.25, 121.45), (31.30, 121.50), (31.20, 121.52)]
 ZONES = [zone_of(lat, lng, 7) for lat, lng in STORES]
 HANDOVER_BOUND_S = (
-    shard_process.LEASE_TTL_MS / 1000 + shard_process.WINDOW_S + shard_process.BEAT_S + 1.0
+    shard_process.LEASE_TTL_MS / 1000 + shard_process.WINDOW_S + shard_process.BEAT_S + 2.0
 )
 
 

@@ -55,7 +55,13 @@ async def world(sqlite_url: str) -> AsyncIterator[dict[str, Any]]:
 def matcher(w: dict[str, Any], *, ttl_ms: int = 1500, window_s: float = 0.2) -> ZoneMatcher:
     lock = Redlock(
         [make_redis(REDIS_URL)],
-        RedlockConfig(ttl_ms=ttl_ms, retry_count=200, retry_delay_ms=50, prefix=w["prefix"]),
+        RedlockConfig(
+            ttl_ms=ttl_ms,
+            retry_count=200,
+            retry_delay_ms=50,
+            node_timeout_ms=300,
+            prefix=w["prefix"],
+        ),
         fencing=token_source(w["sessions"]),
     )
     return ZoneMatcher(
@@ -115,7 +121,7 @@ async def test_a_dead_matchers_zone_is_served_again_within_lease_ttl_and_one_win
     with pytest.raises(asyncio.CancelledError):
         await task
     assert got is not None
-    assert took <= 1.5 + heir.window_s + 0.5
+    assert took <= 1.5 + heir.window_s + 1.5  # lease TTL + a window + scheduling slack
 
 
 async def test_live_shards_divide_the_zones_between_them(world: dict[str, Any]) -> None:
