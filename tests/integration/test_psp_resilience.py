@@ -44,7 +44,7 @@ from psp.app import create_app as create_psp_app
 from psp.faults import Faults
 from store.db import make_engine, make_sessionmaker
 from tests.api.helpers import make_settings
-from tests.support import Stack, wait_for_view
+from tests.support import Stack, view_of, wait_for_view
 from worker import PSP_RATE_PREFIX, Dependencies, build_workers, psp_guards
 
 pytestmark = pytest.mark.slow
@@ -491,17 +491,28 @@ async def test_a_psp_down_past_the_payment_window_fails_the_order_once_it_recove
         assert await stack.ledger(inp.order_id) == []
 
 
-async def test_a_psp_that_never_recovers_parks_the_order_with_its_stock_returned(
+async def test_a_psp_down_for_a_day_keeps_the_void_retrying_until_it_recovers(
     ts_env: WorkflowEnvironment, sqlite_url: str, tmp_path: Path
 ) -> None:
-    """Nobody can tell whether an intent landed while the PSP is down, so the order cannot
-    be called FAILED: it is parked for an operator, with every other compensation done."""
+    """Nobody can tell whether an intent landed while the PSP is down, so the order cannot be
+    called FAILED yet; nor is it handed to an operator for an outage: the void keeps trying
+    (far past the old 20 attempts) and the order fails cleanly once the PSP answers."""
     async with guarded_stack(ts_env.client, sqlite_url, tmp_path, Faults(error_rate=1.0)) as g:
         stack = g.stack
         await stack.seed_product("SKU-D", PRICE, 5)
         inp = stack.checkout([("SKU-D", 2, PRICE)], timeouts=TIMEOUTS)
-        final: OrderView = await (await stack.start(inp)).result()
+        handle = await stack.start(inp)
+        await wait_for_view(handle, lambda v: v.status == "RESERVED")
+        await ts_env.sleep(24 * 3600)
+        desc = await handle.describe()
+        pending = [a for a in desc.raw_description.pending_activities]
+        assert [a.activity_type.name for a in pending] == ["void_payment"], pending
+        assert pending[0].attempt > 20  # the old policy would have given up by now
+        assert (await view_of(handle)).status == "RESERVED"  # neither FAILED nor parked
 
-        assert final.status == "NEEDS_ATTENTION", final
+        r = await stack.psp.post("/v1/admin/faults", json={"error_rate": 0.0})
+        assert r.status_code == 200, r.text
+        final: OrderView = await handle.result()
+        assert (final.status, final.failure_reason) == ("FAILED", "PAYMENT_TIMEOUT"), final
         assert await stack.stock("SKU-D") == (5, 0, 0)
         assert await stack.ledger(inp.order_id) == []
