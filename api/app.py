@@ -142,6 +142,7 @@ def create_app(
         try:
             yield
         finally:
+            await app.state.tradeflow.auth.aclose()
             await temporal.stop()
             if redis is None:
                 await cache_redis.aclose()
