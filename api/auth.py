@@ -426,11 +426,13 @@ class Authenticator:
         return Caller(role=Role.OPERATOR, subject="admin-token", via="admin_token")
 
     async def _identify(self, admin: str | None, authorization: str | None) -> Caller:
-        if admin:
+        # Authorization names who acts; X-Admin-Token speaks only when it is alone (an
+        # operator's tool that sends it on every request still acts as the customer it names).
+        if not authorization:
+            assert admin is not None
             if len(admin) > MAX_CREDENTIAL_CHARS or not self.admin_token_matches(admin):
                 raise InvalidCredential("wrong admin token")
             return Caller(role=Role.OPERATOR, subject="admin-token", via="admin_token")
-        assert authorization is not None
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:

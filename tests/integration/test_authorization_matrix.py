@@ -1,4 +1,4 @@
-"""Who may call what: every route of the app × every actor → the status api.md promises.
+"""Who may call what: every route of the app x every actor → the status api.md promises.
 
 One table (``MATRIX``) says it all; the cases are generated from it, and
 ``test_every_route_of_the_app_has_a_row`` enumerates ``app.routes`` so a route added without a
