@@ -119,6 +119,10 @@ MATRIX: dict[tuple[str, str], tuple[Call, dict[str, int]]] = {
         Call("/v1/admin/couriers/{spare}/tokens"),
         row(401, 403, 403, 403, 403, 403, 200, 200),
     ),
+    ("POST", "/v1/admin/orders/{order_id}/repair"): (
+        Call("/v1/admin/orders/{order}/repair", {"reason": "checked"}),  # not parked: 409
+        row(401, 403, 403, 403, 403, 403, 409, 409),
+    ),
     ("POST", "/v1/orders"): (
         # Customer A's own order, for a SKU that does not exist: 422 once authorized.
         Call("/v1/orders", "unknown-sku-order-of-a", {"Idempotency-Key": "matrix"}),
