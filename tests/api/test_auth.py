@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import hmac
 import http.server
 import json
 import logging
@@ -175,9 +177,6 @@ async def test_rs256_tokens_verify_against_the_public_key_and_nothing_else(
         # Algorithm confusion: HS256 "signed" with the public key as the secret.
         header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
         body = _b64(json.dumps(claims(role="operator")).encode())
-        import hashlib
-        import hmac
-
         mac = hmac.new(public_pem.encode(), f"{header}.{body}".encode(), hashlib.sha256)
         refused(await orders_as(api, f"{header}.{body}.{_b64(mac.digest())}"))
         # With a public key configured the data-dir HS256 secret is not accepted either.
