@@ -27,11 +27,12 @@ up: venv
 test: venv
 	PYTHON_BIN=$(BIN)/python scripts/with-redis.sh $(BIN)/pytest -q $(PYTEST_ARGS)
 
-## lint: ruff (lint + format) and mypy
+## lint: ruff (lint + format), mypy, bandit (fails on a high-severity finding)
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy domain workflows activities store infra dispatch api psp cli worker.py
+	$(BIN)/bandit -q -r --severity-level high domain workflows activities store infra dispatch api psp cli worker.py
 
 ## clean: forget the local stack's state (orders, Temporal history, secrets, logs)
 clean:

@@ -67,6 +67,11 @@ anything written there:
   `{"order_id", "courier_id", "type", "status", "accepted"}`; refusals are 409 with
   `courier_mismatch`, `out_of_order` or `not_dispatching` (no open offer).
 * `PUT /v1/admin/products/{sku}` without `hot` keeps the product's current flag.
+* Authentication (`TRADEFLOW_AUTH`, see docs/security.md): `POST
+  /v1/admin/couriers/{courier_id}/tokens` → 201 `{"token", "courier_id", "created_at"}` (the
+  token is shown once), `DELETE` → 200 `{"courier_id", "revoked"}`; an address that keeps
+  presenting bad credentials gets 429 `rate_limited` with `Retry-After`; 503
+  `auth_unavailable` while the JWKS cannot be fetched.
 * `GET /readyz` 503 body: `{"status": "unavailable", "failing": [...], "reasons": {...}}`.
 * Problems may carry extra members: `errors` (validation details), `skus`, `order_status`.
   Infrastructure failures are 503 (`temporal_unavailable`, `database_unavailable`,
@@ -142,6 +147,7 @@ def create_app(
         try:
             yield
         finally:
+            await app.state.tradeflow.auth.aclose()
             await temporal.stop()
             if redis is None:
                 await cache_redis.aclose()

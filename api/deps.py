@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -11,7 +10,8 @@ from fastapi import Depends, Header, Request
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
-from api.errors import FORBIDDEN, TEMPORAL_UNAVAILABLE, UNAUTHORIZED, ApiProblem, unavailable
+from api.auth import admin
+from api.errors import TEMPORAL_UNAVAILABLE, ApiProblem, unavailable
 from api.state import AppState
 from infra.settings import Settings
 
@@ -65,20 +65,9 @@ def get_optional_temporal(state: StateDep) -> Client | None:
 OptionalTemporalDep = Annotated[Client | None, Depends(get_optional_temporal)]
 
 
-def require_admin(
-    state: StateDep,
-    x_admin_token: Annotated[str | None, Header(alias="X-Admin-Token")] = None,
-) -> None:
-    if not x_admin_token:
-        raise ApiProblem(401, UNAUTHORIZED, "the X-Admin-Token header is required")
-    if not hmac.compare_digest(
-        x_admin_token.encode("utf-8", "surrogateescape"), state.admin_token.encode("utf-8")
-    ):
-        raise ApiProblem(403, FORBIDDEN, "the admin token is not valid")
-
-
-AdminDep = Depends(require_admin)
-"""Use as ``dependencies=[AdminDep]`` on an admin router."""
+AdminDep = Depends(admin)
+"""Use as ``dependencies=[AdminDep]`` on an admin router: ``X-Admin-Token`` (401 without it,
+403 when wrong), or an operator's JWT when authentication is on (api/auth.py)."""
 
 
 def idempotency_key(

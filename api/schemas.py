@@ -236,3 +236,18 @@ class OrderOut(BaseModel):
 class OrderPage(BaseModel):
     items: list[OrderOut]
     next_cursor: str | None
+
+
+class CourierTokenOut(BaseModel):
+    """``POST /v1/admin/couriers/{courier_id}/tokens``: shown once, stored only as a hash."""
+
+    token: str
+    """``Authorization: Bearer <token>`` for this courier's delivery events and courier view."""
+    courier_id: str
+    created_at: str
+
+
+class CourierTokensRevoked(BaseModel):
+    courier_id: str
+    revoked: int
+    """How many live tokens were revoked (0 when there were none)."""

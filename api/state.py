@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
+from api.auth import Authenticator
 from api.catalogue import Catalogue
 from infra.ratelimit import GcraLimiter
 from infra.settings import Settings
@@ -82,6 +83,16 @@ class AppState:
     search_attributes: bool
     """Set OrderStatus/CustomerId/OrderTotalCents/FailureReason when starting an order."""
     _admin_token: str | None = field(default=None, repr=False)
+    auth: Authenticator = field(init=False, repr=False)
+    """Who is calling (api/auth.py); logs the authentication mode when made."""
+
+    def __post_init__(self) -> None:
+        self.auth = Authenticator(
+            self.settings,
+            redis=self.redis,
+            sessionmaker=self.sessionmaker,
+            admin_token=lambda: self.admin_token,
+        )
 
     @cached_property
     def admin_token(self) -> str:

@@ -4,6 +4,11 @@ Plays the couriers whose ids start with ``TRADEFLOW_SIM_COURIER_PREFIX`` (defaul
 real couriers (or a person with curl) can use other ids next to it. It only talks to the public
 API, exactly like a courier app: it polls ``GET /v1/couriers`` and posts delivery events.
 
+With the admin token (``TRADEFLOW_ADMIN_TOKEN`` or the data dir's) it works whether
+authentication is on or off: it polls as the operator and, like an operator handing out
+devices, issues each courier it plays a courier token (``POST /v1/admin/couriers/{id}/tokens``)
+that the courier's events carry; a token refused later (revoked) is replaced once.
+
 Run it with ``python -m cli.courier_sim`` or ``tradeflow courier-sim``; SIGTERM stops it.
 """
 
@@ -35,9 +40,18 @@ def courier_prefix() -> str:
 
 class CourierSimulator:
     def __init__(
-        self, http: httpx.AsyncClient, *, prefix: str, step_s: float, stop: asyncio.Event
+        self,
+        http: httpx.AsyncClient,
+        *,
+        prefix: str,
+        step_s: float,
+        stop: asyncio.Event,
+        admin_token: str | None = None,
     ) -> None:
         self._http = http
+        self._admin = {"X-Admin-Token": admin_token} if admin_token else {}
+        self._tokens: dict[str, str] = {}
+        """Courier tokens issued to the couriers played, by courier id."""
         self._prefix = prefix
         self._step_s = step_s
         self._stop = stop
@@ -90,7 +104,7 @@ class CourierSimulator:
 
     async def _poll(self) -> list[dict[str, object]] | None:
         try:
-            r = await self._http.get("/v1/couriers")
+            r = await self._http.get("/v1/couriers", headers=self._admin)
             r.raise_for_status()
             items = r.json()["items"]
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
@@ -141,6 +155,7 @@ class CourierSimulator:
                 r = await self._http.post(
                     f"/v1/deliveries/{order_id}/events",
                     json={"courier_id": courier_id, "type": kind},
+                    headers=await self._credentials(courier_id),
                 )
             except httpx.HTTPError as exc:
                 if attempts in (1, 10) or attempts % 120 == 0:
@@ -148,7 +163,9 @@ class CourierSimulator:
                         "%s: %s for order %s: %r; retrying", courier_id, kind, order_id, exc
                     )
             else:
-                if r.status_code < 500 and r.status_code != 429:
+                if r.status_code == 401 and self._tokens.get(courier_id) and attempts < 3:
+                    del self._tokens[courier_id]  # revoked: the next attempt gets a fresh one
+                elif r.status_code < 500 and r.status_code != 429:
                     return r.status_code
                 if attempts in (1, 10) or attempts % 120 == 0:
                     log.warning(
@@ -162,6 +179,20 @@ class CourierSimulator:
                 break
         return None
 
+    async def _credentials(self, courier_id: str) -> dict[str, str]:
+        """``Authorization`` for the courier's events (none without the admin token)."""
+        if not self._admin:
+            return {}
+        if courier_id not in self._tokens:
+            r = await self._http.post(
+                f"/v1/admin/couriers/{courier_id}/tokens", headers=self._admin
+            )
+            if r.status_code != 201:
+                log.warning("no courier token for %s: HTTP %d", courier_id, r.status_code)
+                return {}
+            self._tokens[courier_id] = r.json()["token"]
+        return {"Authorization": f"Bearer {self._tokens[courier_id]}"}
+
     async def _pause(self, seconds: float) -> bool:
         """Sleep; True when told to stop meanwhile."""
         try:
@@ -171,13 +202,17 @@ class CourierSimulator:
         return True
 
 
-async def simulate(api_url: str, *, prefix: str, step_s: float) -> None:
+async def simulate(
+    api_url: str, *, prefix: str, step_s: float, admin_token: str | None = None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with httpx.AsyncClient(base_url=api_url, timeout=5) as http:
-        await CourierSimulator(http, prefix=prefix, step_s=step_s, stop=stop).run()
+        await CourierSimulator(
+            http, prefix=prefix, step_s=step_s, stop=stop, admin_token=admin_token
+        ).run()
 
 
 HELP = "play the simulated couriers (ids starting with TRADEFLOW_SIM_COURIER_PREFIX)"
@@ -194,7 +229,12 @@ def run(args: argparse.Namespace | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is noise
     settings = Settings()
     asyncio.run(
-        simulate(settings.resolved_api_url, prefix=courier_prefix(), step_s=settings.courier_step_s)
+        simulate(
+            settings.resolved_api_url,
+            prefix=courier_prefix(),
+            step_s=settings.courier_step_s,
+            admin_token=settings.resolved_admin_token,
+        )
     )
     return 0
 

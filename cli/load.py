@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
 import os
@@ -170,6 +171,8 @@ class LoadRun:
     ) -> None:
         self.config = config
         self._http = http
+        self._staff = {"X-Admin-Token": config.admin_token} if config.admin_token else {}
+        """The poller lists every customer's orders: an operator's view when auth is on."""
         self._report = report
         self._progress_every_s = progress_every_s
         self.result = LoadResult(orders=config.orders, concurrency=config.concurrency)
@@ -225,7 +228,9 @@ class LoadRun:
         while True:
             t0 = time.perf_counter()
             try:
-                r = await self._http.post("/v1/orders", json=body, headers={"Idempotency-Key": key})
+                r = await self._http.post(
+                    "/v1/orders", json=body, headers={"Idempotency-Key": key, **customer_auth(key)}
+                )
             except httpx.HTTPError:
                 status = 0
             else:
@@ -271,7 +276,7 @@ class LoadRun:
             params: dict[str, str | int] = {"limit": PAGE}
             if cursor:
                 params["cursor"] = cursor
-            r = await self._http.get("/v1/orders", params=params)
+            r = await self._http.get("/v1/orders", params=params, headers=self._staff)
             r.raise_for_status()
             page = r.json()
             for order in page["items"]:
@@ -394,6 +399,26 @@ async def run_load(
 def default_api_url() -> str:
     url = os.environ.get("TRADEFLOW_API_URL")
     return url or f"http://127.0.0.1:{os.environ.get('API_PORT', '8000')}"
+
+
+def customer_auth(customer_id: str) -> dict[str, str]:
+    """``Authorization`` with the customer's JWT for the local secret (ignored when the API's
+    authentication is off); empty when no local secret can sign one."""
+    from api.auth import mint_token
+    from domain.roles import Role
+
+    settings = _local_settings()
+    if settings is None:
+        return {}
+    return {"Authorization": f"Bearer {mint_token(settings, Role.CUSTOMER, customer_id)}"}
+
+
+@functools.cache
+def _local_settings() -> Any:
+    from infra.settings import Settings
+
+    settings = Settings()
+    return settings if settings.resolved_jwt_secret else None
 
 
 def default_admin_token() -> str | None:

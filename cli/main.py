@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, str] = {
     "check": "cli.check",
     "load": "cli.load",
     "repair": "cli.repair",
+    "token": "cli.token",
 }
 
 

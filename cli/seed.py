@@ -113,7 +113,7 @@ def seed_demo(
                 body = {"lat": MAIN_LAT + dlat, "lng": MAIN_LNG + dlng, "available": True}
                 _put(http, f"/v1/admin/couriers/{courier_id}", body)
         if first and place_orders:
-            _place_demo_orders(http, report)
+            _place_demo_orders(http, report, customer_token())
     if first:
         report(
             f"seeded demo catalogue: {len(DEMO_PRODUCTS)} products with stock at 'main', "
@@ -126,7 +126,22 @@ def seed_demo(
     _marker(data_dir).write_text(json.dumps({"database": database}) + "\n")
 
 
-def _place_demo_orders(http: httpx.Client, report: Callable[[str], None]) -> None:
+def customer_token() -> dict[str, str]:
+    """The demo customer's ``Authorization`` (a JWT for the local secret), for an API with
+    authentication on; empty when no local secret can sign one (a public-key issuer)."""
+    from api.auth import mint_token
+    from domain.roles import Role
+    from infra.settings import Settings
+
+    try:
+        return {"Authorization": f"Bearer {mint_token(Settings(), Role.CUSTOMER, DEMO_CUSTOMER)}"}
+    except ValueError:
+        return {}
+
+
+def _place_demo_orders(
+    http: httpx.Client, report: Callable[[str], None], auth: dict[str, str]
+) -> None:
     """Two orders so the UI has something to show; best effort (the key makes them idempotent)."""
     orders = [
         (
@@ -145,7 +160,7 @@ def _place_demo_orders(http: httpx.Client, report: Callable[[str], None]) -> Non
             "payment": {"token": token},
         }
         try:
-            r = http.post("/v1/orders", json=body, headers={"Idempotency-Key": key})
+            r = http.post("/v1/orders", json=body, headers={"Idempotency-Key": key, **auth})
         except httpx.HTTPError as exc:
             report(f"warning: demo order {key} not placed: {exc!r}")
             continue

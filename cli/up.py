@@ -183,6 +183,7 @@ class Launcher:
         self._migrate()
         # Create the per-data-dir secrets before any child could race to create them.
         admin_token, webhook_secret = s.resolved_admin_token, s.resolved_webhook_secret
+        s.resolved_jwt_secret  # noqa: B018 - created now, so the API and the seeder share it
         self._start_apps()
         self._wait_ready()
         if s.demo:
@@ -190,6 +191,7 @@ class Launcher:
         say(f"tradeflow ready: api={self.api_url} ui={self.ui_url}")
         say(f"  admin token:    {admin_token}   (header X-Admin-Token)")
         say(f"  webhook secret: {webhook_secret}")
+        say(f"  auth:           {self._auth_line()}")
         say(f"  logs:           {self.log_dir}/<process>.log")
         say(f"  try:            curl -s {self.api_url}/v1/products")
         say("  stop:           Ctrl-C (stops only what this launcher started)")
@@ -336,6 +338,14 @@ class Launcher:
                         return
                     last = f"HTTP {r.status_code} {r.text[:200]}"
                 tick(last)
+
+    def _auth_line(self) -> str:
+        from api.auth import auth_mode
+
+        mode = auth_mode(self.settings)
+        if not mode.enabled:
+            return f"off ({mode.reason})"
+        return f"on ({mode.reason}); a customer token: tradeflow token customer <id>"
 
     def _seed(self, admin_token: str) -> None:
         from cli.seed import SeedError, redact_url, seed_demo

@@ -42,13 +42,13 @@ def _on_off(value: object) -> bool:
     raise ValueError(f"expected on/off, got {value!r}")
 
 
-def _secret_file(data_dir: Path, name: str) -> str:
+def _secret_file(data_dir: Path, name: str, nbytes: int = 24) -> str:
     """A random secret kept per data dir, so restarts keep the same value."""
     path = data_dir / name
     if path.exists():
         return path.read_text().strip()
     data_dir.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(24)
+    value = secrets.token_urlsafe(nbytes)
     path.write_text(value + "\n")
     path.chmod(0o600)
     return value
@@ -137,6 +137,42 @@ class Settings(BaseSettings):
         urls = [u.strip() for u in (self.lock_redis_urls or "").split(",") if u.strip()]
         return urls or [self.redis_url]
 
+    auth: str = Field(default="auto", alias="TRADEFLOW_AUTH")
+    """``auto`` (on unless ``BIND_HOST`` is loopback), ``on`` or ``off``; see api/auth.py."""
+    jwt_secret: str | None = Field(default=None, alias="TRADEFLOW_JWT_SECRET", repr=False)
+    """HS256 key of customer/courier/staff JWTs; default: random per data dir (unless a public
+    key or JWKS URL is set, then HS256 is off)."""
+    jwt_public_key: str | None = Field(default=None, alias="TRADEFLOW_JWT_PUBLIC_KEY")
+    """RS256/ES256 verification key: PEM text, or the path of a PEM file."""
+    jwks_url: str | None = Field(default=None, alias="TRADEFLOW_JWKS_URL")
+    jwt_issuer: str = Field(default="tradeflow", alias="TRADEFLOW_JWT_ISSUER", min_length=1)
+    jwt_audience: str = Field(default="tradeflow", alias="TRADEFLOW_JWT_AUDIENCE", min_length=1)
+    jwt_leeway_s: float = Field(default=30.0, alias="TRADEFLOW_JWT_LEEWAY_S", ge=0, le=300)
+    auth_failure_rate: str = Field(default="1/s", alias="TRADEFLOW_AUTH_FAILURE_RATE")
+    """Refused credentials per client address, sustained (GCRA in Redis)."""
+    auth_failure_burst: int = Field(default=20, alias="TRADEFLOW_AUTH_FAILURE_BURST", ge=1)
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _parse_auth(cls, v: object) -> str:
+        text = str(v).strip().lower()
+        if text == "auto":
+            return "auto"
+        return "on" if _on_off(text) else "off"
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _check_jwt_secret(cls, v: str | None) -> str | None:
+        if v is not None and len(v.encode()) < 32:
+            raise ValueError("TRADEFLOW_JWT_SECRET must be at least 32 bytes (HS256 key)")
+        return v
+
+    @field_validator("auth_failure_rate")
+    @classmethod
+    def _check_auth_failure_rate(cls, v: str) -> str:
+        parse_rate(v)
+        return v
+
     @field_validator("courier_simulator", "demo", mode="before")
     @classmethod
     def _parse_on_off(cls, v: object) -> bool:
@@ -188,6 +224,15 @@ class Settings(BaseSettings):
     @property
     def resolved_merchant_secret(self) -> str:
         return self.merchant_secret or _secret_file(self.data_dir, "merchant_secret")
+
+    @property
+    def resolved_jwt_secret(self) -> str | None:
+        """The HS256 key, or None when JWTs are verified with a public key / JWKS only."""
+        if self.jwt_secret:
+            return self.jwt_secret
+        if self.jwt_public_key or self.jwks_url:
+            return None
+        return _secret_file(self.data_dir, "jwt_secret", nbytes=32)
 
     @property
     def resolved_webhook_secret(self) -> str:

@@ -14,6 +14,8 @@
 # Environment (defaults in brackets):
 #   TRADEFLOW_API_URL     [http://127.0.0.1:$API_PORT, API_PORT 8000]  where the API answers
 #   TRADEFLOW_ADMIN_TOKEN [contents of $TRADEFLOW_DATA_DIR/admin_token; data dir .data]
+#   TRADEFLOW_CUSTOMER_TOKEN [`tradeflow token customer c-1` for the data dir's secret]
+#                         customer c-1's JWT, sent when authentication is on (ignored when off)
 #   STORY_KEY             [story-<time>-<pid>]  Idempotency-Key of the order
 #   STORY_TIMEOUT_S       [90]  how long to wait for the offer to me-1
 #
@@ -32,6 +34,13 @@ if [[ -z $ADMIN_TOKEN ]]; then
     exit 2
   fi
   ADMIN_TOKEN=$(<"$token_file")
+fi
+CUSTOMER_TOKEN=${TRADEFLOW_CUSTOMER_TOKEN:-}
+if [[ -z $CUSTOMER_TOKEN ]]; then
+  tradeflow_cli=$ROOT/.venv/bin/tradeflow
+  [[ -x $tradeflow_cli ]] || tradeflow_cli=tradeflow
+  CUSTOMER_TOKEN=$(TRADEFLOW_DATA_DIR=${TRADEFLOW_DATA_DIR:-$ROOT/.data} \
+    "$tradeflow_cli" token customer c-1)
 fi
 KEY=${STORY_KEY:-story-$(date +%s)-$$}
 TIMEOUT_S=${STORY_TIMEOUT_S:-90}
@@ -54,9 +63,11 @@ step "1. courier me-1 clocks in at the main store"
 curl -s -X PUT "$API/v1/admin/couriers/me-1" -H "X-Admin-Token: $ADMIN_TOKEN" \
   -H 'Content-Type: application/json' -d '{"lat": 31.2304, "lng": 121.4737, "available": true}'
 echo
+# The courier app's credential, issued by an operator (shown once; only its hash is stored).
+COURIER_TOKEN=$(curl -s -X POST "$API/v1/admin/couriers/me-1/tokens" -H "X-Admin-Token: $ADMIN_TOKEN" | json token)
 
 step "2. place an order (Idempotency-Key: $KEY)"
-ORDER=$(curl -s -X POST "$API/v1/orders" \
+ORDER=$(curl -s -X POST "$API/v1/orders" -H "Authorization: Bearer $CUSTOMER_TOKEN" \
   -H 'Content-Type: application/json' -H "Idempotency-Key: $KEY" \
   -d '{"customer_id": "c-1", "location_id": "main",
        "items": [{"sku": "SKU-1", "quantity": 2}],
@@ -69,7 +80,7 @@ step "3. wait until order $ORDER_ID is offered to me-1"
 deadline=$((SECONDS + TIMEOUT_S))
 last=""
 while :; do
-  ORDER=$(curl -s "$API/v1/orders/$ORDER_ID")
+  ORDER=$(curl -s "$API/v1/orders/$ORDER_ID" -H "Authorization: Bearer $CUSTOMER_TOKEN")
   status=$(json status <<<"$ORDER")
   offered_to=$(json delivery.offered_to <<<"$ORDER")
   now="status=$status offered_to=${offered_to:-nobody}"
@@ -92,7 +103,7 @@ done
 
 step "4. me-1 accepts, picks up and delivers"
 for step in accepted picked_up delivered; do
-  curl -s -X POST "$API/v1/deliveries/$ORDER_ID/events" \
+  curl -s -X POST "$API/v1/deliveries/$ORDER_ID/events" -H "Authorization: Bearer $COURIER_TOKEN" \
     -H 'Content-Type: application/json' -d "{\"courier_id\": \"me-1\", \"type\": \"$step\"}"
   echo
 done
@@ -107,7 +118,7 @@ until [[ $(json status <<<"$ORDER") == DELIVERED ]]; do
     exit 1
   fi
   sleep 0.2
-  ORDER=$(curl -s "$API/v1/orders/$ORDER_ID")
+  ORDER=$(curl -s "$API/v1/orders/$ORDER_ID" -H "Authorization: Bearer $CUSTOMER_TOKEN")
 done
 python3 -m json.tool <<<"$ORDER"
 echo "story: order $ORDER_ID DELIVERED"

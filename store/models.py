@@ -251,3 +251,17 @@ class Reconciliation(SQLModel, table=True):
     ``authorization_voided``, ``authorization_checked``, ``courier_released``."""
     detail: str = Field(max_length=500)
     at: str = Field(default_factory=utcnow_iso, max_length=32)
+
+
+class CourierToken(SQLModel, table=True):
+    """A courier's API credential. Only its SHA-256 is stored: the token itself is shown once,
+    when an operator issues it, and a database leak reveals no usable credential."""
+
+    __tablename__ = "courier_tokens"
+
+    token_hash: str = Field(primary_key=True, max_length=64)
+    """Hex SHA-256 of the token; looked up by equality, so no secret is ever compared."""
+    courier_id: str = Field(max_length=64, index=True)
+    created_at: str = Field(default_factory=utcnow_iso, max_length=32)
+    revoked_at: str | None = Field(default=None, max_length=32)
+    """Set by ``DELETE /v1/admin/couriers/{id}/tokens``; a revoked token is refused."""

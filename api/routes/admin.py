@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from activities.couriers import sync_courier
 from activities.hot_stock import drop_hot_counters, reconcile_hot_counters
 from api import queries
+from api.auth import new_courier_token
 from api.catalogue import product_dict
 from api.deps import AdminDep, SessionDep, StateDep
 from api.errors import NOT_FOUND, ApiProblem
@@ -22,6 +23,8 @@ from api.routes.products import SkuPath
 from api.schemas import (
     CourierIn,
     CourierOut,
+    CourierTokenOut,
+    CourierTokensRevoked,
     LocationIn,
     LocationOut,
     Problem,
@@ -32,7 +35,8 @@ from api.schemas import (
 )
 from api.state import AppState
 from dispatch.geoindex import CourierGeoIndex
-from store.models import Location, Product
+from store import courier_tokens
+from store.models import Courier, Location, Product
 
 log = logging.getLogger(__name__)
 
@@ -146,3 +150,38 @@ async def put_courier(
     geo = CourierGeoIndex(state.redis, resolution=state.settings.zone_resolution)
     await sync_courier(state.sessionmaker, geo, courier_id)
     return row
+
+
+@router.post(
+    "/couriers/{courier_id}/tokens",
+    status_code=201,
+    response_model=CourierTokenOut,
+    responses={404: {"model": Problem, "description": "No such courier"}},
+    summary="Issue a courier token (shown once; only its hash is stored)",
+    description=(
+        "The courier app sends it as `Authorization: Bearer <token>`: it may post delivery "
+        "events naming this courier and read `GET /v1/couriers/{courier_id}`. A courier may "
+        "hold several live tokens (one per device); `DELETE` revokes them all."
+    ),
+)
+async def issue_courier_token(courier_id: IdPath, session: SessionDep) -> dict[str, Any]:
+    if await session.get(Courier, courier_id) is None:
+        await session.rollback()
+        raise ApiProblem(404, NOT_FOUND, f"courier {courier_id!r} does not exist")
+    token = new_courier_token()
+    created_at = await courier_tokens.issue(session, courier_id=courier_id, token=token)
+    await session.commit()
+    log.info("courier token issued for %s", courier_id)
+    return {"token": token, "courier_id": courier_id, "created_at": created_at}
+
+
+@router.delete(
+    "/couriers/{courier_id}/tokens",
+    response_model=CourierTokensRevoked,
+    summary="Revoke every token of a courier (effective on the next request)",
+)
+async def revoke_courier_tokens(courier_id: IdPath, session: SessionDep) -> dict[str, Any]:
+    revoked = await courier_tokens.revoke_all(session, courier_id=courier_id)
+    await session.commit()
+    log.info("revoked %d courier token(s) of %s", revoked, courier_id)
+    return {"courier_id": courier_id, "revoked": revoked}

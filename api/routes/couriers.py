@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from api import queries
+from api.auth import CourierViewerDep, OperatorDep
 from api.deps import SessionDep
 from api.errors import NOT_FOUND, ApiProblem
 from api.pagination import MAX_LIMIT
@@ -30,6 +31,7 @@ def courier_dict(c: Courier) -> dict[str, Any]:
 
 @router.get("", response_model=CourierList, summary="All couriers (optionally only available)")
 async def list_couriers(
+    operator: OperatorDep,
     session: SessionDep,
     available: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = MAX_LIMIT,
@@ -48,7 +50,9 @@ async def list_couriers(
     responses={404: {"model": Problem, "description": "No such courier"}},
     summary="One courier, with the order it is offered or assigned",
 )
-async def get_courier(courier_id: IdPath, session: SessionDep) -> dict[str, Any]:
+async def get_courier(
+    courier_id: IdPath, viewer: CourierViewerDep, session: SessionDep
+) -> dict[str, Any]:
     courier = await session.get(Courier, courier_id)
     await session.commit()
     if courier is None:

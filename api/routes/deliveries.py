@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from api.auth import CallerDep
 from api.deps import SessionDep, StateDep
 from api.orders_service import OrdersService
 from api.routes.orders import OrderIdPath
@@ -29,7 +30,12 @@ router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"])
     },
 )
 async def post_delivery_event(
-    order_id: OrderIdPath, body: CourierEventIn, session: SessionDep, state: StateDep
+    order_id: OrderIdPath,
+    caller: CallerDep,
+    body: CourierEventIn,
+    session: SessionDep,
+    state: StateDep,
 ) -> JSONResponse:
+    caller.must_be_courier(body.courier_id)
     result = await OrdersService(state).courier_event(session, order_id, body)
     return JSONResponse(result, status_code=202)

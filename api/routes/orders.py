@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 
+from api.auth import CallerDep, OrderReaderDep
 from api.deps import IdempotencyKeyDep, SessionDep, StateDep
 from api.orders_service import OrdersService
 from api.pagination import DEFAULT_LIMIT, MAX_LIMIT
@@ -46,8 +47,13 @@ def _problem(description: str) -> dict[str, object]:
     },
 )
 async def place_order(
-    body: CheckoutBody, key: IdempotencyKeyDep, session: SessionDep, state: StateDep
+    caller: CallerDep,
+    body: CheckoutBody,
+    key: IdempotencyKeyDep,
+    session: SessionDep,
+    state: StateDep,
 ) -> JSONResponse:
+    caller.must_be_customer(body.customer_id)
     placed = await OrdersService(state).place(session, body, key)
     order_id = placed.order["order_id"]
     return JSONResponse(
@@ -63,6 +69,7 @@ async def place_order(
     responses={200: {"model": OrderPage}},
 )
 async def list_orders(
+    caller: CallerDep,
     session: SessionDep,
     state: StateDep,
     customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
@@ -72,7 +79,7 @@ async def list_orders(
 ) -> JSONResponse:
     page = await OrdersService(state).list_page(
         session,
-        customer_id=customer_id,
+        customer_id=caller.orders_scope(customer_id),
         status=status.value if status is not None else None,
         limit=limit,
         cursor=cursor,
@@ -85,7 +92,9 @@ async def list_orders(
     summary="One order (reflects every transition that happened before the call)",
     responses={200: {"model": OrderOut}, 404: _problem("No such order")},
 )
-async def get_order(order_id: OrderIdPath, session: SessionDep, state: StateDep) -> JSONResponse:
+async def get_order(
+    order_id: OrderIdPath, reader: OrderReaderDep, session: SessionDep, state: StateDep
+) -> JSONResponse:
     return JSONResponse(await OrdersService(state).get(session, order_id))
 
 
@@ -99,6 +108,10 @@ async def get_order(order_id: OrderIdPath, session: SessionDep, state: StateDep)
     },
 )
 async def cancel_order(
-    order_id: OrderIdPath, body: CancelBody, session: SessionDep, state: StateDep
+    order_id: OrderIdPath,
+    canceller: OrderReaderDep,
+    body: CancelBody,
+    session: SessionDep,
+    state: StateDep,
 ) -> JSONResponse:
     return JSONResponse(await OrdersService(state).cancel(session, order_id, body.reason))

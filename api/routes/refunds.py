@@ -28,6 +28,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
+from api.auth import OrderReaderDep, StaffDep
 from api.deps import IdempotencyKeyDep, SessionDep, StateDep
 from api.errors import (
     INTERNAL_UNAVAILABLE,
@@ -337,6 +338,7 @@ def _problem(description: str) -> dict[str, object]:
 )
 async def request_refund(
     order_id: OrderIdPath,
+    staff: StaffDep,
     body: RefundBody,
     key: IdempotencyKeyDep,
     session: SessionDep,
@@ -356,7 +358,9 @@ async def request_refund(
     summary="Every refund of an order, oldest first",
     responses={200: {"model": RefundList}, 404: _problem("No such order")},
 )
-async def list_refunds(order_id: OrderIdPath, session: SessionDep, state: StateDep) -> JSONResponse:
+async def list_refunds(
+    order_id: OrderIdPath, reader: OrderReaderDep, session: SessionDep, state: StateDep
+) -> JSONResponse:
     return JSONResponse(await RefundsService(state).of_order(session, order_id))
 
 
@@ -366,6 +370,10 @@ async def list_refunds(order_id: OrderIdPath, session: SessionDep, state: StateD
     responses={200: {"model": RefundOut}, 404: _problem("No such order or refund")},
 )
 async def get_refund(
-    order_id: OrderIdPath, refund_id: RefundIdPath, session: SessionDep, state: StateDep
+    order_id: OrderIdPath,
+    refund_id: RefundIdPath,
+    reader: OrderReaderDep,
+    session: SessionDep,
+    state: StateDep,
 ) -> JSONResponse:
     return JSONResponse(await RefundsService(state).get(session, order_id, refund_id))

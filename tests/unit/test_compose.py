@@ -167,3 +167,10 @@ def test_the_image_is_built_from_the_dockerfile(services: dict[str, dict[str, An
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim", text, re.MULTILINE)
     assert "pip install ." in text
+
+
+def test_the_published_api_asks_for_credentials(services: dict[str, dict[str, Any]]) -> None:
+    """Its ports are published beyond loopback: auth is on, with a JWT secret from .env."""
+    env = environment(services["api"])
+    assert env["TRADEFLOW_AUTH"] == "on"
+    assert re.fullmatch(r"\$\{TRADEFLOW_JWT_SECRET:\?[^}]*\}", env["TRADEFLOW_JWT_SECRET"])
