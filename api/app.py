@@ -22,6 +22,7 @@ from temporalio.client import Client
 from api.catalogue import PRODUCT_CACHE_PREFIX, Catalogue
 from api.errors import install_error_handlers
 from api.middleware import ObservabilityMiddleware
+from api.openapi import install_problem_openapi
 from api.routes import (
     admin,
     couriers,
@@ -167,6 +168,7 @@ def create_app(
         app.include_router(module.router)
     app.include_router(refunds.router)
     app.include_router(repairs.router)
+    install_problem_openapi(app)
     return app
 
 
