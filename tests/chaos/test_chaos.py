@@ -32,24 +32,13 @@ D1 = (
     "money` [authorized]: tradeflow records 0 authorized (CAPTURED/VOIDED), the PSP authorized "
     "the total"
 )
-D5 = (
-    "defect 5: a cancel racing the courier's accept leaves the courier ASSIGNED to the "
-    "CANCELLED order (seen with cancel=offered)"
-)
-D4 = (
-    "defect 4: an order stored while Temporal was stopped, whose client got 503 and gave up, "
-    "stays PENDING (no reconciler restarts it)"
-)
 KNOWN_FINDINGS: dict[tuple[str, str], str] = {
     ("sqlite", "worker_sigkill"): D1,
-    ("sqlite", "temporal_sigstop"): f"{D1}; {D4}",
+    ("sqlite", "temporal_sigstop"): D1,
     ("sqlite", "redis_restart_flash_sale"): D1,
-    ("sqlite", "psp_outage"): (
-        f"{D1}; also a tok_slow order FAILED/PAYMENT_TIMEOUT during the outage shows the same"
-        " [authorized] mismatch (VOIDED, 0 recorded, PSP authorized the total)"
-    ),
+    ("sqlite", "psp_outage"): D1,
     ("postgres", "api_sigkill"): D1,
-    ("postgres", "pg_terminate_backend"): f"{D1}; {D5}",
+    ("postgres", "pg_terminate_backend"): D1,
 }
 """(backend, fault) -> the finding that makes the case fail today (xfail, strict)."""
 

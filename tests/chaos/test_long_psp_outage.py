@@ -4,7 +4,9 @@ so this case runs the real workflows and activities, the real PSP simulator and 
 Temporal's time-skipping server, which skips the retry backoffs and the outage itself.
 
 The promise is that nothing is left behind once the PSP answers again: the authorization of a
-failed order is voided and its stock returned, however long the PSP was down.
+failed order is voided and its stock returned, however long the PSP was down. (Both cases
+failed before issue 7's defect 3 was fixed: the compensation gave up after 20 attempts and the
+order was parked in NEEDS_ATTENTION with its authorization held.)
 """
 
 from __future__ import annotations
@@ -24,20 +26,6 @@ OUTAGE_S = 3 * 3600
 """Three hours: longer than the compensations' retry window (20 attempts, about 30 minutes)
 and than any forward step's backoff (capped at 30 s)."""
 
-DEFECT_3 = (
-    "issue 7 defect 3: compensations give up after workflows/options.py COMPENSATION's 20 "
-    "attempts (~30 min); after a 3 h PSP outage the order is parked NEEDS_ATTENTION with its "
-    "authorization never voided, and nothing voids it once the PSP is healed"
-)
-
-
-DEFECT_3_UNPAID = (
-    "issue 7 defect 3: an order placed while the PSP is down for 3 h never authorizes; its "
-    "payment times out, the compensation (void/abort at the PSP) gives up after 20 attempts, "
-    "and the order is parked NEEDS_ATTENTION instead of ending FAILED/PAYMENT_TIMEOUT once "
-    "the PSP is healed"
-)
-
 
 @pytest.fixture
 async def stack(ts_env: WorkflowEnvironment, sqlite_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
@@ -52,7 +40,6 @@ async def _psp_errors(stack: Stack, rate: float) -> None:
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.xfail(strict=True, reason=DEFECT_3)
 async def test_authorization_of_a_cancelled_order_is_voided_after_a_psp_outage_of_hours(
     stack: Stack, ts_env: WorkflowEnvironment
 ) -> None:
@@ -75,7 +62,6 @@ async def test_authorization_of_a_cancelled_order_is_voided_after_a_psp_outage_o
     assert await stack.courier("k-1") == (None, None)
 
 
-@pytest.mark.xfail(strict=True, reason=DEFECT_3_UNPAID)
 async def test_order_placed_during_a_psp_outage_of_hours_fails_cleanly_once_healed(
     stack: Stack, ts_env: WorkflowEnvironment
 ) -> None:
