@@ -99,6 +99,18 @@ def _authorize_result(intent: dict[str, Any]) -> AuthorizeResult:
     return AuthorizeResult(status=_S.DECLINED.value, payment_id=intent["id"], detail=detail)
 
 
+def _authorized_cents(intent: dict[str, Any]) -> int:
+    """What the PSP held on this intent, also after it was captured or released."""
+    reported = intent.get("amount_authorized")
+    if reported is not None:
+        return int(reported)
+    # A capture reply the PSP stored before it reported the field, replayed under its key:
+    # an authorization is for the intent's whole amount.
+    return (
+        int(intent["amount_cents"]) if intent["status"] in ("requires_capture", "succeeded") else 0
+    )
+
+
 def _error_code(response: httpx.Response) -> str:
     try:
         return str(response.json()["error"]["code"])
@@ -231,8 +243,14 @@ class PaymentActivities:
             )
             intent = await self._captured_from(response, inp.payment_id)
         captured = int(intent["amount_received"])
+        # The authorization is recorded here too: when the customer's action authorized it,
+        # the PSP said so in a webhook to the payment workflow and no activity has written it.
         await self._set_status(
-            inp.order_id, PaymentStatus.CAPTURED, payment_id=inp.payment_id, captured_cents=captured
+            inp.order_id,
+            PaymentStatus.CAPTURED,
+            payment_id=inp.payment_id,
+            captured_cents=captured,
+            authorized_cents=_authorized_cents(intent),
         )
         activity.logger.info("captured %s on %s", captured, inp.payment_id)
         return CaptureResult(payment_id=inp.payment_id, captured_cents=captured)
@@ -248,11 +266,28 @@ class PaymentActivities:
                 activity.logger.info("nothing to void for order %s", inp.order_id)
                 return VoidResult(payment_id=None, voided=False)
         result = VoidResult(payment_id=candidates[-1], voided=False)
+        released = 0
+        declined = False
         for payment_id in candidates:
-            if await self._cancel(payment_id, inp.idempotency_key):
+            intent = await self._cancel(payment_id, inp.idempotency_key)
+            if intent is None:
+                continue
+            if intent["status"] == "canceled":
                 result = VoidResult(payment_id=payment_id, voided=True)
+                released += _authorized_cents(intent)
+            elif intent["status"] == "declined":
+                declined = True
+        # The record says what the PSP held, whichever way it was authorized (the authorize
+        # call, or the customer's action that only a webhook told the workflow about).
         if result.voided:
-            await self._set_status(inp.order_id, PaymentStatus.VOIDED, payment_id=result.payment_id)
+            await self._set_status(
+                inp.order_id,
+                PaymentStatus.VOIDED,
+                payment_id=result.payment_id,
+                authorized_cents=released,
+            )
+        elif declined:
+            await self._set_status(inp.order_id, PaymentStatus.DECLINED)
         activity.logger.info(
             "void for order %s: %s (%s)", inp.order_id, result.voided, result.payment_id
         )
@@ -381,14 +416,16 @@ class PaymentActivities:
             raise _refused(response, f"capture of {payment_id}", CAPTURE_EXCEEDS_AUTHORIZED)
         raise _refused(response, f"capture of {payment_id}")
 
-    async def _cancel(self, payment_id: str, key: str) -> bool:
-        """True when the intent is (now or already) canceled; False when nothing was held."""
+    async def _cancel(self, payment_id: str, key: str) -> dict[str, Any] | None:
+        """The intent after the cancel: ``canceled`` (now or already), or as it stays when it
+        held nothing (declined); None when the PSP does not know it."""
         response = await self._call("POST", f"/v1/payment_intents/{payment_id}/cancel", key=key)
         if response.status_code == 200:
-            return bool(response.json()["status"] == "canceled")
+            canceled: dict[str, Any] = response.json()
+            return canceled
         if response.status_code == 404:
             activity.logger.warning("void: PSP does not know intent %s", payment_id)
-            return False
+            return None
         if response.status_code == 409:
             current = response.json().get("intent") or await self._get_intent(payment_id)
             status = current["status"] if current else "unknown"
@@ -399,7 +436,7 @@ class PaymentActivities:
                     type=ALREADY_CAPTURED,
                     non_retryable=True,
                 )
-            return False  # declined: no money was ever held
+            return current  # declined: no money was ever held
         raise _refused(response, f"void of {payment_id}")
 
     async def _get_intent(self, payment_id: str) -> dict[str, Any] | None:

@@ -4,12 +4,14 @@ them, stop exactly those groups, and remember their pids in case the launcher it
 Every child gets its own session (``start_new_session=True``) so that a Ctrl-C in the terminal
 reaches only the launcher, which then stops the children in an order it chooses, and so that
 ``killpg`` reaches a child's own helpers without touching anything the launcher did not start.
+Each runs under ``cli.parent_guard``, so it also dies when the launcher is SIGKILLed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -18,6 +20,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType, TracebackType
+
+from cli.parent_guard import guarded
 
 
 def say(message: str) -> None:
@@ -59,6 +64,76 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+class StopSignals:
+    """SIGINT, SIGTERM and SIGHUP as a request to stop, taken safely however many arrive.
+
+    A Python signal handler runs in the main thread between two bytecodes of whatever it
+    interrupted, and again inside itself when the next signal comes during it. One that takes
+    a lock deadlocks when it lands while that lock is held (``threading.Event.set`` inside
+    ``Event.wait``, or inside a first ``Event.set``); one that prints raises "reentrant call";
+    a burst of them nests until ``RecursionError``. So the handler here is a C builtin, the
+    ``__setitem__`` of the dict that records which signals came: it runs no bytecode, so
+    nothing can interrupt it, and takes no lock. The wake-up comes from
+    ``signal.set_wakeup_fd``: the C-level handler writes a byte to a pipe the moment a signal
+    lands, and ``wait`` is a ``select`` on that pipe.
+
+    Use it as a context manager, in the main thread. On leaving, these signals are ignored
+    rather than handed back to their earlier handlers: the caller has stopped by then and only
+    exits, and a default SIGTERM landing in that last moment would turn its clean exit into a
+    kill.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self._received: dict[int, FrameType | None] = {}
+        self._read_fd = -1
+        self._write_fd = -1
+        self._previous_wakeup_fd = -1
+
+    def __enter__(self) -> StopSignals:
+        self._read_fd, self._write_fd = os.pipe()
+        for fd in (self._read_fd, self._write_fd):
+            os.set_blocking(fd, False)
+        self._previous_wakeup_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._received.__setitem__)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        signal.set_wakeup_fd(self._previous_wakeup_fd)
+        os.close(self._read_fd)
+        os.close(self._write_fd)
+
+    @property
+    def received(self) -> signal.Signals | None:
+        """The stop signal handled first, or None. (Signals that land together are handled in
+        the order of their numbers, so this may not be the one sent first.)"""
+        came = list(self._received)  # one C call: a handler cannot run in the middle of it
+        return signal.Signals(came[0]) if came else None
+
+    def wait(self, timeout_s: float) -> bool:
+        """Sleep up to ``timeout_s``, less when a stop signal comes; True once one came."""
+        if self.received is None:
+            try:
+                select.select([self._read_fd], [], [], timeout_s)
+            except InterruptedError:  # only where PEP 475 does not retry; a signal came
+                pass
+        try:
+            while os.read(self._read_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+        return self.received is not None
+
+
 @dataclass
 class Child:
     """One process the launcher started (or will start), with its own process group."""
@@ -87,7 +162,7 @@ class Child:
             log.write(f"\n=== {stamp} tradeflow up: starting {' '.join(self.argv)}\n".encode())
             log.flush()
             self.popen = subprocess.Popen(
-                self.argv,
+                guarded(os.getpid(), self.argv),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

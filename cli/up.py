@@ -5,8 +5,9 @@ answers at ``REDIS_URL``), database migrations, then the PSP simulator, the work
 the courier simulator as child processes. Once ``/readyz`` answers it seeds the demo data
 (``TRADEFLOW_DEMO``), prints ``tradeflow ready: ...`` and supervises: a child that dies is
 restarted with backoff; one that keeps dying (``MAX_RESTARTS`` times, each within
-``STABLE_AFTER_S`` of its start) stops the stack with exit code 1. SIGINT or SIGTERM stops
-exactly the processes this launcher started, newest first, and exits 0.
+``STABLE_AFTER_S`` of its start) stops the stack with exit code 1. SIGINT, SIGTERM or SIGHUP,
+once or in a burst, stops exactly the processes this launcher started, newest first, and exits
+0; if the launcher is SIGKILLed its children get SIGKILL from the kernel (``cli.parent_guard``).
 
 Files under the data dir: ``logs/<process>.log`` (appended), ``pids.json`` (while running),
 ``launcher.lock`` (one launcher per data dir), ``temporal.db`` and ``tradeflow.db``.
@@ -22,13 +23,11 @@ import os
 import shutil
 import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from types import FrameType
 from typing import IO
 from urllib.parse import unquote, urlsplit
 
@@ -37,6 +36,7 @@ import httpx
 from cli.procs import (
     Child,
     PidFile,
+    StopSignals,
     connect_host,
     port_open,
     say,
@@ -66,7 +66,7 @@ class LaunchError(Exception):
 
 
 class StopRequested(Exception):
-    """SIGINT or SIGTERM arrived while starting up."""
+    """A stop signal arrived while starting up."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -141,7 +141,8 @@ class Launcher:
         self.infra: list[Child] = []
         """Temporal and Redis, when started here; stopped after the applications."""
         self.apps: list[Child] = []
-        self.stop_event = threading.Event()
+        self.stop = StopSignals()
+        self._stop_announced = False
         self.pidfile = PidFile(self.data_dir / "pids.json")
         host = connect_host(settings.bind_host)
         self.api_url = f"http://{host}:{settings.api_port}"
@@ -154,9 +155,8 @@ class Launcher:
     def run(self) -> int:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            with self._data_dir_lock():
+            with self.stop, self._data_dir_lock():
                 say(f"tradeflow up: data dir {self.data_dir}, logs in {self.log_dir}")
                 self.pidfile.stop_leftovers()
                 try:
@@ -172,9 +172,6 @@ class Launcher:
         except LaunchError as exc:  # the lock
             say(f"error: {exc}")
             return 1
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
     def _start_stack(self) -> None:
         s = self.settings
@@ -363,7 +360,7 @@ class Launcher:
     # -- supervision ---------------------------------------------------------------------
 
     def _supervise(self) -> int:
-        while not self.stop_event.is_set():
+        while not self._stop_requested():
             now = time.monotonic()
             for child in self.infra + self.apps:
                 if child.restart_at is not None:
@@ -392,7 +389,7 @@ class Launcher:
                     f"{child.name} exited with code {code}; restarting in {delay:.0f}s "
                     f"(restart {child.restarts}/{MAX_RESTARTS}); see {log}"
                 )
-            self.stop_event.wait(0.5)
+            self.stop.wait(0.5)
         return 0
 
     def _stop_all(self) -> None:
@@ -421,13 +418,17 @@ class Launcher:
                 f"Last lines of {child.log_path}:\n{tail(child.log_path)}"
             )
 
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        if not self.stop_event.is_set():
-            say(f"{signal.Signals(signum).name} received; stopping")
-        self.stop_event.set()
+    def _stop_requested(self) -> bool:
+        """True once a stop signal came; says so once (never from the signal handler, which
+        must not print: see ``StopSignals``)."""
+        sig = self.stop.received
+        if sig is not None and not self._stop_announced:
+            self._stop_announced = True
+            say(f"{sig.name} received; stopping")
+        return sig is not None
 
     def _check_stop(self) -> None:
-        if self.stop_event.is_set():
+        if self._stop_requested():
             raise StopRequested
 
     @contextmanager
@@ -477,7 +478,7 @@ class _Ticker:
         if now - self._reported >= PROGRESS_EVERY_S:
             self._reported = now
             say(f"waiting for {self._what} ... {waited:.0f}s ({last})")
-        launcher.stop_event.wait(0.5)
+        launcher.stop.wait(0.5)
         launcher._check_stop()
 
 

@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS intents (
     capture_method    TEXT NOT NULL,
     status            TEXT NOT NULL,
     amount_capturable INTEGER NOT NULL DEFAULT 0 CHECK (amount_capturable >= 0),
+    amount_authorized INTEGER NOT NULL DEFAULT 0 CHECK (amount_authorized >= 0),
     amount_received   INTEGER NOT NULL DEFAULT 0 CHECK (amount_received >= 0),
     amount_refunded   INTEGER NOT NULL DEFAULT 0
                       CHECK (amount_refunded >= 0 AND amount_refunded <= amount_received),
@@ -192,6 +193,7 @@ def intent_json(row: sqlite3.Row) -> dict[str, Any]:
         "currency": row["currency"],
         "status": row["status"],
         "amount_capturable": row["amount_capturable"],
+        "amount_authorized": row["amount_authorized"],
         "amount_received": row["amount_received"],
         "amount_refunded": row["amount_refunded"],
         "created_at": row["created_at"],
@@ -317,8 +319,9 @@ def create_intent(
             due_at = now_unix + action_delay_s
     conn.execute(
         "INSERT INTO intents (id, order_id, amount_cents, currency, token, capture_method,"
-        " status, amount_capturable, idempotency_key, last_error, action_outcome, action_due_at,"
-        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " status, amount_capturable, amount_authorized, idempotency_key, last_error,"
+        " action_outcome, action_due_at, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             intent_id,
             params["order_id"],
@@ -327,6 +330,7 @@ def create_intent(
             token,
             params["capture_method"],
             status,
+            capturable,
             capturable,
             key,
             last_error,
@@ -385,7 +389,7 @@ def resolve_action(
     if event_type == EVENT_SUCCEEDED:
         conn.execute(
             "UPDATE intents SET status = ?, amount_capturable = amount_cents,"
-            " action_due_at = NULL, updated_at = ? WHERE id = ?",
+            " amount_authorized = amount_cents, action_due_at = NULL, updated_at = ? WHERE id = ?",
             (REQUIRES_CAPTURE, ctx.now, intent_id),
         )
         _ledger(ctx, intent, AUTHORIZE, intent["amount_cents"])
@@ -580,6 +584,27 @@ def record_delivery_attempt(conn: sqlite3.Connection, *, event_id: str, delivere
 # ---------------------------------------------------------------------------------- store
 
 
+def _add_amount_authorized(conn: sqlite3.Connection) -> None:
+    """A file written before intents kept ``amount_authorized``: add it, from the ledger."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {r["name"] for r in conn.execute("PRAGMA table_info(intents)")}
+        if "amount_authorized" not in columns:
+            conn.execute(
+                "ALTER TABLE intents ADD COLUMN amount_authorized INTEGER NOT NULL DEFAULT 0"
+                " CHECK (amount_authorized >= 0)"
+            )
+            conn.execute(
+                "UPDATE intents SET amount_authorized = COALESCE((SELECT SUM(amount_cents)"
+                " FROM ledger WHERE ledger.payment_id = intents.id AND kind = ?), 0)",
+                (AUTHORIZE,),
+            )
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 class PspStore:
     """A small pool of sqlite3 connections; every call is one transaction on a worker thread."""
 
@@ -591,6 +616,7 @@ class PspStore:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(SCHEMA)
+            _add_amount_authorized(conn)
         finally:
             conn.close()
 

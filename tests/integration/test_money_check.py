@@ -8,20 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 
+from api.app import create_app as create_api
 from cli import scenarios
 from cli.main import main as tradeflow
+from domain.messages import CancelRequest, CancelResult
+from domain.money import DELIVERY_FEE_CENTS
+from domain.names import UPDATE_CANCEL
 from psp.app import create_app
 from psp.testing import serve_in_background
 from store.checks import MoneyReport, check_money
 from store.db import make_sessionmaker
-from tests.support import Stack, order_stack
+from tests.api.helpers import make_settings
+from tests.api.test_webhook import PRICE, ApiSender, World, _deliver_to_the_door
+from tests.api.test_webhook import SECRET as WEBHOOK_SECRET
+from tests.support import Stack, order_stack, wait_for_view
 
 
 async def _check(stack: Stack) -> MoneyReport:
@@ -247,3 +256,112 @@ async def test_money_check_reads_the_ledger_per_order_when_given_orders(
         report = await check_money(sessions, stack.psp, order_ids=[delivered, cancelled])
         assert report.offenders() == [delivered]
         assert {v.rule for v in report.violations} == {"captured"}
+
+
+# ------------------------------------------------------- the webhook path, end to end
+
+
+@pytest.fixture
+async def webhook_world(
+    dev_env: WorkflowEnvironment, sqlite_url: str, tmp_path: Path
+) -> AsyncIterator[World]:
+    """The real order, payment and delivery workers on the dev server, the API, and the PSP
+    simulator posting its signed webhooks to the API: ``tok_action`` cards are authorized by
+    the customer's action, as after ``make up``."""
+    sender = ApiSender()
+    psp = create_app(
+        tmp_path / "psp.db",
+        webhook_url="http://api/v1/payments/webhook",
+        webhook_secret=WEBHOOK_SECRET,
+        action_delay_s=0.2,
+        webhook_sender=sender,
+        webhook_backoff_s=(0.2, 0.5, 1.0),
+    )
+    async with order_stack(dev_env.client, sqlite_url, tmp_path / "psp.db", psp_app=psp) as stack:
+        await stack.seed_product("SKU-1", PRICE, 20)
+        settings = make_settings(tmp_path, sqlite_url, TRADEFLOW_WEBHOOK_SECRET=WEBHOOK_SECRET)
+        app = create_api(
+            settings,
+            temporal_client=dev_env.client,
+            orders_task_queue=stack.orders_queue,
+            dispatch_task_queue=stack.dispatch_queue,
+            tracing=False,
+        )
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://api"
+            ) as http,
+        ):
+            sender.http = http
+            try:
+                yield World(stack, http, sender, stack.engine)
+            finally:
+                sender.http = None
+                await psp.state.simulator.aclose()
+
+
+async def _payment_row(stack: Stack, order_id: str) -> tuple[str, int, int]:
+    async with stack.engine.connect() as c:
+        row = (
+            await c.execute(
+                text(
+                    "SELECT status, authorized_cents, captured_cents FROM payments"
+                    " WHERE order_id = :o"
+                ),
+                {"o": order_id},
+            )
+        ).one()
+    return (row[0], row[1], row[2])
+
+
+async def test_orders_authorized_by_the_customers_action_keep_a_true_payment_record(
+    webhook_world: World,
+) -> None:
+    """The PSP's webhook, not the authorize call, says the money is held: whatever becomes of
+    the order (delivered, cancelled after the authorization, cancelled before it, declined by
+    the customer), tradeflow's payments row says what the PSP holds and the money check
+    passes."""
+    stack = webhook_world.stack
+    total = PRICE + DELIVERY_FEE_CENTS
+    await stack.seed_courier("k-1", 1.0)
+
+    delivered = stack.checkout([("SKU-1", 1, PRICE)], token="tok_action")
+    handle = await stack.start(delivered)
+    await wait_for_view(
+        handle, lambda v: v.status not in ("PENDING", "RESERVED", "AWAITING_PAYMENT")
+    )
+    assert (await _deliver_to_the_door(stack, handle, delivered.order_id)).status == "DELIVERED"
+
+    cancelled = stack.checkout([("SKU-1", 1, PRICE)], token="tok_action")
+    handle = await stack.start(cancelled)
+    await wait_for_view(handle, lambda v: v.status in ("PAID", "DISPATCHING"))
+    assert (
+        await handle.execute_update(UPDATE_CANCEL, CancelRequest("no"), result_type=CancelResult)
+    ).accepted
+    assert (await handle.result()).status == "CANCELLED"
+
+    never = stack.checkout([("SKU-1", 1, PRICE)], token="tok_action_never")
+    handle = await stack.start(never)
+    await wait_for_view(handle, lambda v: v.status == "AWAITING_PAYMENT")
+    assert (
+        await handle.execute_update(UPDATE_CANCEL, CancelRequest("no"), result_type=CancelResult)
+    ).accepted
+    assert (await handle.result()).status == "CANCELLED"
+
+    declined = stack.checkout([("SKU-1", 1, PRICE)], token="tok_action_fail")
+    assert (await (await stack.start(declined)).result()).status == "FAILED"
+
+    assert await stack.ledger(delivered.order_id) == [("authorize", total), ("capture", total)]
+    assert await stack.ledger(cancelled.order_id) == [("authorize", total), ("void", total)]
+    assert await stack.ledger(never.order_id) == []
+    assert await stack.ledger(declined.order_id) == []
+
+    report = await _check(stack)
+    assert report.ok, [str(v) for v in report.violations]
+    assert report.orders == 4
+    assert report.authorized_cents == 2 * total and report.captured_cents == total
+    assert await _payment_row(stack, delivered.order_id) == ("CAPTURED", total, total)
+    assert await _payment_row(stack, cancelled.order_id) == ("VOIDED", total, 0)
+    assert await _payment_row(stack, never.order_id) == ("VOIDED", 0, 0)
+    assert await _payment_row(stack, declined.order_id) == ("DECLINED", 0, 0)

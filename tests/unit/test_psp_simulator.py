@@ -156,6 +156,7 @@ async def test_tok_ok_is_authorized_at_once_and_recorded_as_one_authorize(psp: P
         "currency": "USD",
         "status": "requires_capture",
         "amount_capturable": 1299,
+        "amount_authorized": 1299,
         "amount_received": 0,
         "amount_refunded": 0,
         "created_at": None,
@@ -535,7 +536,44 @@ async def test_void_releases_the_authorization_once(psp: Psp) -> None:
     assert first.status_code == again.status_code == 200
     assert first.json()["status"] == again.json()["status"] == "canceled"
     assert first.json()["amount_capturable"] == 0
+    assert first.json()["amount_authorized"] == 1000  # what was held, after it is released
     assert await psp.kinds(order) == [("authorize", 1000), ("void", 1000)]
+
+
+async def test_an_intent_says_what_it_authorized_whichever_way_it_was_authorized(
+    psp: Psp,
+) -> None:
+    order = new_order()
+    pi = (await psp.create(order, "tok_action")).json()["id"]
+    assert (await psp.intent(pi))["amount_authorized"] == 0  # nothing held before the action
+
+    await psp.http.post(f"/v1/test/payment_intents/{pi}/complete")
+    assert (await psp.intent(pi))["amount_authorized"] == 1000
+    captured = await psp.capture(pi, "cap", amount=600)
+    assert (captured.json()["amount_authorized"], captured.json()["amount_received"]) == (1000, 600)
+
+    never = (await psp.create(new_order(), "tok_action_never")).json()["id"]
+    canceled = await psp.http.post(f"/v1/payment_intents/{never}/cancel")
+    assert (canceled.json()["status"], canceled.json()["amount_authorized"]) == ("canceled", 0)
+
+
+async def test_a_file_from_before_amount_authorized_is_upgraded_from_its_ledger(
+    make_psp: Callable[..., Psp], tmp_path: Path
+) -> None:
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    psp = make_psp(db_path=db)
+    order = new_order()
+    held = (await psp.create(order)).json()["id"]
+    waiting = (await psp.create(new_order(), "tok_action_never")).json()["id"]
+    await psp.aclose()
+    with sqlite3.connect(db) as conn:  # the file as the simulator wrote it before
+        conn.execute("ALTER TABLE intents DROP COLUMN amount_authorized")
+
+    reopened = make_psp(db_path=db)
+    assert (await reopened.intent(held))["amount_authorized"] == 1000
+    assert (await reopened.intent(waiting))["amount_authorized"] == 0
 
 
 async def test_void_before_the_customer_acted_moves_no_money_and_stops_the_webhook(
