@@ -27,36 +27,6 @@ SPLIT = {
     "sqlite": ["worker_sigkill", "temporal_sigstop", "redis_restart_flash_sale", "psp_outage"],
     "postgres": ["pg_terminate_backend", "api_sigkill"],
 }
-D1 = (
-    "issue 7 defect 1: every tok_action order (authorized through the webhook) fails `check "
-    "money` [authorized]: tradeflow records 0 authorized (CAPTURED/VOIDED), the PSP authorized "
-    "the total"
-)
-
-
-class KnownFinding(Exception):
-    """The case failed on its known finding only (its xfail expects exactly this)."""
-
-
-def is_defect_1(problem: str) -> bool:
-    """A ``check money`` line about a tok_action order's authorized amount (defect 1)."""
-    return (
-        problem.startswith("check money: FAIL")
-        and "tok_action" in problem
-        and ("[authorized]" in problem or "[order]" in problem)
-    )
-
-
-KNOWN_FINDINGS: dict[tuple[str, str], str] = {
-    ("sqlite", "worker_sigkill"): D1,
-    ("sqlite", "temporal_sigstop"): D1,
-    ("sqlite", "redis_restart_flash_sale"): D1,
-    ("sqlite", "psp_outage"): D1,
-    ("postgres", "api_sigkill"): D1,
-    ("postgres", "pg_terminate_backend"): D1,
-}
-"""(backend, fault) -> the finding that makes the case fail today: xfail(strict) on
-``KnownFinding`` only, so a fix shows as XPASS and any other problem still fails the case."""
 
 
 def cases() -> list[object]:
@@ -68,14 +38,7 @@ def cases() -> list[object]:
                 continue
             if matrix != "full" and name not in SPLIT[backend]:
                 continue
-            marks = []
-            if (backend, name) in KNOWN_FINDINGS:
-                marks.append(
-                    pytest.mark.xfail(
-                        strict=True, raises=KnownFinding, reason=KNOWN_FINDINGS[backend, name]
-                    )
-                )
-            out.append(pytest.param(backend, name, id=f"{backend}-{name}", marks=marks))
+            out.append(pytest.param(backend, name, id=f"{backend}-{name}"))
     return out
 
 
@@ -91,12 +54,4 @@ async def test_no_order_stock_money_or_courier_is_lost_under(
         verdicts.append(verdict)
         print(verdict.explain() if not verdict.ok else f"round {round_no}: {verdict.summary()}")
     failed = [v for v in verdicts if not v.ok]
-    if (chaos_stack.backend, fault) in KNOWN_FINDINGS:
-        # Only the known finding is an expected failure; anything else fails the case for real.
-        unknown = [p for v in failed for p in v.problems if not is_defect_1(p)]
-        assert not unknown, "new findings besides the known one:\n" + "\n\n".join(
-            v.explain() for v in failed
-        )
-        if failed:
-            raise KnownFinding("\n\n".join(v.explain() for v in failed))
     assert not failed, "\n\n".join(v.explain() for v in failed)
