@@ -270,16 +270,18 @@ async def install_sweeper(client: Client, settings: Settings) -> None:
     """The inventory sweeper schedule exists once per namespace; the first worker creates it."""
     ttl = settings.reservation_ttl_s or settings.payment_timeout_s + RESERVATION_TTL_MARGIN_S
     try:
-        created = await ensure_sweeper_schedule(
+        outcome = await ensure_sweeper_schedule(
             client, task_queue=ORDERS_TASK_QUEUE, every_s=settings.sweep_interval_s, ttl_s=ttl
         )
     except Exception as e:  # an old server without schedules must not stop the worker
         log.warning("inventory sweeper schedule not installed: %s", e)
         return
-    if created:
-        log.info(
-            "inventory sweeper scheduled every %.0fs (TTL %.0fs)", settings.sweep_interval_s, ttl
-        )
+    log.info(
+        "inventory sweeper schedule %s: every %.0fs (TTL %.0fs)",
+        outcome,
+        settings.sweep_interval_s,
+        ttl,
+    )
 
 
 async def install_reconciler(client: Client, settings: Settings) -> None:

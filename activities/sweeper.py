@@ -98,8 +98,10 @@ class SweeperActivities:
 
 async def ensure_sweeper_schedule(
     client: Client, *, task_queue: str, every_s: float, ttl_s: float
-) -> bool:
-    """Create the ``inventory-sweeper`` schedule if it does not exist; True when created.
+) -> str:
+    """Create the ``inventory-sweeper`` schedule, or bring an existing one to these settings
+    (a changed TTL or interval takes effect at the next worker start): ``created`` or
+    ``updated``.
 
     Overlapping runs are skipped: a sweep that takes longer than the interval is not doubled.
     """
@@ -112,27 +114,30 @@ async def ensure_sweeper_schedule(
         ScheduleIntervalSpec,
         SchedulePolicy,
         ScheduleSpec,
+        ScheduleUpdate,
+        ScheduleUpdateInput,
     )
     from temporalio.client import ScheduleOverlapPolicy as Overlap
 
     from domain.names import SWEEP_WORKFLOW, SWEEPER_SCHEDULE_ID
 
+    wanted = Schedule(
+        action=ScheduleActionStartWorkflow(
+            SWEEP_WORKFLOW,
+            SweepInput(ttl_s=ttl_s),
+            id="inventory-sweep",
+            task_queue=task_queue,
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(seconds=every_s))]),
+        policy=SchedulePolicy(overlap=Overlap.SKIP),
+    )
     try:
-        await client.create_schedule(
-            SWEEPER_SCHEDULE_ID,
-            Schedule(
-                action=ScheduleActionStartWorkflow(
-                    SWEEP_WORKFLOW,
-                    SweepInput(ttl_s=ttl_s),
-                    id="inventory-sweep",
-                    task_queue=task_queue,
-                ),
-                spec=ScheduleSpec(
-                    intervals=[ScheduleIntervalSpec(every=timedelta(seconds=every_s))]
-                ),
-                policy=SchedulePolicy(overlap=Overlap.SKIP),
-            ),
-        )
+        await client.create_schedule(SWEEPER_SCHEDULE_ID, wanted)
     except ScheduleAlreadyRunningError:
-        return False
-    return True
+
+        def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
+            return ScheduleUpdate(schedule=wanted)
+
+        await client.get_schedule_handle(SWEEPER_SCHEDULE_ID).update(replace)
+        return "updated"
+    return "created"

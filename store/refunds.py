@@ -190,7 +190,9 @@ async def admit(
         .where(
             (c.order_id == order_id)
             & (c.captured_cents > 0)
-            & (c.refund_committed_cents + amount_cents <= c.captured_cents)
+            # Compared as what is left, never as a sum: committed + amount can exceed INT4
+            # (PostgreSQL would raise "integer out of range" instead of refusing).
+            & (c.captured_cents - c.refund_committed_cents >= amount_cents)
         )
         .values(refund_committed_cents=c.refund_committed_cents + amount_cents, updated_at=now)
         .returning(c.payment_id)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from temporalio.client import ScheduleActionStartWorkflow
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -91,15 +92,24 @@ async def test_sweeper_releases_orphaned_holds_and_leaves_running_orders(
         assert await stack.stock("SKU-S") == (10, 0, 0)
 
 
-async def test_sweeper_schedule_is_created_once(dev_env: WorkflowEnvironment) -> None:
+async def test_sweeper_schedule_is_created_once_and_follows_changed_settings(
+    dev_env: WorkflowEnvironment,
+) -> None:
     created = await ensure_sweeper_schedule(
         dev_env.client, task_queue="unused-q", every_s=3600, ttl_s=60
     )
-    again = await ensure_sweeper_schedule(
-        dev_env.client, task_queue="unused-q", every_s=3600, ttl_s=60
-    )
     handle = dev_env.client.get_schedule_handle(SWEEPER_SCHEDULE_ID)
-    desc = await handle.describe()
-    assert created is True and again is False
-    assert desc.schedule.spec.intervals[0].every.total_seconds() == 3600
-    await handle.delete()
+    try:
+        # A worker restarted with another TTL and interval updates the one schedule.
+        again = await ensure_sweeper_schedule(
+            dev_env.client, task_queue="unused-q", every_s=600, ttl_s=1020
+        )
+        assert (created, again) == ("created", "updated")
+        desc = await handle.describe()
+        assert desc.schedule.spec.intervals[0].every.total_seconds() == 600
+        action = desc.schedule.action
+        assert isinstance(action, ScheduleActionStartWorkflow)
+        (arg,) = await dev_env.client.data_converter.decode(action.args, [SweepInput])
+        assert arg.ttl_s == 1020
+    finally:
+        await handle.delete()

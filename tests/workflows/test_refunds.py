@@ -533,6 +533,22 @@ async def test_racing_admissions_never_commit_more_than_the_capture(db_url: str)
         await engine.dispose()
 
 
+async def test_a_refund_whose_sum_with_the_committed_would_overflow_int4_is_refused(
+    db_url: str,
+) -> None:
+    engine = make_engine(db_url)
+    try:
+        await _seed_captured(engine, "o-big", 1000)
+        await _admit(engine, "o-big", 100, ordered={})
+        # 100 committed + 2^31-1 asked does not fit in INT4: refused, not a database error.
+        with pytest.raises(book.RefundExceedsCaptured):
+            await _admit(engine, "o-big", 2**31 - 1, ordered={})
+        assert await _payment(engine, "o-big") == (1000, 0, 100)
+        assert len(await _refund_rows(engine, "o-big")) == 1  # the refused one left no row
+    finally:
+        await engine.dispose()
+
+
 async def test_racing_requests_with_one_key_make_one_refund(db_url: str) -> None:
     engine = make_engine(db_url)
     try:
