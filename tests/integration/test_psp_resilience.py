@@ -142,7 +142,7 @@ async def until(
     statuses: set[str],
     *,
     offered: bool = False,
-    within: float = 70.0,
+    within: float = 180.0,
     every: float = 0.2,
 ) -> tuple[str, str | None]:
     """Wait for the order to reach one of ``statuses`` (or a terminal state), and with
@@ -284,7 +284,7 @@ async def test_a_hundred_orders_through_a_psp_failing_thirty_percent_end_with_mo
             return inp.order_id, await deliver(stack, handle, inp.order_id)
 
         results = dict(
-            await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(ORDERS))), 300)
+            await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(ORDERS))), 400)
         )
 
         statuses = Counter(v.status for v in results.values())
