@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,23 +31,10 @@ from domain.messages import (
     RepairResult,
 )
 from domain.names import QUERY_DELIVERY, UPDATE_CANCEL, UPDATE_REPAIR, delivery_workflow_id
-from tests.conftest import TEMPORAL_TEST_SERVER, register_search_attributes
 from tests.support import Stack, order_stack, view_of, wait_for_view
 
 PRICE = 1299
 FEE = 500
-
-
-@pytest.fixture(scope="module")
-async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A time-skipping server of this module's own: these stories skip hours of outage and
-    hold the database on purpose, so they must not share a clock with other modules' runs."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(TEMPORAL_TEST_SERVER)
-    )
-    await register_search_attributes(env.client)
-    yield env
-    await env.shutdown()
 
 
 @pytest.fixture
@@ -76,7 +62,7 @@ def db_path(sqlite_url: str) -> Path:
 def writes_held(db_path: Path) -> Iterator[None]:
     """Hold SQLite's write lock: every writing activity waits until the block ends."""
     con = sqlite3.connect(db_path, isolation_level=None, timeout=30)
-    _retry_locked(lambda: con.execute("BEGIN IMMEDIATE"))
+    con.execute("BEGIN IMMEDIATE")
     try:
         yield
     finally:
@@ -84,23 +70,10 @@ def writes_held(db_path: Path) -> Iterator[None]:
         con.close()
 
 
-def _retry_locked(step: Callable[[], object]) -> None:
-    """SQLite can answer "database is locked" at once (no busy wait) when two writers meet
-    mid-upgrade; the test's own statement then simply tries again."""
-    for attempt in range(200):
-        try:
-            step()
-            return
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or attempt == 199:
-                raise
-            time.sleep(0.05)
-
-
 def _sql(db_path: Path, statement: str, *params: object) -> None:
     con = sqlite3.connect(db_path, isolation_level=None, timeout=30)
     try:
-        _retry_locked(lambda: con.execute(statement, params))
+        con.execute(statement, params)
     finally:
         con.close()
 
