@@ -4,7 +4,8 @@ Every branch (order, location, sku) has one fence row in ``reservations``, writt
 transaction as the stock change it guards, as Seata's tcc_fence_log and DTM's barrier do:
 
 * try      inserts the fence (TRIED) and moves ``available -> reserved`` with one conditional
-           UPDATE; not enough stock rolls the whole transaction back, fence row included.
+           UPDATE; not enough stock rolls the whole transaction back, fence row included. On
+           PostgreSQL both are one statement (a data-modifying CTE: one round trip).
 * confirm  TRIED -> CONFIRMED and ``reserved -> sold``; a repeat is a no-op.
 * cancel   TRIED -> CANCELLED and ``reserved -> available``; with no fence row it records an
            empty rollback (CANCELLED, quantity 0) so a try arriving later is refused.
@@ -17,8 +18,10 @@ move stock: exactly one gets its row back from RETURNING.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, exists, func, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.status import ReservationState
@@ -89,38 +92,69 @@ async def try_reserve(
     if quantity < 1:
         raise ValueError("quantity must be >= 1")
     now = utcnow_iso()
-    inserted = await s.execute(
-        insert_ignore(
-            s,
-            R,
-            dict(
-                order_id=order_id,
-                location_id=location_id,
-                sku=sku,
-                quantity=quantity,
-                state=ReservationState.TRIED.value,
-                created_at=now,
-                updated_at=now,
-            ),
-        )
+    fence_row = dict(
+        order_id=order_id,
+        location_id=location_id,
+        sku=sku,
+        quantity=quantity,
+        state=ReservationState.TRIED.value,
+        created_at=now,
+        updated_at=now,
     )
-    if inserted.first() is None:
-        existing = await _fence_row(s, order_id, location_id, sku)
-        state = existing[0] if existing else None
-        if state in (ReservationState.TRIED, ReservationState.CONFIRMED):
-            return BranchOutcome(state=state, changed=False)
-        raise FenceRefused(f"try refused: branch already {state} (anti-hanging)", state=state)
-    moved = await s.execute(
+    take = (
         update(S)
         .where((S.c.location_id == location_id) & (S.c.sku == sku) & (S.c.available >= quantity))
         .values(
             available=S.c.available - quantity, reserved=S.c.reserved + quantity, updated_at=now
         )
-        .returning(S.c.sku)
     )
-    if moved.first() is None:
+    if s.get_bind().dialect.name == "postgresql":
+        fenced, moved = await _try_in_one_statement(s, fence_row, take)
+    else:
+        fenced = (await s.execute(insert_ignore(s, R, fence_row))).first() is not None
+        moved = fenced and (await s.execute(take.returning(S.c.sku))).first() is not None
+    if not fenced:
+        existing = await _fence_row(s, order_id, location_id, sku)
+        state = existing[0] if existing else None
+        if state in (ReservationState.TRIED, ReservationState.CONFIRMED):
+            return BranchOutcome(state=state, changed=False)
+        raise FenceRefused(f"try refused: branch already {state} (anti-hanging)", state=state)
+    if not moved:
         raise OutOfStock(f"{sku} at {location_id}: fewer than {quantity} available")
     return BranchOutcome(state=ReservationState.TRIED, changed=True)
+
+
+async def _try_in_one_statement(
+    s: AsyncSession, fence_row: dict[str, object], take: Any
+) -> tuple[bool, bool]:
+    """(fence inserted, stock moved) from one statement:
+
+        WITH fence AS (INSERT INTO reservations ... ON CONFLICT DO NOTHING RETURNING ...),
+             moved AS (UPDATE stock ... WHERE available >= :q AND EXISTS (SELECT FROM fence)
+                       RETURNING ...)
+        SELECT (SELECT count(*) FROM fence), (SELECT count(*) FROM moved)
+
+    The stock moves only if this call inserted the fence: a racing repeat of the same branch
+    waits on the fence's unique index, then inserts nothing and moves nothing. Racing orders
+    for the same row queue on its row lock and re-check ``available`` on the version they get.
+    """
+    fence = (
+        postgresql.insert(R)
+        .values(**fence_row)
+        .on_conflict_do_nothing()
+        .returning(R.c.quantity)
+        .cte("fence")
+    )
+    moved = take.where(exists(select(fence.c.quantity))).returning(S.c.sku).cte("moved")
+    row = (
+        await s.execute(
+            select(
+                select(func.count()).select_from(fence).scalar_subquery(),
+                select(func.count()).select_from(moved).scalar_subquery(),
+            )
+        )
+    ).one()
+    return bool(row[0]), bool(row[1])
 
 
 async def confirm(s: AsyncSession, *, order_id: str, location_id: str, sku: str) -> BranchOutcome:

@@ -150,3 +150,17 @@ async def test_racing_confirms_move_stock_once(inv) -> None:  # type: ignore[no-
     )
     assert sum(r.changed for r in results) == 1
     assert await _stock(engine) == (16, 0, 4)
+
+
+async def test_racing_repeats_of_one_try_move_stock_once(inv) -> None:  # type: ignore[no-untyped-def]
+    # A retried activity racing its first attempt: one inserts the fence and takes the stock,
+    # the others wait on the fence's key and then take nothing (on PostgreSQL both happen in
+    # one statement, so this is the race that statement must get right).
+    acts, engine = inv
+    for i in range(5):
+        results = await asyncio.gather(
+            *(run(acts.try_reserve, key(f"o-rep{i}", 2)) for _ in range(8))
+        )
+        assert all(r.state == "TRIED" for r in results)
+        assert sum(r.changed for r in results) == 1
+    assert await _stock(engine) == (10, 10, 0)
