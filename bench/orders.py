@@ -257,6 +257,7 @@ class Stack:
     admin_token: str
     temporal_address: str
     namespace: str = "default"
+    redis_url: str = ""
     pids: dict[str, int] = field(default_factory=dict)
     """The stack's server processes (from ``pids.json``), when this benchmark started it."""
 
@@ -268,8 +269,11 @@ def _free_port() -> int:
 
 
 @contextmanager
-def launched_stack(report: Callable[[str], None], keep: bool) -> Iterator[Stack]:
-    """``tradeflow up`` on free ports with a throwaway data dir; stopped (SIGTERM) after."""
+def launched_stack(
+    report: Callable[[str], None], keep: bool, extra_env: dict[str, str] | None = None
+) -> Iterator[Stack]:
+    """``tradeflow up`` on free ports with a throwaway data dir; stopped (SIGTERM) after.
+    ``extra_env`` adds to (or overrides) the stack's environment."""
     from infra.settings import Settings
 
     ours = {f.alias.upper() for f in Settings.model_fields.values() if f.alias}
@@ -288,6 +292,7 @@ def launched_stack(report: Callable[[str], None], keep: bool) -> Iterator[Stack]
         TRADEFLOW_OFFER_TIMEOUT_S="3600",
         PYTHONUNBUFFERED="1",
     )
+    env.update(extra_env or {})
     script = Path(sys.executable).parent / "tradeflow"
     argv = [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
     report(f"starting the stack: tradeflow up (data dir {data_dir})")
@@ -326,6 +331,7 @@ def launched_stack(report: Callable[[str], None], keep: bool) -> Iterator[Stack]
             api_url=match.group(1),
             admin_token=token,
             temporal_address=temporal_address,
+            redis_url=env["REDIS_URL"],
             pids={name: int(info["pid"]) for name, info in children.items()},
         )
     finally:
