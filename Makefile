@@ -31,7 +31,7 @@ test: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy domain workflows activities store infra dispatch api psp cli worker.py
+	$(BIN)/mypy domain workflows activities store infra dispatch api psp cli worker.py tests/support
 	$(BIN)/bandit -q -r --severity-level high domain workflows activities store infra dispatch api psp cli worker.py
 
 ## clean: forget the local stack's state (orders, Temporal history, secrets, logs)

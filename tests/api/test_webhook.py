@@ -17,8 +17,8 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,6 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from api.app import create_app
 from domain.messages import (
     AuthorizeInput,
     AuthorizeResult,
@@ -40,12 +39,11 @@ from domain.messages import (
 )
 from domain.names import ACT_AUTHORIZE_PAYMENT, UPDATE_CANCEL, payment_workflow_id
 from domain.status import PaymentStatus
-from psp.app import create_app as create_psp_app
 from psp.signing import sign
-from store.db import make_engine
 from tests.api.conftest import ApiFactory
-from tests.api.helpers import Api, assert_problem, make_settings, unique
-from tests.support import Stack, order_stack, wait_for_view
+from tests.api.helpers import Api, assert_problem, unique
+from tests.support import wait_for_view
+from tests.support.webhooks import World, deliver_to_the_door, world_with_webhooks
 from workflows.payment import PaymentWorkflow
 
 SECRET = "whsec-test-secret"
@@ -391,93 +389,20 @@ async def test_concurrent_deliveries_take_effect_once_on_postgres(
 # ------------------------------------------------------------------- the whole path
 
 
-@dataclass
-class ApiSender:
-    """The PSP's webhook sender, posting to the API in-process; ``copies`` > 1 delivers each
-    event that many times at once (a PSP that duplicates)."""
-
-    http: httpx.AsyncClient | None = None
-    copies: int = 1
-    responses: list[httpx.Response] = field(default_factory=list)
-
-    async def __call__(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
-        assert self.http is not None, "API not up yet"
-        replies = await asyncio.gather(
-            *(
-                self.http.post(httpx.URL(url).path, content=body, headers=dict(headers))
-                for _ in range(self.copies)
-            )
-        )
-        self.responses.extend(replies)
-        return replies[0].status_code
-
-
-@dataclass
-class World:
-    stack: Stack
-    api: httpx.AsyncClient
-    sender: ApiSender
-    engine: Any
-
-    async def outcomes(self, order_id: str) -> list[str]:
-        async with self.engine.connect() as c:
-            rows = (
-                await c.exec_driver_sql(
-                    "SELECT outcome FROM webhook_events WHERE order_id = ?", (order_id,)
-                )
-            ).all()
-        return [r[0] for r in rows]
-
-
 @pytest.fixture
 async def world(
     dev_env: WorkflowEnvironment, sqlite_url: str, tmp_path: Path
 ) -> AsyncIterator[World]:
-    sender = ApiSender()
-    psp = create_psp_app(
-        tmp_path / "psp.db",
-        webhook_url="http://api/v1/payments/webhook",
-        webhook_secret=SECRET,
-        action_delay_s=0.2,
-        webhook_sender=sender,
-        webhook_backoff_s=(0.2, 0.5, 1.0),
-    )
-    async with order_stack(dev_env.client, sqlite_url, tmp_path / "psp.db", psp_app=psp) as stack:
-        await stack.seed_product("SKU-1", PRICE, 10)
-        settings = make_settings(tmp_path, sqlite_url, TRADEFLOW_WEBHOOK_SECRET=SECRET)
-        app = create_app(
-            settings,
-            temporal_client=dev_env.client,
-            orders_task_queue=stack.orders_queue,
-            dispatch_task_queue=stack.dispatch_queue,
-            tracing=False,
-        )
-        engine = make_engine(sqlite_url)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://api"
-            ) as http,
-        ):
-            sender.http = http
-            try:
-                yield World(stack, http, sender, engine)
-            finally:
-                sender.http = None
-                await psp.state.simulator.aclose()
-                await engine.dispose()
-
-
-async def _deliver_to_the_door(
-    stack: Stack, handle: WorkflowHandle[Any, Any], order_id: str
-) -> Any:
-    await wait_for_view(handle, lambda v: v.delivery.offered_to == "k-1")
-    assert (await stack.courier_says(order_id, "k-1", "accepted")).accepted
-    await wait_for_view(handle, lambda v: v.status == "COURIER_ASSIGNED")
-    await stack.courier_says(order_id, "k-1", "picked_up")
-    await wait_for_view(handle, lambda v: v.status == "OUT_FOR_DELIVERY")
-    await stack.courier_says(order_id, "k-1", "delivered")
-    return await handle.result()
+    async with world_with_webhooks(
+        dev_env.client,
+        sqlite_url,
+        tmp_path,
+        secret=SECRET,
+        sku="SKU-1",
+        price_cents=PRICE,
+        units=10,
+    ) as world:
+        yield world
 
 
 async def test_a_card_needing_action_is_paid_by_the_psps_webhook_and_delivered(
@@ -502,7 +427,7 @@ async def test_a_card_needing_action_is_paid_by_the_psps_webhook_and_delivered(
     late = await deliver(world.api, event_body(inp.order_id, paid.payment.payment_id, FAILED))
     assert late.status_code == 200
 
-    final = await _deliver_to_the_door(stack, handle, inp.order_id)
+    final = await deliver_to_the_door(stack, handle, inp.order_id)
     total = 2 * PRICE + FEE
     assert (final.status, final.amounts.captured_cents) == ("DELIVERED", total)
     assert await stack.ledger(inp.order_id) == [("authorize", total), ("capture", total)]

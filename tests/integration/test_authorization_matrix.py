@@ -36,6 +36,7 @@ from infra.settings import Settings
 from store.schema import migrate
 from tests.api.helpers import ADMIN_TOKEN, make_settings, order_body
 from tests.support import order_stack
+from tests.support.shop import stack_api
 
 pytestmark = pytest.mark.slow
 
@@ -230,19 +231,7 @@ async def world(
         await stack.seed_courier(names["courier_a"], 0.1)
         await stack.seed_courier(names["courier_b"], 30.0, available=False)
         await stack.seed_courier(names["spare"], 40.0, available=False)
-        app = create_app(
-            settings,
-            temporal_client=dev_env.client,
-            orders_task_queue=stack.orders_queue,
-            dispatch_task_queue=stack.dispatch_queue,
-            migrate_on_start=False,
-        )
-        await es.enter_async_context(app.router.lifespan_context(app))
-        http = await es.enter_async_context(
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://api", timeout=60
-            )
-        )
+        http = await es.enter_async_context(stack_api(stack, settings, dev_env.client))
         credentials = _credentials(settings, names)
         r = await http.post(
             f"/v1/admin/couriers/{names['courier_a']}/tokens", headers=credentials[AT]

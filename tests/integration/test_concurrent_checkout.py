@@ -12,14 +12,13 @@ import json
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import text
 from temporalio.testing import WorkflowEnvironment
 
-from api.app import create_app
 from tests.api.helpers import ADMIN_TOKEN, make_settings
 from tests.support import order_stack
+from tests.support.shop import stack_api
 
 ORDERS = 200
 UNITS = 20
@@ -60,19 +59,7 @@ async def test_200_concurrent_orders_for_20_units_sell_exactly_20(
             TRADEFLOW_OFFER_TIMEOUT_S=120,  # no couriers: winners wait in DISPATCHING
             TRADEFLOW_MAX_OFFERS=1,
         )
-        app = create_app(
-            settings,
-            temporal_client=dev_env.client,
-            orders_task_queue=stack.orders_queue,
-            dispatch_task_queue=stack.dispatch_queue,
-            migrate_on_start=False,
-        )
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://api", timeout=60
-            ) as http,
-        ):
+        async with stack_api(stack, settings, dev_env.client) as http:
             admin = {"X-Admin-Token": ADMIN_TOKEN}
             r = await http.put(
                 f"/v1/admin/products/{sku}",

@@ -11,14 +11,11 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 
-from api.app import create_app as create_api
-from cli import scenarios
 from cli.main import main as tradeflow
 from domain.messages import CancelRequest, CancelResult
 from domain.money import DELIVERY_FEE_CENTS
@@ -27,10 +24,10 @@ from psp.app import create_app
 from psp.testing import serve_in_background
 from store.checks import MoneyReport, check_money
 from store.db import make_sessionmaker
-from tests.api.helpers import make_settings
-from tests.api.test_webhook import PRICE, ApiSender, World, _deliver_to_the_door
+from tests.api.test_webhook import PRICE
 from tests.api.test_webhook import SECRET as WEBHOOK_SECRET
-from tests.support import Stack, order_stack, wait_for_view
+from tests.support import Stack, order_stack, scenarios, wait_for_view
+from tests.support.webhooks import World, deliver_to_the_door, world_with_webhooks
 
 
 async def _check(stack: Stack) -> MoneyReport:
@@ -268,37 +265,16 @@ async def webhook_world(
     """The real order, payment and delivery workers on the dev server, the API, and the PSP
     simulator posting its signed webhooks to the API: ``tok_action`` cards are authorized by
     the customer's action, as after ``make up``."""
-    sender = ApiSender()
-    psp = create_app(
-        tmp_path / "psp.db",
-        webhook_url="http://api/v1/payments/webhook",
-        webhook_secret=WEBHOOK_SECRET,
-        action_delay_s=0.2,
-        webhook_sender=sender,
-        webhook_backoff_s=(0.2, 0.5, 1.0),
-    )
-    async with order_stack(dev_env.client, sqlite_url, tmp_path / "psp.db", psp_app=psp) as stack:
-        await stack.seed_product("SKU-1", PRICE, 20)
-        settings = make_settings(tmp_path, sqlite_url, TRADEFLOW_WEBHOOK_SECRET=WEBHOOK_SECRET)
-        app = create_api(
-            settings,
-            temporal_client=dev_env.client,
-            orders_task_queue=stack.orders_queue,
-            dispatch_task_queue=stack.dispatch_queue,
-            tracing=False,
-        )
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://api"
-            ) as http,
-        ):
-            sender.http = http
-            try:
-                yield World(stack, http, sender, stack.engine)
-            finally:
-                sender.http = None
-                await psp.state.simulator.aclose()
+    async with world_with_webhooks(
+        dev_env.client,
+        sqlite_url,
+        tmp_path,
+        secret=WEBHOOK_SECRET,
+        sku="SKU-1",
+        price_cents=PRICE,
+        units=20,
+    ) as world:
+        yield world
 
 
 async def _payment_row(stack: Stack, order_id: str) -> tuple[str, int, int]:
@@ -331,7 +307,7 @@ async def test_orders_authorized_by_the_customers_action_keep_a_true_payment_rec
     await wait_for_view(
         handle, lambda v: v.status not in ("PENDING", "RESERVED", "AWAITING_PAYMENT")
     )
-    assert (await _deliver_to_the_door(stack, handle, delivered.order_id)).status == "DELIVERED"
+    assert (await deliver_to_the_door(stack, handle, delivered.order_id)).status == "DELIVERED"
 
     cancelled = stack.checkout([("SKU-1", 1, PRICE)], token="tok_action")
     handle = await stack.start(cancelled)

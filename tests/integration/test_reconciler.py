@@ -6,23 +6,18 @@ after its order ended), and each is set right only by a reconcile run.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import text
-from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.payments import PaymentActivities
 from activities.reconciler import ensure_reconciler_schedule
-from api.app import create_app
 from domain.messages import (
     AuthorizeInput,
     CancelRequest,
@@ -43,35 +38,13 @@ from store import couriers as fleet
 from store.checks import check_money, check_stock
 from store.db import make_sessionmaker
 from store.orders import checkout_input_of
-from tests.api.helpers import assert_problem, make_settings, order_body
-from tests.integration.test_refunds_api import FEE, PRICE, TOTAL, Shop
+from tests.api.helpers import assert_problem, order_body
 from tests.support import Stack, order_stack, wait_for_view
+from tests.support.shop import FEE, PRICE, TOTAL, Shop, shop_api
 from workflows.checkout import OrderWorkflow
 from workflows.reconciler import ReconcileWorkflow
 
 pytestmark = pytest.mark.slow
-
-
-@contextlib.asynccontextmanager
-async def _api(
-    stack: Stack, tmp_path: Path, db_url: str, temporal: Client | None
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The API in-process; ``temporal=None`` is an API that cannot reach the workflow service."""
-    settings = make_settings(tmp_path, db_url, TRADEFLOW_OFFER_TIMEOUT_S=120)
-    app = create_app(
-        settings,
-        temporal_client=temporal,
-        orders_task_queue=stack.orders_queue,
-        dispatch_task_queue=stack.dispatch_queue,
-        migrate_on_start=False,
-    )
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://api", timeout=60
-        ) as http,
-    ):
-        yield http
 
 
 async def _reconcile(stack: Stack, **overrides: Any) -> ReconcileReport:
@@ -99,7 +72,7 @@ async def _stored_while_temporal_is_down(
 ) -> tuple[str, dict[str, Any]]:
     """POST /v1/orders to an API that cannot reach Temporal: 503, the row is stored PENDING."""
     body = order_body(f"c-{uuid.uuid4().hex[:8]}", [(shop.sku, 2)])
-    async with _api(stack, tmp_path, db_url, None) as down:
+    async with shop_api(stack, tmp_path, db_url, None) as down:
         r = await down.post("/v1/orders", json=body, headers={"Idempotency-Key": key})
         assert_problem(r, 503, "temporal_unavailable")
     async with stack.engine.connect() as c:
@@ -152,7 +125,7 @@ async def test_an_order_stored_while_temporal_was_down_is_restarted_and_delivere
     dev_env: WorkflowEnvironment, db_url: str, tmp_path: Path
 ) -> None:
     async with order_stack(dev_env.client, db_url, tmp_path / "psp.db") as stack:
-        async with _api(stack, tmp_path, db_url, dev_env.client) as http:
+        async with shop_api(stack, tmp_path, db_url, dev_env.client) as http:
             shop = Shop(http)
             await shop.open()
             # An order whose workflow runs (waiting for its customer) is not the reconciler's.
@@ -174,7 +147,7 @@ async def test_an_order_stored_while_temporal_was_down_is_restarted_and_delivere
         assert (report.orders_failed, report.errors) == ([], [])
         assert await _reconciliations(stack, order_id) == ["order_restarted"]
 
-        async with _api(stack, tmp_path, db_url, dev_env.client) as http:
+        async with shop_api(stack, tmp_path, db_url, dev_env.client) as http:
             shop.http = http
             await shop.deliver(order_id)
             order = await shop.order(order_id)
@@ -196,7 +169,7 @@ async def test_an_order_nobody_started_in_time_is_failed_and_a_late_start_takes_
     dev_env: WorkflowEnvironment, db_url: str, tmp_path: Path
 ) -> None:
     async with order_stack(dev_env.client, db_url, tmp_path / "psp.db") as stack:
-        async with _api(stack, tmp_path, db_url, dev_env.client) as http:
+        async with shop_api(stack, tmp_path, db_url, dev_env.client) as http:
             shop = Shop(http)
             await shop.open()
         order_id, body = await _stored_while_temporal_is_down(stack, tmp_path, db_url, shop, "k")
@@ -205,7 +178,7 @@ async def test_an_order_nobody_started_in_time_is_failed_and_a_late_start_takes_
         assert (report.orders_restarted, report.orders_failed) == ([], [order_id])
         assert await _reconciliations(stack, order_id) == ["order_failed"]
 
-        async with _api(stack, tmp_path, db_url, dev_env.client) as http:
+        async with shop_api(stack, tmp_path, db_url, dev_env.client) as http:
             shop.http = http
             order = await shop.order(order_id)
             assert (order["status"], order["failure_reason"]) == ("FAILED", "NOT_STARTED")
@@ -238,7 +211,7 @@ async def test_an_order_whose_workflow_was_terminated_before_it_began_is_failed_
     dev_env: WorkflowEnvironment, sqlite_url: str, tmp_path: Path
 ) -> None:
     async with order_stack(dev_env.client, sqlite_url, tmp_path / "psp.db") as stack:
-        async with _api(stack, tmp_path, sqlite_url, dev_env.client) as http:
+        async with shop_api(stack, tmp_path, sqlite_url, dev_env.client) as http:
             shop = Shop(http)
             await shop.open()
         order_id, _ = await _stored_while_temporal_is_down(stack, tmp_path, sqlite_url, shop, "k")
@@ -251,7 +224,7 @@ async def test_an_order_whose_workflow_was_terminated_before_it_began_is_failed_
 
         report = await _reconcile(stack)  # within the restart window, yet not restartable
         assert (report.orders_restarted, report.orders_failed) == ([], [order_id])
-        async with _api(stack, tmp_path, sqlite_url, dev_env.client) as http:
+        async with shop_api(stack, tmp_path, sqlite_url, dev_env.client) as http:
             shop.http = http
             order = await shop.order(order_id)
             assert (order["status"], order["failure_reason"]) == ("FAILED", "NOT_STARTED")
@@ -266,13 +239,13 @@ async def test_a_refund_stored_while_temporal_was_down_is_restarted_and_the_cap_
     dev_env: WorkflowEnvironment, db_url: str, tmp_path: Path
 ) -> None:
     async with order_stack(dev_env.client, db_url, tmp_path / "psp.db") as stack:
-        async with _api(stack, tmp_path, db_url, dev_env.client) as http:
+        async with shop_api(stack, tmp_path, db_url, dev_env.client) as http:
             shop = Shop(http)
             await shop.open()
             order_id = await shop.place()
             await shop.deliver(order_id)
 
-        async with _api(stack, tmp_path, db_url, None) as down:
+        async with shop_api(stack, tmp_path, db_url, None) as down:
             r = await Shop(down).refund(order_id, PRICE, "while-down")
             assert_problem(r, 503, "temporal_unavailable")
         async with stack.engine.connect() as c:
@@ -288,7 +261,7 @@ async def test_a_refund_stored_while_temporal_was_down_is_restarted_and_the_cap_
         assert report.refunds_restarted == [refund_id]
         assert (report.refunds_failed, report.for_operator, report.errors) == ([], [], [])
 
-        async with _api(stack, tmp_path, db_url, dev_env.client) as http:
+        async with shop_api(stack, tmp_path, db_url, dev_env.client) as http:
             shop.http = http
             done = await shop.until_refund(order_id, refund_id)
             assert (done["status"], done["amount_cents"]) == ("SUCCEEDED", PRICE)
@@ -317,12 +290,12 @@ async def test_a_refund_whose_workflow_ended_pending_is_reported_and_keeps_its_h
     dev_env: WorkflowEnvironment, sqlite_url: str, tmp_path: Path
 ) -> None:
     async with order_stack(dev_env.client, sqlite_url, tmp_path / "psp.db") as stack:
-        async with _api(stack, tmp_path, sqlite_url, dev_env.client) as http:
+        async with shop_api(stack, tmp_path, sqlite_url, dev_env.client) as http:
             shop = Shop(http)
             await shop.open()
             order_id = await shop.place()
             await shop.deliver(order_id)
-        async with _api(stack, tmp_path, sqlite_url, None) as down:
+        async with shop_api(stack, tmp_path, sqlite_url, None) as down:
             assert_problem(
                 await Shop(down).refund(order_id, PRICE, "k"), 503, "temporal_unavailable"
             )
@@ -344,7 +317,7 @@ async def test_a_refund_whose_workflow_ended_pending_is_reported_and_keeps_its_h
         report = await _reconcile(stack)
         assert (report.refunds_restarted, report.refunds_failed) == ([], [])
         assert len(report.for_operator) == 1 and refund_id in report.for_operator[0]
-        async with _api(stack, tmp_path, sqlite_url, dev_env.client) as http:
+        async with shop_api(stack, tmp_path, sqlite_url, dev_env.client) as http:
             shop.http = http
             r = await http.get(f"/v1/orders/{order_id}/refunds/{refund_id}")
             assert r.json()["status"] == "PENDING"

@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from temporalio.testing import WorkflowEnvironment
 
 from tests.api.helpers import ADMIN_TOKEN, assert_problem, order_body
-from tests.integration.test_refunds_api import Shop, _api
 from tests.support import order_stack
+from tests.support.shop import Shop, shop_api
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ async def test_repeated_courier_events_and_cancels_are_answered_with_no_second_e
 ) -> None:
     async with (
         order_stack(dev_env.client, db_url, tmp_path / "psp.db") as stack,
-        _api(stack, tmp_path, db_url, dev_env.client) as http,
+        shop_api(stack, tmp_path, db_url, dev_env.client) as http,
     ):
         shop = Shop(http)
         await shop.open()
@@ -101,7 +101,7 @@ async def test_operator_repairs_an_order_parked_in_needs_attention(
 ) -> None:
     async with (
         order_stack(dev_env.client, db_url, tmp_path / "psp.db") as stack,
-        _api(stack, tmp_path, db_url, dev_env.client) as http,
+        shop_api(stack, tmp_path, db_url, dev_env.client) as http,
     ):
         shop = Shop(http)
         await shop.open()

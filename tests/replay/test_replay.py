@@ -15,11 +15,11 @@ from temporalio import workflow
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
-from cli import scenarios
 from cli.history import REPLAY_WORKFLOWS, load_history
-from cli.scenarios import SCENARIOS
 from domain import names
 from domain.messages import CheckoutInput, OrderView, ReservationKey, ReservationResult
+from tests.support import scenarios
+from tests.support.scenarios import SCENARIOS
 from worker import WORKFLOWS_BY_QUEUE
 from workflows import options
 from workflows.checkout import OrderWorkflow
@@ -49,7 +49,7 @@ def test_every_scenario_has_a_history_for_each_workflow_it_runs() -> None:
 
 
 def test_every_scenario_function_is_registered() -> None:
-    """A path added to cli/scenarios.py without @scenario would never be recorded."""
+    """A path added to tests/support/scenarios.py without @scenario would never be recorded."""
     drivers = {
         name
         for name, fn in inspect.getmembers(scenarios, inspect.iscoroutinefunction)

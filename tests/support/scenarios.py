@@ -1,7 +1,5 @@
-"""Drive real orders through every path of the saga: dev tooling shared by tests and the CLI.
-
-``Stack`` runs the order and dispatch workers on fresh task queues against a real database and
-the PSP simulator in-process; the workflow tests drive it on the time-skipping server.
+"""Drive real orders through every path of the saga, on a ``Stack`` (tests/support/stack.py):
+dev tooling shared by the tests and ``tradeflow history record`` (tests/support/record.py).
 
 Each scenario below drives one path to its end on a ``Stack`` and returns the ids of the
 workflows it started itself (an order with its payment and delivery, a refund, a notification,
@@ -17,26 +15,16 @@ nearest courier is its own (and ``no_courier`` finds nobody).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 
-import httpx
-from sqlalchemy import Table, select, text, update
-from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.client import (
-    Client,
-    WorkflowFailureError,
-    WorkflowHandle,
-    WorkflowUpdateFailedError,
-)
+from sqlalchemy import text
+from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.exceptions import CancelledError as TemporalCancelledError
@@ -45,12 +33,8 @@ from domain.messages import (
     CancelRequest,
     CancelResult,
     CheckoutInput,
-    CourierEvent,
-    CourierEventResult,
-    DeliveryAddress,
     MerchantEvent,
     NotificationOutcome,
-    OrderLine,
     OrderTimeouts,
     OrderView,
     PaymentOutcome,
@@ -67,14 +51,11 @@ from domain.names import (
     NOTIFY_WORKFLOW,
     ORDER_WORKFLOW,
     PAYMENT_WORKFLOW,
-    QUERY_ORDER,
     RECONCILE_WORKFLOW,
     REFUND_WORKFLOW,
     SIGNAL_PAYMENT_OUTCOME,
     SWEEP_WORKFLOW,
     UPDATE_CANCEL,
-    UPDATE_COURIER_EVENT,
-    UPDATE_COURIER_RESPONSE,
     UPDATE_REPAIR,
     delivery_workflow_id,
     notify_workflow_id,
@@ -82,221 +63,11 @@ from domain.names import (
     payment_workflow_id,
     refund_workflow_id,
 )
-from store.db import make_engine, make_sessionmaker
-from store.models import Courier, Product, Stock
-from worker import Dependencies, build_workers
-from workflows.checkout import OrderWorkflow
+from store.db import make_sessionmaker
+from tests.support.stack import Stack, view_of, wait_for_view
 
 if TYPE_CHECKING:
     from api.state import AppState
-
-MAIN = (31.2304, 121.4737)
-MERCHANT_URL = "http://psp/v1/merchant/webhook"
-"""The PSP simulator's merchant endpoint, as the in-process workers reach it."""
-C: Table = Courier.__table__  # type: ignore[attr-defined]
-S: Table = Stock.__table__  # type: ignore[attr-defined]
-
-
-@dataclass
-class Stack:
-    client: Client
-    engine: AsyncEngine
-    psp: httpx.AsyncClient
-    orders_queue: str
-    dispatch_queue: str
-    merchant_url: str | None = None
-    """Where the workers send merchant notifications (None: they skip them)."""
-    started: list[str] = field(default_factory=list)
-    """Ids of the order workflows this stack started."""
-
-    async def seed_product(
-        self, sku: str, price_cents: int, available: int, *, hot: bool = False
-    ) -> None:
-        sessions = make_sessionmaker(self.engine)
-        async with sessions() as s, s.begin():
-            s.add(
-                Product(
-                    sku=sku, name=f"Product {sku}", price_cents=price_cents, currency="USD", hot=hot
-                )
-            )
-            s.add(Stock(location_id="main", sku=sku, available=available, stocked=available))
-
-    async def seed_courier(
-        self, courier_id: str, km_north: float, *, available: bool = True
-    ) -> None:
-        sessions = make_sessionmaker(self.engine)
-        async with sessions() as s, s.begin():
-            s.add(
-                Courier(
-                    courier_id=courier_id,
-                    lat=MAIN[0] + km_north / 111.0,
-                    lng=MAIN[1],
-                    available=available,
-                )
-            )
-
-    async def off_shift(self, *courier_ids: str) -> None:
-        """Take couriers off shift, so no later order is offered to them."""
-        sessions = make_sessionmaker(self.engine)
-        async with sessions() as s, s.begin():
-            await s.execute(
-                update(C).where(C.c.courier_id.in_(courier_ids)).values(available=False)
-            )
-
-    async def stock(self, sku: str) -> tuple[int, int, int]:
-        """(available, reserved, sold) at main."""
-        async with self.engine.connect() as c:
-            row = (
-                await c.execute(
-                    select(S.c.available, S.c.reserved, S.c.sold).where(
-                        (S.c.location_id == "main") & (S.c.sku == sku)
-                    )
-                )
-            ).one()
-        return (row[0], row[1], row[2])
-
-    async def courier(self, courier_id: str) -> tuple[str | None, str | None]:
-        async with self.engine.connect() as c:
-            row = (
-                await c.execute(
-                    select(C.c.current_order_id, C.c.assignment).where(C.c.courier_id == courier_id)
-                )
-            ).one()
-        return (row[0], row[1])
-
-    async def read_model(self, order_id: str) -> dict[str, Any]:
-        async with self.engine.connect() as c:
-            row = (
-                await c.execute(
-                    text(
-                        "SELECT status, failure_reason, seq, view FROM orders WHERE order_id = :o"
-                    ),
-                    {"o": order_id},
-                )
-            ).one()
-        view = json.loads(row[3]) if isinstance(row[3], str) else row[3]
-        return {"status": row[0], "failure_reason": row[1], "seq": row[2], "view": view}
-
-    async def reservations(self, order_id: str) -> dict[str, str]:
-        async with self.engine.connect() as c:
-            rows = (
-                await c.execute(
-                    text("SELECT sku, state FROM reservations WHERE order_id = :o"), {"o": order_id}
-                )
-            ).all()
-        return {r[0]: r[1] for r in rows}
-
-    async def ledger(self, order_id: str) -> list[tuple[str, int]]:
-        r = await self.psp.get("/v1/ledger", params={"order_id": order_id})
-        r.raise_for_status()
-        return [(i["kind"], i["amount_cents"]) for i in r.json()["items"]]
-
-    def checkout(
-        self,
-        lines: list[tuple[str, int, int]],
-        *,
-        token: str = "tok_ok",
-        customer_id: str = "c-1",
-        timeouts: OrderTimeouts | None = None,
-        order_id: str | None = None,
-        notify_merchant: bool = False,
-    ) -> CheckoutInput:
-        return CheckoutInput(
-            order_id=order_id or f"o_{uuid.uuid4().hex}",
-            customer_id=customer_id,
-            location_id="main",
-            currency="USD",
-            lines=[OrderLine(sku, qty, price) for sku, qty, price in lines],
-            delivery=DeliveryAddress("1 Main St", MAIN[0] + 0.01, MAIN[1]),
-            payment_token=token,
-            delivery_fee_cents=DELIVERY_FEE_CENTS,
-            created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            timeouts=timeouts
-            or OrderTimeouts(payment_timeout_s=60, offer_timeout_s=10, max_offers=3),
-            dispatch_task_queue=self.dispatch_queue,
-            notify_merchant=notify_merchant,
-        )
-
-    async def start(self, inp: CheckoutInput) -> WorkflowHandle[Any, OrderView]:
-        self.started.append(order_workflow_id(inp.order_id))
-        return await self.client.start_workflow(
-            OrderWorkflow.run, inp, id=order_workflow_id(inp.order_id), task_queue=self.orders_queue
-        )
-
-    async def terminate_leftovers(self) -> None:
-        """Terminate the orders this stack started that still run (their children go with
-        them). Its workers are about to stop: an order left compensating against a faulted
-        PSP would retry for ever and, on the time-skipping server, hold its clock."""
-        for workflow_id in self.started:
-            with contextlib.suppress(Exception):
-                await self.client.get_workflow_handle(workflow_id).terminate("test stack closed")
-
-    async def courier_says(self, order_id: str, courier_id: str, type_: str) -> CourierEventResult:
-        if type_ in ("accepted", "declined"):
-            wf_id, update_name = delivery_workflow_id(order_id), UPDATE_COURIER_RESPONSE
-        else:
-            wf_id, update_name = order_workflow_id(order_id), UPDATE_COURIER_EVENT
-        return await self.client.get_workflow_handle(wf_id).execute_update(
-            update_name, CourierEvent(courier_id, type_), result_type=CourierEventResult
-        )
-
-
-async def view_of(handle: WorkflowHandle[Any, Any]) -> OrderView:
-    return await handle.query(QUERY_ORDER, result_type=OrderView)
-
-
-async def wait_for_view(
-    handle: WorkflowHandle[Any, Any], pred: Callable[[OrderView], bool], *, within: float = 30.0
-) -> OrderView:
-    deadline = asyncio.get_running_loop().time() + within
-    last: OrderView | None = None
-    while True:
-        with contextlib.suppress(Exception):
-            last = await view_of(handle)
-            if pred(last):
-                return last
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not reached in {within}s; last view: {last}")
-        await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def order_stack(
-    client: Client,
-    db_url: str,
-    psp_db: Path,
-    *,
-    psp_app: Any = None,
-    merchant_url: str | None = None,
-) -> AsyncIterator[Stack]:
-    """Workers for the order and dispatch roles on fresh queues, talking to the real PSP
-    simulator in-process (ASGI transport) and to the real database at ``db_url``.
-
-    ``merchant_url``: where merchant notifications go (``MERCHANT_URL`` is the simulator's
-    merchant endpoint); None, the default, skips them."""
-    from psp.app import create_app
-
-    app = psp_app or create_app(psp_db, webhook_url=None, webhook_secret="test-secret")
-    engine = make_engine(db_url)
-    psp_http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://psp")
-    deps = Dependencies(
-        engine=engine, http=psp_http, psp_url="http://psp", merchant_url=merchant_url
-    )
-    suffix = uuid.uuid4().hex[:8]
-    stack = Stack(client, engine, psp_http, f"orders-{suffix}", f"dispatch-{suffix}", merchant_url)
-    workers = build_workers(
-        client, deps, roles={"orders": stack.orders_queue, "dispatch": stack.dispatch_queue}
-    )
-    async with contextlib.AsyncExitStack() as es:
-        for w in workers:
-            await es.enter_async_context(w)
-        try:
-            yield stack
-        finally:
-            await stack.terminate_leftovers()
-    await psp_http.aclose()
-    await engine.dispose()
-
 
 # ------------------------------------------------------------------------------ scenarios
 
