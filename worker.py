@@ -39,7 +39,7 @@ from activities.sweeper import SweeperActivities, ensure_sweeper_schedule
 from dispatch.geoindex import CourierGeoIndex
 from domain.messages import RESERVATION_TTL_MARGIN_S, ReconcileInput
 from domain.names import ALL_TASK_QUEUES, DISPATCH_TASK_QUEUE, ORDERS_TASK_QUEUE
-from infra.breaker import BreakerConfig, CircuitBreaker
+from infra.breaker import CircuitBreaker
 from infra.ratelimit import GcraLimiter
 from infra.redis import make_redis
 from infra.settings import Settings, get_settings
@@ -182,16 +182,7 @@ def psp_guards(
         redis,
         name=PSP_BREAKER_NAME,
         prefix=f"{key_prefix}breaker",
-        config=BreakerConfig(
-            window_s=settings.psp_breaker_window_s,
-            min_calls=settings.psp_breaker_min_calls,
-            failure_rate=settings.psp_breaker_failure_rate,
-            slow_call_s=settings.psp_breaker_slow_call_s,
-            slow_call_rate=settings.psp_breaker_slow_call_rate,
-            open_s=settings.psp_breaker_open_s,
-            half_open_probes=settings.psp_breaker_probes,
-            probe_successes=min(settings.psp_breaker_probe_successes, settings.psp_breaker_probes),
-        ),
+        config=settings.psp_breaker_config(),
     )
     limiter = GcraLimiter(
         redis,

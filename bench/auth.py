@@ -72,7 +72,7 @@ async def _app(data_dir: Path, db_url: str, redis_url: str, auth: str) -> AsyncI
         "TRADEFLOW_OTEL_EXPORTER": "none",
         "TEMPORAL_ADDRESS": f"127.0.0.1:{_closed_port()}",  # these routes do not need it
     }
-    settings = Settings(**values)
+    settings = Settings.from_variables(values).with_secrets()
     app = create_app(settings, migrate_on_start=False, tracing=False)
     async with (
         app.router.lifespan_context(app),

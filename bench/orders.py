@@ -276,7 +276,7 @@ def launched_stack(
     ``extra_env`` adds to (or overrides) the stack's environment."""
     from infra.settings import Settings
 
-    ours = {f.alias.upper() for f in Settings.model_fields.values() if f.alias}
+    ours = set(Settings.variables().values())
     data_dir = Path(tempfile.mkdtemp(prefix="tradeflow-bench-"))
     env = {k: v for k, v in os.environ.items() if k.upper() not in ours}
     temporal_address = f"127.0.0.1:{_free_port()}"

@@ -55,11 +55,11 @@ async def _stock(args: argparse.Namespace) -> int:
 
     from cli.seed import redact_url
     from infra.redis import make_redis
-    from infra.settings import get_settings, to_async_url
+    from infra.settings import Settings, to_async_url
     from store.checks import check_stock
     from store.db import make_engine, make_sessionmaker
 
-    settings = get_settings()
+    settings = Settings()
     db_url = to_async_url(args.database_url) if args.database_url else settings.async_database_url
     engine = make_engine(db_url, pool_size=2)
     redis = None if args.no_redis else make_redis(args.redis_url or settings.redis_url)
@@ -112,11 +112,11 @@ async def _money(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from cli.seed import redact_url
-    from infra.settings import get_settings, to_async_url
+    from infra.settings import Settings, to_async_url
     from store.checks import check_money
     from store.db import make_engine, make_sessionmaker
 
-    settings = get_settings()
+    settings = Settings()
     db_url = to_async_url(args.database_url) if args.database_url else settings.async_database_url
     psp_url = args.psp_url or settings.resolved_psp_url
     engine = make_engine(db_url, pool_size=2)

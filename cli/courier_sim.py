@@ -223,11 +223,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace | None = None) -> int:
-    from infra.settings import Settings
+    from infra.settings import load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is noise
-    settings = Settings()
+    settings = load_settings()
     asyncio.run(
         simulate(
             settings.resolved_api_url,

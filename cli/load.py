@@ -415,9 +415,9 @@ def customer_auth(customer_id: str) -> dict[str, str]:
 
 @functools.cache
 def _local_settings() -> Any:
-    from infra.settings import Settings
+    from infra.settings import load_settings
 
-    settings = Settings()
+    settings = load_settings()
     return settings if settings.resolved_jwt_secret else None
 
 

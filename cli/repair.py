@@ -13,7 +13,7 @@ import json
 
 import httpx
 
-from infra.settings import Settings
+from infra.settings import load_settings
 
 HELP = "resume the compensations of an order in NEEDS_ATTENTION, with your reason"
 
@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings()
+    settings = load_settings()
     base = args.api or settings.resolved_api_url
     try:
         r = httpx.post(

@@ -131,10 +131,12 @@ def customer_token() -> dict[str, str]:
     authentication on; empty when no local secret can sign one (a public-key issuer)."""
     from api.auth import mint_token
     from domain.roles import Role
-    from infra.settings import Settings
+    from infra.settings import load_settings
 
     try:
-        return {"Authorization": f"Bearer {mint_token(Settings(), Role.CUSTOMER, DEMO_CUSTOMER)}"}
+        return {
+            "Authorization": f"Bearer {mint_token(load_settings(), Role.CUSTOMER, DEMO_CUSTOMER)}"
+        }
     except ValueError:
         return {}
 
@@ -198,9 +200,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from infra.settings import Settings
+    from infra.settings import load_settings
 
-    settings = Settings()
+    settings = load_settings()
     try:
         seed_demo(
             settings.resolved_api_url,

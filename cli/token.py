@@ -27,10 +27,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     from api.auth import mint_token
-    from infra.settings import Settings
+    from infra.settings import load_settings
 
     try:
-        token = mint_token(Settings(), Role(args.role), args.subject, ttl_s=args.ttl)
+        token = mint_token(load_settings(), Role(args.role), args.subject, ttl_s=args.ttl)
     except ValueError as exc:
         print(f"tradeflow token: {exc}", file=sys.stderr)
         return 2

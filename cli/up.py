@@ -178,9 +178,9 @@ class Launcher:
         self._ensure_temporal()
         self._ensure_redis()
         self._migrate()
-        # Create the per-data-dir secrets before any child could race to create them.
+        # The per-data-dir secrets, created before any child starts: every process shares them.
+        self.settings = s = s.with_secrets()
         admin_token, webhook_secret = s.resolved_admin_token, s.resolved_webhook_secret
-        s.resolved_jwt_secret  # noqa: B018 - created now, so the API and the seeder share it
         self._start_apps()
         self._wait_ready()
         if s.demo:

@@ -1,14 +1,37 @@
-"""Every process reads its configuration here, from the environment (names in api.md)."""
+"""Every process reads its configuration here, from the environment (README, "Configuration").
+
+A field's variable is its name with the ``TRADEFLOW_`` prefix (``max_offers`` is
+``TRADEFLOW_MAX_OFFERS``); the few unprefixed ones (``DATABASE_URL``, ``REDIS_URL``, the
+Temporal address, ports and bind host) say so with an alias. A process starts with
+``load_settings()`` (or the cached ``get_settings()``): the environment, then its secrets, each
+from the environment or else from its file in the data dir (created there the first time).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import secrets
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from infra.breaker import BreakerConfig
+
+ENV_PREFIX = "TRADEFLOW_"
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
 _UNIT_SECONDS = {
@@ -31,33 +54,52 @@ def parse_rate(text: str) -> float:
     return float(m.group(1)) / _UNIT_SECONDS[m.group(2)]
 
 
-def _on_off(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in {"on", "1", "true", "yes"}:
-        return True
-    if text in {"off", "0", "false", "no"}:
-        return False
-    raise ValueError(f"expected on/off, got {value!r}")
+def _checked_rate(text: str) -> str:
+    parse_rate(text)
+    return text
+
+
+Rate = Annotated[str, AfterValidator(_checked_rate)]
+"""A rate as written (``"10/s"``, ``"30/m"``, ``"100/h"``), refused unless ``parse_rate`` reads it."""
+
+_SWITCH: TypeAdapter[bool] = TypeAdapter(bool)
+
+SECRET_BYTES = {"admin_token": 24, "webhook_secret": 24, "merchant_secret": 24, "jwt_secret": 32}
+"""The secrets a data dir keeps, by field (and file) name, with their random bytes."""
 
 
 def _secret_file(data_dir: Path, name: str, nbytes: int = 24) -> str:
-    """A random secret kept per data dir, so restarts keep the same value."""
+    """A random secret kept per data dir, so restarts keep the same value. Processes starting
+    at once on one data dir agree: the file appears whole (a hard link of a private temporary
+    file) or not at all, and whoever links second reads the first one's."""
     path = data_dir / name
     if path.exists():
         return path.read_text().strip()
     data_dir.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(nbytes)
-    path.write_text(value + "\n")
-    path.chmod(0o600)
-    return value
+    tmp = data_dir / f".{name}.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(nbytes) + "\n")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another process made it first: its value holds
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return path.read_text().strip()
+
+
+class SecretsNotLoaded(RuntimeError):
+    """A secret was read off settings that did not go through ``with_secrets()``."""
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore", validate_by_name=True
+    )
 
-    data_dir: Path = Field(default=Path(".data"), alias="TRADEFLOW_DATA_DIR")
+    data_dir: Path = Path(".data")
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", alias="REDIS_URL")
     temporal_address: str = Field(default="127.0.0.1:7233", alias="TEMPORAL_ADDRESS")
@@ -66,99 +108,116 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, alias="API_PORT")
     psp_port: int = Field(default=8100, alias="PSP_PORT")
     bind_host: str = Field(default="127.0.0.1", alias="BIND_HOST")
-    admin_token: str | None = Field(default=None, alias="TRADEFLOW_ADMIN_TOKEN")
-    webhook_secret: str | None = Field(default=None, alias="TRADEFLOW_WEBHOOK_SECRET")
-    courier_simulator: bool = Field(default=True, alias="TRADEFLOW_COURIER_SIMULATOR")
-    payment_timeout_s: float = Field(default=900.0, alias="TRADEFLOW_PAYMENT_TIMEOUT_S", gt=0)
-    offer_timeout_s: float = Field(default=30.0, alias="TRADEFLOW_OFFER_TIMEOUT_S", gt=0)
-    max_offers: int = Field(default=5, alias="TRADEFLOW_MAX_OFFERS", ge=1)
-    reservation_ttl_s: float | None = Field(default=None, alias="TRADEFLOW_RESERVATION_TTL_S", gt=0)
+    admin_token: str | None = Field(default=None, repr=False)
+    """``X-Admin-Token`` of /v1/admin/*; default: random per data dir."""
+    webhook_secret: str | None = Field(default=None, repr=False)
+    """HMAC secret of the PSP's webhooks; default: random per data dir."""
+    courier_simulator: bool = True
+    payment_timeout_s: float = Field(default=900.0, gt=0)
+    offer_timeout_s: float = Field(default=30.0, gt=0)
+    max_offers: int = Field(default=5, ge=1)
+    reservation_ttl_s: float | None = Field(default=None, gt=0)
     """Unconfirmed reservations lapse after this; default: payment timeout + 120 s."""
-    sweep_interval_s: float = Field(default=300.0, alias="TRADEFLOW_SWEEP_INTERVAL_S", gt=0)
+    sweep_interval_s: float = Field(default=300.0, gt=0)
     """How often the inventory sweeper schedule runs."""
-    reconcile_interval_s: float = Field(default=60.0, alias="TRADEFLOW_RECONCILE_INTERVAL_S", gt=0)
+    reconcile_interval_s: float = Field(default=60.0, gt=0)
     """How often the reconciler schedule runs (docs/operations.md)."""
-    reconcile_grace_s: float = Field(default=60.0, alias="TRADEFLOW_RECONCILE_GRACE_S", ge=0)
+    reconcile_grace_s: float = Field(default=60.0, ge=0)
     """The reconciler leaves rows younger than this alone (an API may still be starting them)."""
-    reconcile_restart_within_s: float = Field(
-        default=900.0, alias="TRADEFLOW_RECONCILE_RESTART_WITHIN_S", ge=0
-    )
+    reconcile_restart_within_s: float = Field(default=900.0, ge=0)
     """An order nobody started is restarted up to this age; older, it is failed (NOT_STARTED)."""
-    psp_action_delay_s: float = Field(default=3.0, alias="TRADEFLOW_PSP_ACTION_DELAY_S", ge=0)
-    checkout_rate: str = Field(default="10/s", alias="TRADEFLOW_CHECKOUT_RATE")
-    checkout_burst: int = Field(default=20, alias="TRADEFLOW_CHECKOUT_BURST", ge=1)
-    demo: bool = Field(default=True, alias="TRADEFLOW_DEMO")
-    psp_url: str | None = Field(default=None, alias="TRADEFLOW_PSP_URL")
+    psp_action_delay_s: float = Field(default=3.0, ge=0)
+    checkout_rate: Rate = "10/s"
+    checkout_burst: int = Field(default=20, ge=1)
+    demo: bool = True
+    psp_url: str | None = None
     """Base URL of the PSP; defaults to the simulator on ``PSP_PORT``."""
-    api_url: str | None = Field(default=None, alias="TRADEFLOW_API_URL")
+    api_url: str | None = None
     """Base URL of the API, for the courier simulator; defaults to ``API_PORT``."""
-    otel_exporter: str = Field(default="none", alias="TRADEFLOW_OTEL_EXPORTER")
+    otel_exporter: str = "none"
     """``none``, ``console`` or ``otlp`` (then OTEL_EXPORTER_OTLP_ENDPOINT applies)."""
-    task_queues: str = Field(default="orders,dispatch", alias="TRADEFLOW_TASK_QUEUES")
-    worker_metrics_port: int = Field(default=0, alias="TRADEFLOW_WORKER_METRICS_PORT", ge=0)
+    task_queues: str = "orders,dispatch"
+    worker_metrics_port: int = Field(default=0, ge=0)
     """Prometheus port for the worker's Temporal SDK metrics; 0 turns them off."""
-    merchant_webhook_url: str | None = Field(default=None, alias="TRADEFLOW_MERCHANT_WEBHOOK_URL")
+    merchant_webhook_url: str | None = None
     """Where order paid/cancelled and refund events are POSTed (max effort); unset: off."""
-    merchant_secret: str | None = Field(default=None, alias="TRADEFLOW_MERCHANT_SECRET")
+    merchant_secret: str | None = Field(default=None, repr=False)
     """HMAC secret of merchant notifications; default: random per data dir."""
-    sim_courier_prefix: str = Field(default="k-", alias="TRADEFLOW_SIM_COURIER_PREFIX")
+    sim_courier_prefix: str = "k-"
     """The courier simulator plays the couriers whose ids start with this."""
-    courier_step_s: float = Field(default=2.0, alias="TRADEFLOW_COURIER_STEP_S", ge=0)
+    courier_step_s: float = Field(default=2.0, ge=0)
     """Simulated courier: seconds between accept, pick-up and delivery."""
-    psp_rate: str = Field(default="50/s", alias="TRADEFLOW_PSP_RATE")
+    psp_rate: Rate = "50/s"
     """Calls to the PSP, all workers together (GCRA in Redis)."""
-    psp_burst: int = Field(default=100, alias="TRADEFLOW_PSP_BURST", ge=1)
-    psp_breaker_window_s: float = Field(default=10.0, alias="TRADEFLOW_PSP_BREAKER_WINDOW_S", gt=0)
+    psp_burst: int = Field(default=100, ge=1)
+    psp_breaker_window_s: float = Field(default=10.0, gt=0)
     """Sliding window the PSP breaker judges error and slow-call rates over."""
-    psp_breaker_min_calls: int = Field(default=50, alias="TRADEFLOW_PSP_BREAKER_MIN_CALLS", ge=1)
-    psp_breaker_failure_rate: float = Field(
-        default=0.5, alias="TRADEFLOW_PSP_BREAKER_FAILURE_RATE", gt=0, le=1
-    )
-    psp_breaker_slow_call_s: float = Field(
-        default=2.0, alias="TRADEFLOW_PSP_BREAKER_SLOW_CALL_S", gt=0
-    )
-    psp_breaker_slow_call_rate: float = Field(
-        default=0.8, alias="TRADEFLOW_PSP_BREAKER_SLOW_CALL_RATE", gt=0, le=1
-    )
-    psp_breaker_open_s: float = Field(default=5.0, alias="TRADEFLOW_PSP_BREAKER_OPEN_S", gt=0)
-    psp_breaker_probes: int = Field(default=3, alias="TRADEFLOW_PSP_BREAKER_PROBES", ge=1)
+    psp_breaker_min_calls: int = Field(default=50, ge=1)
+    psp_breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
+    psp_breaker_slow_call_s: float = Field(default=2.0, gt=0)
+    psp_breaker_slow_call_rate: float = Field(default=0.8, gt=0, le=1)
+    psp_breaker_open_s: float = Field(default=5.0, gt=0)
+    psp_breaker_probes: int = Field(default=3, ge=1)
     """Calls let through at once while the breaker is half-open."""
-    psp_breaker_probe_successes: int = Field(
-        default=2, alias="TRADEFLOW_PSP_BREAKER_PROBE_SUCCESSES", ge=1
-    )
+    psp_breaker_probe_successes: int = Field(default=2, ge=1)
     """Successful half-open probes that close the breaker (capped at the probe count)."""
-    zone_resolution: int = Field(default=7, alias="TRADEFLOW_ZONE_RESOLUTION", ge=0, le=15)
+    zone_resolution: int = Field(default=7, ge=0, le=15)
     """H3 resolution of delivery zones (7: hexagons of ~1.4 km edge)."""
-    lock_redis_urls: str | None = Field(default=None, alias="TRADEFLOW_LOCK_REDIS_URLS")
+    lock_redis_urls: str | None = None
     """Comma-separated independent Redis nodes for zone leases (Redlock); default: REDIS_URL."""
-
-    @property
-    def lock_redis_url_list(self) -> list[str]:
-        urls = [u.strip() for u in (self.lock_redis_urls or "").split(",") if u.strip()]
-        return urls or [self.redis_url]
-
-    auth: str = Field(default="auto", alias="TRADEFLOW_AUTH")
+    auth: Literal["auto", "on", "off"] = "auto"
     """``auto`` (on unless ``BIND_HOST`` is loopback), ``on`` or ``off``; see api/auth.py."""
-    jwt_secret: str | None = Field(default=None, alias="TRADEFLOW_JWT_SECRET", repr=False)
+    jwt_secret: str | None = Field(default=None, repr=False)
     """HS256 key of customer/courier/staff JWTs; default: random per data dir (unless a public
     key or JWKS URL is set, then HS256 is off)."""
-    jwt_public_key: str | None = Field(default=None, alias="TRADEFLOW_JWT_PUBLIC_KEY")
+    jwt_public_key: str | None = None
     """RS256/ES256 verification key: PEM text, or the path of a PEM file."""
-    jwks_url: str | None = Field(default=None, alias="TRADEFLOW_JWKS_URL")
-    jwt_issuer: str = Field(default="tradeflow", alias="TRADEFLOW_JWT_ISSUER", min_length=1)
-    jwt_audience: str = Field(default="tradeflow", alias="TRADEFLOW_JWT_AUDIENCE", min_length=1)
-    jwt_leeway_s: float = Field(default=30.0, alias="TRADEFLOW_JWT_LEEWAY_S", ge=0, le=300)
-    auth_failure_rate: str = Field(default="1/s", alias="TRADEFLOW_AUTH_FAILURE_RATE")
+    jwks_url: str | None = None
+    jwt_issuer: str = Field(default="tradeflow", min_length=1)
+    jwt_audience: str = Field(default="tradeflow", min_length=1)
+    jwt_leeway_s: float = Field(default=30.0, ge=0, le=300)
+    auth_failure_rate: Rate = "1/s"
     """Refused credentials per client address, sustained (GCRA in Redis)."""
-    auth_failure_burst: int = Field(default=20, alias="TRADEFLOW_AUTH_FAILURE_BURST", ge=1)
+    auth_failure_burst: int = Field(default=20, ge=1)
+
+    _secrets_loaded: bool = PrivateAttr(default=False)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as e:
+            raise _by_variable(e) from None
+
+    # ------------------------------------------------------------------ names and parsing
+
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """Field name -> the environment variable that sets it."""
+        return {
+            name: (f.alias or f"{ENV_PREFIX}{name}").upper() for name, f in cls.model_fields.items()
+        }
+
+    @classmethod
+    def from_variables(cls, variables: Mapping[str, object]) -> Settings:
+        """Settings as if ``variables`` (named as in the environment: ``TRADEFLOW_MAX_OFFERS``,
+        ``DATABASE_URL``) were set, over the real environment. An unknown name is refused."""
+        fields = {var: name for name, var in cls.variables().items()}
+        unknown = sorted(k for k in variables if k.upper() not in fields)
+        if unknown:
+            raise ValueError(f"not a tradeflow setting: {', '.join(unknown)}")
+        return cls(**{fields[k.upper()]: v for k, v in variables.items()})
 
     @field_validator("auth", mode="before")
     @classmethod
-    def _parse_auth(cls, v: object) -> str:
+    def _auth_mode(cls, v: object) -> object:
+        """``auto``, or a switch as pydantic reads a bool (on/off, true/false, 1/0, yes/no)."""
         text = str(v).strip().lower()
         if text == "auto":
-            return "auto"
-        return "on" if _on_off(text) else "off"
+            return text
+        try:
+            return "on" if _SWITCH.validate_python(text) else "off"
+        except ValidationError:
+            raise ValueError(f"expected auto, on or off, got {v!r}") from None
 
     @field_validator("jwt_secret")
     @classmethod
@@ -167,36 +226,36 @@ class Settings(BaseSettings):
             raise ValueError("TRADEFLOW_JWT_SECRET must be at least 32 bytes (HS256 key)")
         return v
 
-    @field_validator("auth_failure_rate")
-    @classmethod
-    def _check_auth_failure_rate(cls, v: str) -> str:
-        parse_rate(v)
-        return v
+    # -------------------------------------------------------------------------- derived
 
-    @field_validator("courier_simulator", "demo", mode="before")
-    @classmethod
-    def _parse_on_off(cls, v: object) -> bool:
-        return _on_off(v)
-
-    @field_validator("checkout_rate")
-    @classmethod
-    def _check_rate(cls, v: str) -> str:
-        parse_rate(v)
-        return v
+    @property
+    def lock_redis_url_list(self) -> list[str]:
+        urls = [u.strip() for u in (self.lock_redis_urls or "").split(",") if u.strip()]
+        return urls or [self.redis_url]
 
     @property
     def checkout_rate_per_s(self) -> float:
         return parse_rate(self.checkout_rate)
 
-    @field_validator("psp_rate")
-    @classmethod
-    def _check_psp_rate(cls, v: str) -> str:
-        parse_rate(v)
-        return v
-
     @property
     def psp_rate_per_s(self) -> float:
         return parse_rate(self.psp_rate)
+
+    def psp_breaker_config(self) -> BreakerConfig:
+        """The PSP circuit breaker's configuration, from the ``TRADEFLOW_PSP_BREAKER_*``
+        variables (probe successes capped at the probe count)."""
+        from infra.breaker import BreakerConfig
+
+        return BreakerConfig(
+            window_s=self.psp_breaker_window_s,
+            min_calls=self.psp_breaker_min_calls,
+            failure_rate=self.psp_breaker_failure_rate,
+            slow_call_s=self.psp_breaker_slow_call_s,
+            slow_call_rate=self.psp_breaker_slow_call_rate,
+            open_s=self.psp_breaker_open_s,
+            half_open_probes=self.psp_breaker_probes,
+            probe_successes=min(self.psp_breaker_probe_successes, self.psp_breaker_probes),
+        )
 
     @property
     def sync_database_url(self) -> str:
@@ -217,26 +276,69 @@ class Settings(BaseSettings):
     def resolved_api_url(self) -> str:
         return self.api_url or f"http://127.0.0.1:{self.api_port}"
 
+    # -------------------------------------------------------------------------- secrets
+
+    @property
+    def hs256_off(self) -> bool:
+        """A public key or JWKS URL verifies JWTs: no data-dir HS256 secret is made."""
+        return bool(self.jwt_public_key or self.jwks_url)
+
+    def with_secrets(self) -> Settings:
+        """The startup step that gives a process its secrets: these settings with every secret
+        the environment leaves unset read from its file in the data dir, or created there
+        (random, mode 0600) the first time, so restarts and sibling processes on the same data
+        dir agree. The HS256 key is left unset when a public key or JWKS URL is configured."""
+        missing = {
+            name: _secret_file(self.data_dir, name, nbytes)
+            for name, nbytes in SECRET_BYTES.items()
+            if getattr(self, name) is None and not (name == "jwt_secret" and self.hs256_off)
+        }
+        loaded = self.model_copy(update=missing)
+        loaded._secrets_loaded = True
+        return loaded
+
+    def _secret(self, name: str) -> str:
+        value = getattr(self, name)
+        if value is None:
+            raise SecretsNotLoaded(
+                f"{name} is unset: processes take their settings from load_settings() (or "
+                "call Settings.with_secrets() at startup)"
+            )
+        return str(value)
+
     @property
     def resolved_admin_token(self) -> str:
-        return self.admin_token or _secret_file(self.data_dir, "admin_token")
+        return self._secret("admin_token")
 
     @property
     def resolved_merchant_secret(self) -> str:
-        return self.merchant_secret or _secret_file(self.data_dir, "merchant_secret")
+        return self._secret("merchant_secret")
+
+    @property
+    def resolved_webhook_secret(self) -> str:
+        return self._secret("webhook_secret")
 
     @property
     def resolved_jwt_secret(self) -> str | None:
         """The HS256 key, or None when JWTs are verified with a public key / JWKS only."""
-        if self.jwt_secret:
-            return self.jwt_secret
-        if self.jwt_public_key or self.jwks_url:
+        if self.jwt_secret is None and self.hs256_off:
             return None
-        return _secret_file(self.data_dir, "jwt_secret", nbytes=32)
+        return self._secret("jwt_secret")
 
-    @property
-    def resolved_webhook_secret(self) -> str:
-        return self.webhook_secret or _secret_file(self.data_dir, "webhook_secret")
+
+def _by_variable(error: ValidationError) -> ValidationError:
+    """``error`` with each field named by its environment variable, as the operator wrote it."""
+    variables = Settings.variables()
+    details: list[Any] = []
+    for e in error.errors(include_url=False):
+        loc = e["loc"]
+        if loc and isinstance(loc[0], str) and loc[0] in variables:
+            loc = (variables[loc[0]], *loc[1:])
+        detail = {"type": e["type"], "loc": loc, "input": e["input"]}
+        if "ctx" in e:
+            detail["ctx"] = e["ctx"]
+        details.append(detail)
+    return ValidationError.from_exception_data(error.title, details)
 
 
 def to_sync_url(url: str) -> str:
@@ -254,6 +356,12 @@ def to_async_url(url: str) -> str:
     return url  # postgresql+psycopg serves both sync and async engines
 
 
+def load_settings() -> Settings:
+    """A process's settings: the environment, with its secrets (``Settings.with_secrets``)."""
+    return Settings().with_secrets()
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    """``load_settings()``, once per process."""
+    return load_settings()

@@ -39,7 +39,7 @@ def make_settings(data_dir: Path, db_url: str, **overrides: Any) -> Settings:
         "TEMPORAL_ADDRESS": f"127.0.0.1:{closed_port()}",
     }
     values.update(overrides)
-    return Settings(**values)
+    return Settings.from_variables(values).with_secrets()
 
 
 @dataclass

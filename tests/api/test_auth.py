@@ -180,7 +180,9 @@ async def test_rs256_tokens_verify_against_the_public_key_and_nothing_else(
         mac = hmac.new(public_pem.encode(), f"{header}.{body}".encode(), hashlib.sha256)
         refused(await orders_as(api, f"{header}.{body}.{_b64(mac.digest())}"))
         # With a public key configured the data-dir HS256 secret is not accepted either.
-        local = Settings(TRADEFLOW_DATA_DIR=str(tmp_path / "other"))
+        local = Settings.from_variables(
+            {"TRADEFLOW_DATA_DIR": str(tmp_path / "other")}
+        ).with_secrets()
         refused(await orders_as(api, mint_token(local, Role.OPERATOR, "op")))
 
 

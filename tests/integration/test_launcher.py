@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
 READY_LINE = re.compile(r"^tradeflow ready: api=(http://\S+) ui=(http://\S+)$")
-CONFIG_VARIABLES = {f.alias for f in Settings.model_fields.values() if f.alias}
+CONFIG_VARIABLES = set(Settings.variables().values())
 
 
 def free_port() -> int:

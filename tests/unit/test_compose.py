@@ -14,7 +14,7 @@ from domain.names import SEARCH_ATTRIBUTE_TYPES
 from infra.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-KNOWN_VARIABLES = {f.alias for f in Settings.model_fields.values() if f.alias}
+KNOWN_VARIABLES = set(Settings.variables().values())
 PORT = re.compile(
     r"^(?:(?P<ip>\d{1,3}(?:\.\d{1,3}){3}):)?(?:(?P<host>\d+):)?(?P<container>\d+)(?:/(?:tcp|udp))?$"
 )
