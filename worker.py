@@ -40,6 +40,8 @@ from dispatch.geoindex import CourierGeoIndex
 from domain.messages import RESERVATION_TTL_MARGIN_S, ReconcileInput
 from domain.names import ALL_TASK_QUEUES, DISPATCH_TASK_QUEUE, ORDERS_TASK_QUEUE
 from infra.breaker import CircuitBreaker
+from infra.events import run_relay
+from infra.metrics import MetricsInterceptor, poll_gauges, serve_worker_metrics
 from infra.ratelimit import GcraLimiter
 from infra.redis import make_redis
 from infra.settings import Settings, get_settings
@@ -229,6 +231,7 @@ def build_workers(
             activities=acts,
             max_concurrent_activities=max_concurrent_activities,
             graceful_shutdown_timeout=timedelta(seconds=10),
+            interceptors=[MetricsInterceptor()],
         )
         for role, queue in roles.items()
     ]
@@ -305,18 +308,8 @@ async def serve(settings: Settings, queues: list[str]) -> None:
 
         setup_tracing("tradeflow-worker", settings)
     if settings.worker_metrics_port:
-        from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-
-        Runtime.set_default(
-            Runtime(
-                telemetry=TelemetryConfig(
-                    metrics=PrometheusConfig(
-                        bind_address=f"{settings.bind_host}:{settings.worker_metrics_port}"
-                    )
-                )
-            ),
-            error_if_already_set=False,
-        )
+        # Business metrics (infra.metrics) and the Temporal SDK's own, on one port.
+        serve_worker_metrics(settings.bind_host, settings.worker_metrics_port)
     client = await connect(settings)
     deps = make_dependencies(settings)
     await load_hot_stock(deps)
@@ -337,10 +330,16 @@ async def serve(settings: Settings, queues: list[str]) -> None:
         settings.temporal_namespace,
     )
     runs = [asyncio.create_task(w.run()) for w in workers]
+    background = [
+        asyncio.create_task(poll_gauges(make_sessionmaker(deps.engine), deps.psp_breaker, stop))
+    ]
+    if ORDERS_TASK_QUEUE in queues:  # the outbox relay (one publishes; see infra/events.py)
+        background.append(asyncio.create_task(run_relay(settings, deps.engine, stop)))
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*runs, stopper], return_when=asyncio.FIRST_COMPLETED)
     log.info("worker stopping")
-    await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+    stop.set()
+    await asyncio.gather(*(w.shutdown() for w in workers), *background, return_exceptions=True)
     for t in done:
         if t is not stopper and t.exception():
             log.error("worker exited with %r", t.exception())

@@ -10,7 +10,9 @@ from temporalio import activity
 
 from domain.messages import RecordOrderInput
 from domain.names import ACT_RECORD_ORDER
+from infra import metrics
 from store import orders as read_model
+from store.outbox import appended_events
 
 
 class OrderActivities:
@@ -19,5 +21,10 @@ class OrderActivities:
 
     @activity.defn(name=ACT_RECORD_ORDER)
     async def record_order(self, inp: RecordOrderInput) -> bool:
-        async with self._sessions() as s, s.begin():
-            return await read_model.record_order(s, view=asdict(inp.view), seq=inp.seq)
+        view = asdict(inp.view)
+        async with self._sessions() as s:
+            async with s.begin():
+                written = await read_model.record_order(s, view=view, seq=inp.seq)
+            # Committed: count each status change once (a retried write appends none).
+            metrics.observe_status_changes(view, appended_events(s))
+        return written

@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, str] = {
     "load": "cli.load",
     "repair": "cli.repair",
     "token": "cli.token",
+    "events": "cli.events",
 }
 
 

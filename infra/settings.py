@@ -179,6 +179,22 @@ class Settings(BaseSettings):
     auth_failure_rate: Rate = "1/s"
     """Refused credentials per client address, sustained (GCRA in Redis)."""
     auth_failure_burst: int = Field(default=20, ge=1)
+    # -- order event stream (store/outbox.py, infra/events.py) -------------------------------
+    events_broker: Literal["redis", "rabbitmq", "off"] = "redis"
+    """Where the outbox relay publishes order events: ``redis`` (a Redis Stream on REDIS_URL),
+    ``rabbitmq`` (``TRADEFLOW_RABBITMQ_URL``) or ``off`` (events stay in the outbox)."""
+    events_stream: str = "tradeflow:order-events"
+    """Redis Stream key; also the RabbitMQ exchange and queue name (``:`` becomes ``.``)."""
+    events_maxlen: int = Field(default=1_000_000, ge=1)
+    """The stream is trimmed to about this many events."""
+    rabbitmq_url: str = Field(default="amqp://guest:guest@127.0.0.1:5672/", repr=False)
+    relay_batch: int = Field(default=200, ge=1, le=10_000)
+    relay_poll_s: float = Field(default=0.2, gt=0)
+    """How long the relay sleeps when the outbox has nothing to publish."""
+    relay_lease_s: float = Field(default=10.0, gt=0)
+    """One relay publishes at a time (Redis lease); a dead one's lease ends after this."""
+    outbox_retention_h: float = Field(default=168.0, gt=0)
+    """Published events are deleted from the outbox after this long."""
 
     _secrets_loaded: bool = PrivateAttr(default=False)
 

@@ -10,6 +10,7 @@ from temporalio.converter import value_to_type
 
 from domain.messages import CheckoutInput
 from store.models import Order, OrderTimeline
+from store.outbox import append_status_change
 from store.sql import insert_ignore
 
 ORDERS: Table = Order.__table__  # type: ignore[attr-defined]
@@ -25,8 +26,12 @@ def checkout_input_of(stored: dict[str, Any] | None) -> CheckoutInput | None:
     return inp
 
 
-async def record_order(s: AsyncSession, *, view: dict[str, Any], seq: int) -> bool:
+async def record_order(
+    s: AsyncSession, *, view: dict[str, Any], seq: int, outbox: bool = True
+) -> bool:
     """Write ``view`` as of transition ``seq``; an older or repeated write changes nothing.
+    Each status new to the timeline also goes to the event outbox (``store.outbox``), in this
+    same transaction; ``outbox=False`` only for measuring what that costs.
 
     Returns True when the row now holds this ``seq``'s view.
     """
@@ -73,9 +78,11 @@ async def record_order(s: AsyncSession, *, view: dict[str, Any], seq: int) -> bo
             )
             written = ins.first() is not None
     for i, entry in enumerate(view["timeline"]):
-        await s.execute(
+        new = await s.execute(
             insert_ignore(
                 s, TIMELINE, dict(order_id=order_id, seq=i, status=entry["status"], at=entry["at"])
             )
         )
+        if outbox and new.first() is not None:
+            await append_status_change(s, view, i)
     return written

@@ -7,6 +7,7 @@ from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
 
 import store.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from store import outbox  # noqa: F401  (order_events)
 
 config = context.config
 target_metadata = SQLModel.metadata

@@ -12,6 +12,7 @@ from sqlalchemy import create_engine, pool, text
 from sqlmodel import SQLModel
 
 import store.models  # noqa: F401
+from store import outbox  # noqa: F401  (order_events)
 from store.schema import migrate
 from tests.conftest import drop_postgres_schema, new_postgres_schema
 
