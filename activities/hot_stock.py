@@ -48,6 +48,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from domain.status import TERMINAL_STATUSES
+from infra.metrics import claim_result, flash_sale_claims
 from store import inventory as ledger
 
 log = logging.getLogger("tradeflow.hot_stock")
@@ -261,7 +262,9 @@ class HotStock:
             raise ValueError("quantity must be >= 1")
         tag = f"hot:{{{location_id}:{sku}}}:"
         answer = await self._claim(keys=[tag + "avail", tag + "claims"], args=[order_id, quantity])
-        return _CLAIM_OF[answer]
+        claim = _CLAIM_OF[answer]
+        flash_sale_claims.labels(claim_result(claim.value)).inc()
+        return claim
 
     async def mark_cancel(self, location_id: str, sku: str, order_id: str) -> Claim | None:
         """The order's claim state; None when it had none (a cancel marker is now recorded)."""

@@ -86,6 +86,7 @@ from domain.names import (
     order_workflow_id,
 )
 from domain.status import TERMINAL_STATUSES, CourierEventType, OrderStatus, PaymentStatus
+from infra import metrics as business_metrics
 from infra.telemetry import metrics
 from store import refunds as refund_book
 from store.models import Location, Order, utcnow_iso
@@ -610,6 +611,8 @@ class OrdersService:
             raise ApiProblem(409, closed_code, detail) from exc
         except (RPCTimeoutOrCancelledError, RuntimeError, TimeoutError) as exc:
             raise unavailable(TEMPORAL_UNAVAILABLE, "the workflow service did not answer") from exc
+        if event.type in (CourierEventType.ACCEPTED, CourierEventType.DECLINED):
+            business_metrics.dispatch_responses.labels(event.type.value).inc()
         return {
             "order_id": order_id,
             "courier_id": event.courier_id,

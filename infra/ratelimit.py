@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from infra.metrics import limiter_refusals
+
 # KEYS[1] = bucket key
 # ARGV[1] = emission interval in microseconds (1e6 / rate), ARGV[2] = burst, ARGV[3] = cost
 # Returns {allowed (0/1), retry_after_us, remaining}.
@@ -76,6 +78,7 @@ class GcraLimiter:
         self._interval_us = max(1, round(1_000_000 / rate_per_s))
         self._burst = burst
         self._prefix = prefix
+        limiter_refusals.labels(prefix)  # the series exists from the start, at 0
         # register_script runs EVALSHA and falls back to EVAL (loading the script) on NOSCRIPT.
         self._script = redis.register_script(_GCRA_LUA)
 
@@ -93,6 +96,8 @@ class GcraLimiter:
         allowed, retry_us, remaining = await self._script(
             keys=[self.key(key)], args=[self._interval_us, self._burst, cost]
         )
+        if not int(allowed):
+            limiter_refusals.labels(self._prefix).inc()
         return RateDecision(
             allowed=bool(int(allowed)),
             retry_after_s=int(retry_us) / 1_000_000,
