@@ -2,9 +2,12 @@
 
     python worker.py                      # every role
     python worker.py --queues dispatch    # only dispatch (scale it separately)
+    python worker.py --build-id 2026.12.2 # a versioned deploy (TRADEFLOW_WORKER_VERSIONING=on)
 
 Each process runs one Temporal worker per task queue it serves. SIGINT/SIGTERM stop polling,
-let running activities finish (graceful timeout), then exit.
+let running activities finish (``TRADEFLOW_WORKER_GRACE_S``), then exit 0. With Worker
+Deployment Versioning on, the workers poll as version ``<deployment>:<build id>`` and pin each
+workflow to the version that started it (docs/operations.md: rollout and rollback).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,7 +30,8 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.couriers import CourierActivities
 from activities.hot_stock import load_hot_counters
@@ -217,11 +223,15 @@ def build_workers(
     *,
     roles: dict[str, str] | None = None,
     max_concurrent_activities: int = 100,
+    deployment: WorkerDeploymentConfig | None = None,
+    grace_s: float = 10.0,
 ) -> list[Worker]:
     """One worker per role. ``roles`` maps role (``orders``/``dispatch``) to the task queue name
-    it polls; tests pass unique queue names, production uses the names as they are."""
+    it polls; tests pass unique queue names, production uses the names as they are.
+    ``deployment``: Worker Deployment Versioning (``deployment_config``)."""
     roles = roles or {q: q for q in ALL_TASK_QUEUES}
     acts = deps.activities(client)
+    versioning: dict[str, Any] = {} if deployment is None else {"deployment_config": deployment}
     return [
         Worker(
             client,
@@ -230,11 +240,90 @@ def build_workers(
             # Every queue carries every activity: workflows call their own queue's activities.
             activities=acts,
             max_concurrent_activities=max_concurrent_activities,
-            graceful_shutdown_timeout=timedelta(seconds=10),
+            graceful_shutdown_timeout=timedelta(seconds=grace_s),
             interceptors=[MetricsInterceptor()],
+            **versioning,
         )
         for role, queue in roles.items()
     ]
+
+
+def resolve_build_id(explicit: str | None = None) -> str:
+    """``explicit`` (``--build-id`` / ``TRADEFLOW_BUILD_ID``), else ``<version>-<git commit>``
+    of this checkout, else the package version."""
+    if explicit:
+        return explicit
+    try:
+        from importlib.metadata import version
+
+        pkg = version("tradeflow")
+    except Exception:
+        pkg = "0"
+    try:
+        sha = subprocess.run(  # nosec B603 B607 - fixed argv, no shell
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{pkg}-{sha}" if sha else pkg
+
+
+def deployment_config(settings: Settings, build_id: str) -> WorkerDeploymentConfig | None:
+    """Worker Deployment Versioning as ``settings`` ask; None when it is off. Workflows are
+    pinned: an order runs to its end on the version that started it."""
+    if not settings.worker_versioning:
+        return None
+    return WorkerDeploymentConfig(
+        version=WorkerDeploymentVersion(settings.deployment_name, build_id),
+        use_worker_versioning=True,
+        default_versioning_behavior=VersioningBehavior.PINNED,
+    )
+
+
+async def promote(client: Client, deployment: str, build_id: str, mode: str) -> str:
+    """Make ``build_id`` the deployment's current version (``mode`` ``on``), or only when it
+    has none (``auto``: the first deploy); what was done. The version exists on the server
+    once this process's workers poll, so a missing one is waited for."""
+    from temporalio.api.workflowservice.v1 import (
+        DescribeWorkerDeploymentRequest,
+        SetWorkerDeploymentCurrentVersionRequest,
+    )
+    from temporalio.service import RPCError
+
+    if mode == "off":
+        return "left to the operator"
+    for _ in range(120):
+        try:
+            desc = await client.workflow_service.describe_worker_deployment(
+                DescribeWorkerDeploymentRequest(
+                    namespace=client.namespace, deployment_name=deployment
+                )
+            )
+            routing = desc.worker_deployment_info.routing_config
+            current = routing.current_deployment_version.build_id
+            if current == build_id:
+                return "already current"
+            if current and mode == "auto":
+                return f"not promoted ({current} is current)"
+            await client.workflow_service.set_worker_deployment_current_version(
+                SetWorkerDeploymentCurrentVersionRequest(
+                    namespace=client.namespace,
+                    deployment_name=deployment,
+                    build_id=build_id,
+                    conflict_token=desc.conflict_token,
+                    identity=client.identity,
+                )
+            )
+            return f"made current (was {current or 'none'})"
+        except RPCError as e:  # not registered yet, or a concurrent change: look again
+            log.debug("promotion of %s:%s: %s", deployment, build_id, e)
+        await asyncio.sleep(0.5)
+    return "not promoted (the version did not register in time)"
 
 
 async def load_hot_stock(deps: Dependencies) -> None:
@@ -300,7 +389,7 @@ async def install_reconciler(client: Client, settings: Settings) -> None:
     )
 
 
-async def serve(settings: Settings, queues: list[str]) -> None:
+async def serve(settings: Settings, queues: list[str], build_id: str | None = None) -> None:
     from infra.temporal import connect
 
     with contextlib.suppress(ImportError):
@@ -318,16 +407,26 @@ async def serve(settings: Settings, queues: list[str]) -> None:
     if ORDERS_TASK_QUEUE in queues:
         await install_sweeper(client, settings)
         await install_reconciler(client, settings)
-    workers = build_workers(client, deps, roles={q: q for q in queues})
+    build = resolve_build_id(build_id or settings.build_id)
+    deployment = deployment_config(settings, build)
+    workers = build_workers(
+        client,
+        deps,
+        roles={q: q for q in queues},
+        deployment=deployment,
+        grace_s=settings.worker_grace_s,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info(
-        "worker serving %s on %s (%s)",
+        "worker serving %s on %s (%s), build %s, versioning %s",
         ", ".join(queues),
         settings.temporal_address,
         settings.temporal_namespace,
+        build,
+        f"on ({settings.deployment_name}:{build})" if deployment else "off",
     )
     runs = [asyncio.create_task(w.run()) for w in workers]
     background = [
@@ -335,15 +434,30 @@ async def serve(settings: Settings, queues: list[str]) -> None:
     ]
     if ORDERS_TASK_QUEUE in queues:  # the outbox relay (one publishes; see infra/events.py)
         background.append(asyncio.create_task(run_relay(settings, deps.engine, stop)))
+    promotion = (
+        asyncio.create_task(
+            _log_promotion(client, settings.deployment_name, build, settings.promote_on_start)
+        )
+        if deployment is not None
+        else None
+    )
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*runs, stopper], return_when=asyncio.FIRST_COMPLETED)
-    log.info("worker stopping")
+    log.info("worker stopping: no new tasks; running activities get %.0fs", settings.worker_grace_s)
     stop.set()
+    if promotion is not None:
+        promotion.cancel()
+    started = loop.time()
     await asyncio.gather(*(w.shutdown() for w in workers), *background, return_exceptions=True)
+    log.info("worker drained in %.1fs", loop.time() - started)
     for t in done:
         if t is not stopper and t.exception():
             log.error("worker exited with %r", t.exception())
     await deps.aclose()
+
+
+async def _log_promotion(client: Client, deployment: str, build: str, mode: str) -> None:
+    log.info("version %s:%s: %s", deployment, build, await promote(client, deployment, build, mode))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -356,6 +470,12 @@ def main(argv: list[str] | None = None) -> None:
         default=settings.task_queues,
         help=f"comma-separated roles to serve, of {', '.join(ALL_TASK_QUEUES)} (default: %(default)s)",
     )
+    parser.add_argument(
+        "--build-id",
+        default=None,
+        help="this code's version for Worker Deployment Versioning "
+        "(default: TRADEFLOW_BUILD_ID, else <package version>-<git commit>)",
+    )
     args = parser.parse_args(argv)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     unknown = [q for q in queues if q not in WORKFLOWS_BY_QUEUE]
@@ -364,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(serve(settings, queues))
+    asyncio.run(serve(settings, queues, build_id=args.build_id))
 
 
 if __name__ == "__main__":

@@ -195,6 +195,18 @@ class Settings(BaseSettings):
     """One relay publishes at a time (Redis lease); a dead one's lease ends after this."""
     outbox_retention_h: float = Field(default=168.0, gt=0)
     """Published events are deleted from the outbox after this long."""
+    # -- worker deployment versioning and drain (worker.py, docs/operations.md) --------------
+    worker_versioning: bool = False
+    """Worker Deployment Versioning: workers poll as ``<deployment>:<build id>`` and pin each
+    workflow to the version that started it."""
+    deployment_name: str = Field(default="tradeflow", pattern=r"^[A-Za-z0-9_-]+$")
+    build_id: str | None = Field(default=None, max_length=200)
+    """This code's version; default: package version and git commit (``worker.py --build-id``)."""
+    promote_on_start: Literal["auto", "on", "off"] = "auto"
+    """``auto``: a versioned worker makes its version current when the deployment has none;
+    ``on``: always (a one-step deploy); ``off``: the operator promotes it."""
+    worker_grace_s: float = Field(default=8.0, ge=0)
+    """On SIGTERM, running activities get this long to finish before they are cancelled."""
 
     _secrets_loaded: bool = PrivateAttr(default=False)
 
