@@ -140,10 +140,10 @@ class RabbitPublisher:
         import aio_pika
 
         assert self._exchange is not None, "connect first"
-        for e in events:
-            # Sequential on one confirming channel: each publish returns on the broker's ack,
-            # so order on the queue is the outbox order.
-            await self._exchange.publish(
+        exchange = self._exchange
+
+        async def one(e: PendingEvent) -> None:
+            await exchange.publish(
                 aio_pika.Message(
                     e.body(),
                     message_id=e.event_id,
@@ -156,11 +156,30 @@ class RabbitPublisher:
                 timeout=10,
             )
 
+        # Waves: an order's k-th event of the batch goes in wave k. A wave's publishes run
+        # at once (different orders may interleave) and the next wave starts only once the
+        # broker confirmed all of them, so each order's events reach the queue in order.
+        for wave in waves_by_order(events):
+            await asyncio.gather(*(one(e) for e in wave))
+
     async def close(self) -> None:
         if self._conn is not None:
             c, self._conn, self._exchange = self._conn, None, None
             with contextlib.suppress(Exception):
                 await c.close()
+
+
+def waves_by_order(events: Sequence[PendingEvent]) -> list[list[PendingEvent]]:
+    """Split ``events`` (outbox order) so that wave k holds each order's k-th event."""
+    waves: list[list[PendingEvent]] = []
+    seen: dict[str, int] = {}
+    for e in events:
+        k = seen.get(e.order_id, 0)
+        seen[e.order_id] = k + 1
+        if k == len(waves):
+            waves.append([])
+        waves[k].append(e)
+    return waves
 
 
 def make_publisher(settings: Settings) -> Publisher | None:

@@ -286,7 +286,7 @@ async def test_relay_sigkilled_mid_batch_loses_nothing(
     engine = make_engine(to_async_url(sqlite_url))
     sessions = make_sessionmaker(engine)
     stream = f"test-events-{uuid.uuid4().hex[:8]}"
-    orders, per_order = (400, 10) if broker == "redis" else (100, 6)
+    orders, per_order = (1000, 10) if broker == "redis" else (300, 10)
     expected = await bulk_events(sessions, orders, per_order)
     total = orders * per_order
     env = relay_env(
