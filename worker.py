@@ -260,7 +260,7 @@ def resolve_build_id(explicit: str | None = None) -> str:
     except Exception:
         pkg = "0"
     try:
-        sha = subprocess.run(  # nosec B603 B607 - fixed argv, no shell
+        sha = subprocess.run(  # fixed argv, no shell
             ["git", "rev-parse", "--short=12", "HEAD"],
             cwd=os.path.dirname(os.path.abspath(__file__)),
             capture_output=True,

@@ -258,7 +258,7 @@ class SdkMetricsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         try:
-            with urllib.request.urlopen(self.url, timeout=2) as r:  # nosec B310 - loopback
+            with urllib.request.urlopen(self.url, timeout=2) as r:  # nosec B310
                 text = r.read().decode()
         except OSError as e:
             log.debug("Temporal SDK metrics not read: %r", e)
