@@ -223,6 +223,7 @@ async def test_rollout_drain_and_rollback(
             code, took = await asyncio.to_thread(v2.terminate, GRACE_S + 10)
             assert code == 0, v2.log.read_text()[-3000:]
             assert took < GRACE_S + 5, f"drain took {took:.1f}s"
+            print(f"drain: SIGTERM to exit {code} in {took:.2f}s (grace {GRACE_S:.0f}s)")
             (await psp.post("/v1/admin/faults", json={"latency_ms": 0})).raise_for_status()
             for o in drained:
                 # Finished on the draining worker, first attempt: nothing retried, nothing lost.
