@@ -210,6 +210,8 @@ class OutboxRelay:
         self.poll_s = poll_s
         self.lease = lease
         self.lease_resource = lease_resource
+        self.owns_lease_nodes = False
+        """Close the lease's Redis clients when the relay stops (``make_relay`` made them)."""
         self.retention = retention
         self.published = 0
         self._connected = False
@@ -296,6 +298,10 @@ class OutboxRelay:
                     await asyncio.wait_for(stop.wait(), min(1.0, self._standby_s()))
         finally:
             await self.publisher.close()
+            if self.owns_lease_nodes and self.lease is not None:
+                for node in self.lease.nodes:
+                    with contextlib.suppress(Exception):
+                        await node.aclose()
             log.info("outbox relay stopped (%d events published)", self.published)
 
 
@@ -311,7 +317,7 @@ def make_relay(settings: Settings, engine: AsyncEngine) -> OutboxRelay | None:
     ]
     ttl_ms = max(100, round(settings.relay_lease_s * 1000))
     lease = Redlock(nodes, RedlockConfig(ttl_ms=ttl_ms, retry_count=0, prefix="lock:"))
-    return OutboxRelay(
+    relay = OutboxRelay(
         make_sessionmaker(engine),
         publisher,
         batch=settings.relay_batch,
@@ -320,6 +326,8 @@ def make_relay(settings: Settings, engine: AsyncEngine) -> OutboxRelay | None:
         lease_resource=f"{LEASE_RESOURCE}:{settings.events_stream}",
         retention=timedelta(hours=settings.outbox_retention_h),
     )
+    relay.owns_lease_nodes = True
+    return relay
 
 
 async def run_relay(settings: Settings, engine: AsyncEngine, stop: asyncio.Event) -> None:
