@@ -26,7 +26,12 @@ HELP = "follow the order event stream (tail), show the outbox backlog (status), 
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser("events", help=HELP, description=__doc__)
+    p = subparsers.add_parser(
+        "events",
+        help=HELP,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="events_command", metavar="<action>", required=True)
     tail = sub.add_parser("tail", help="print order events as they are published")
     tail.add_argument(
