@@ -148,7 +148,7 @@ def check_stream(events: list[dict[str, Any]], expected: dict[str, int]) -> int:
 async def read_redis_stream(url: str, stream: str) -> list[dict[str, Any]]:
     r = aioredis.Redis.from_url(url, decode_responses=True)
     try:
-        entries = await r.xrange(stream)
+        entries: Any = await r.xrange(stream)
         await r.delete(stream)
     finally:
         await r.aclose()
