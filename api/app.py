@@ -25,6 +25,7 @@ from api.middleware import ObservabilityMiddleware
 from api.openapi import install_problem_openapi
 from api.routes import (
     admin,
+    codec,
     couriers,
     deliveries,
     health,
@@ -168,6 +169,7 @@ def create_app(
         app.include_router(module.router)
     app.include_router(refunds.router)
     app.include_router(repairs.router)
+    codec.install(app, settings)
     install_problem_openapi(app)
     return app
 

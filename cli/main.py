@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, str] = {
     "repair": "cli.repair",
     "token": "cli.token",
     "events": "cli.events",
+    "codec": "cli.codec",
 }
 
 

@@ -10,7 +10,9 @@ once or in a burst, stops exactly the processes this launcher started, newest fi
 0; if the launcher is SIGKILLed its children get SIGKILL from the kernel (``cli.parent_guard``).
 
 Files under the data dir: ``logs/<process>.log`` (appended), ``pids.json`` (while running),
-``launcher.lock`` (one launcher per data dir), ``temporal.db`` and ``tradeflow.db``.
+``launcher.lock`` (one launcher per data dir), ``temporal.db``, ``tradeflow.db`` and
+``codec_keys.json`` (the payload codec's key ring, created when missing; the Temporal UI is
+started with ``--ui-codec-endpoint`` pointed at the API's ``/codec``).
 """
 
 from __future__ import annotations
@@ -149,6 +151,7 @@ class Launcher:
         self.psp_url = f"http://{host}:{settings.psp_port}"
         temporal_host, _ = split_host_port(settings.temporal_address, 7233)
         self.ui_url = f"http://{connect_host(temporal_host)}:{settings.temporal_ui_port}"
+        self.codec_url = f"{self.api_url}/codec"
 
     # -- the whole run -------------------------------------------------------------------
 
@@ -181,6 +184,7 @@ class Launcher:
         # The per-data-dir secrets, created before any child starts: every process shares them.
         self.settings = s = s.with_secrets()
         admin_token, webhook_secret = s.resolved_admin_token, s.resolved_webhook_secret
+        self._ensure_codec_keys()
         self._start_apps()
         self._wait_ready()
         if s.demo:
@@ -189,6 +193,7 @@ class Launcher:
         say(f"  admin token:    {admin_token}   (header X-Admin-Token)")
         say(f"  webhook secret: {webhook_secret}")
         say(f"  auth:           {self._auth_line()}")
+        say(f"  payload codec:  {self._codec_line()}")
         say(f"  logs:           {self.log_dir}/<process>.log")
         say(f"  try:            curl -s {self.api_url}/v1/products")
         say("  stop:           Ctrl-C (stops only what this launcher started)")
@@ -221,6 +226,9 @@ class Launcher:
             str(self.data_dir / "temporal.db"),
             "--log-level",
             "warn",
+            # The UI decrypts payloads for operators through the API (api/routes/codec.py).
+            "--ui-codec-endpoint",
+            self.codec_url,
         ]
         # Passing these again on a restart with the same db file is accepted (checked with
         # temporal CLI 1.9.1); _ensure_search_attributes below covers other versions anyway.
@@ -335,6 +343,24 @@ class Launcher:
                         return
                     last = f"HTTP {r.status_code} {r.text[:200]}"
                 tick(last)
+
+    def _ensure_codec_keys(self) -> None:
+        """The payload codec's key ring, created before the worker and the API (which would
+        each create one if missing: only one may win)."""
+        if not self.settings.codec:
+            return
+        from infra.codec import ensure_key_file
+
+        try:
+            ensure_key_file(self.settings.resolved_codec_key_file)
+        except (OSError, ValueError) as exc:
+            raise LaunchError(f"payload codec key ring: {exc}") from exc
+
+    def _codec_line(self) -> str:
+        s = self.settings
+        if not s.codec:
+            return "off (TRADEFLOW_CODEC=off: payloads are stored in plaintext)"
+        return f"AES-GCM, keys in {s.resolved_codec_key_file}; UI decodes via {self.codec_url}"
 
     def _auth_line(self) -> str:
         from api.auth import auth_mode

@@ -208,6 +208,26 @@ class Settings(BaseSettings):
     worker_grace_s: float = Field(default=8.0, ge=0)
     """On SIGTERM, running activities get this long to finish before they are cancelled."""
 
+    # -- payload codec (infra/codec.py, docs/operations.md) --------------------------------
+    codec: bool = True
+    """Encrypt Temporal payloads (AES-GCM, key ring); off: they are stored as plain JSON."""
+    codec_key_file: Path | None = None
+    """The codec key ring; default ``<data dir>/codec_keys.json``, created when missing."""
+    codec_cors_origins: str | None = None
+    """Comma-separated origins (Temporal web UIs) that may call ``/codec``; default: the dev
+    server's UI on ``TEMPORAL_UI_PORT``."""
+
+    @property
+    def resolved_codec_key_file(self) -> Path:
+        return self.codec_key_file or self.data_dir / "codec_keys.json"
+
+    @property
+    def codec_cors_origin_list(self) -> list[str]:
+        if self.codec_cors_origins is not None:
+            return [o.strip() for o in self.codec_cors_origins.split(",") if o.strip()]
+        port = self.temporal_ui_port
+        return [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
+
     _secrets_loaded: bool = PrivateAttr(default=False)
 
     def __init__(self, **values: Any) -> None:
