@@ -42,7 +42,7 @@ from infra.cache import CacheAside
 from infra.ratelimit import GcraLimiter
 from infra.redis import make_redis
 from infra.settings import Settings, get_settings, to_sync_url
-from infra.telemetry import setup_tracing
+from infra.telemetry import instrument_app, setup_tracing
 from store.db import make_engine, make_sessionmaker
 from store.schema import migrate
 
@@ -170,6 +170,8 @@ def create_app(
     app.include_router(refunds.router)
     app.include_router(repairs.router)
     codec.install(app, settings)
+    if tracing:
+        instrument_app(app)  # FastAPI, SQLAlchemy, Redis, httpx spans (infra/telemetry.py)
     install_problem_openapi(app)
     return app
 

@@ -4,13 +4,33 @@ Traces: one ``TracerProvider`` per process with a batch processor; the exporter 
 ``TRADEFLOW_OTEL_EXPORTER`` (``none``, ``console`` or ``otlp``; OTLP over HTTP honours the
 standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` variables).
 Temporal's ``TracingInterceptor`` (see ``infra.temporal``) continues these traces into
-workflows and activities.
+workflows and activities, and the OpenTelemetry instrumentations installed with the provider
+add what each step does underneath: FastAPI server spans (``instrument_app``), one span per
+SQL statement (SQLAlchemy, ``instrument_engine``), per Redis command or Lua script and per
+outgoing HTTP request (httpx, which carries ``traceparent`` to the PSP). One order is one
+trace::
+
+    POST /v1/orders                              (API, FastAPI)
+    ├── EVALSHA / SELECT ... / INSERT ...          rate limit, catalogue, read model
+    └── StartWorkflow:OrderWorkflow
+        └── RunWorkflow:OrderWorkflow            (worker)
+            ├── StartActivity:try_reserve → RunActivity:try_reserve → UPDATE stock ...
+            └── StartChildWorkflow:PaymentWorkflow → RunWorkflow:PaymentWorkflow
+                └── StartActivity:authorize_payment → RunActivity:authorize_payment
+                    ├── EVALSHA                  PSP breaker and rate limiter
+                    └── POST                     httpx → the PSP
+
+A later request that signals or updates the order's workflows (the PSP webhook, a courier
+event) starts its own trace; it carries a link to the order's trace and the workflow's
+``HandleSignal``/``HandleUpdate`` span links back to it (``infra.temporal``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -20,6 +40,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client import generate_latest as _generate_latest
 
 from infra.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +82,72 @@ def setup_tracing(service_name: str, settings: Settings) -> TracerProvider:
             provider.add_span_processor(BatchSpanProcessor(exporter))
         trace.set_tracer_provider(provider)
         _provider = provider
+        instrument_libraries()
         log.info("tracing for %s, exporter %s", service_name, settings.otel_exporter)
         return provider
+
+
+_instrumented_engines: set[int] = set()
+
+
+def tracing_enabled() -> bool:
+    """True once ``setup_tracing`` ran in this process."""
+    return _provider is not None
+
+
+def _stable_semantic_conventions() -> None:
+    """Spans use the stable HTTP and database attribute names (``http.response.status_code``,
+    ``db.query.text``) unless the operator chose otherwise; read once, at first use."""
+    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http,database")
+
+
+def instrument_libraries() -> None:
+    """httpx and Redis, process-wide (they patch the client classes, so clients made before
+    are covered too). Called by ``setup_tracing``; a second call does nothing."""
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    _stable_semantic_conventions()
+    for instrumentor in (HTTPXClientInstrumentor(), RedisInstrumentor()):
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument()
+
+
+def instrument_engine(engine: AsyncEngine | Engine) -> None:
+    """A span per SQL statement on ``engine`` (a child of whatever span runs it)."""
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+    from opentelemetry.metrics import get_meter
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    _stable_semantic_conventions()
+    sync = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+    with _lock:
+        if id(sync) in _instrumented_engines:
+            return
+        _instrumented_engines.add(id(sync))
+    instrumentor = SQLAlchemyInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        # skip_dep_check: its declared range stops below SQLAlchemy 2.1, whose engine events
+        # (all it uses) are unchanged; the tree test (tests/integration/test_trace_tree.py) checks.
+        instrumentor.instrument(engine=sync, skip_dep_check=True)
+        return
+    # One instrumentor per process: later engines get their own event listeners.
+    meter = get_meter("opentelemetry.instrumentation.sqlalchemy")
+    EngineTracer(
+        trace.get_tracer("opentelemetry.instrumentation.sqlalchemy"),
+        sync,
+        meter.create_up_down_counter("db.client.connections.usage", unit="connections"),
+    )
+
+
+def instrument_app(app: FastAPI) -> None:
+    """The FastAPI instrumentation's server span per request (FastAPI's native tracing steps
+    aside when it finds it, so a request still has exactly one server span)."""
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    _stable_semantic_conventions()
+    FastAPIInstrumentor.instrument_app(app, exclude_spans=["receive", "send"])
 
 
 def shutdown_tracing() -> None:

@@ -44,6 +44,10 @@ def make_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> AsyncEn
         engine = create_async_engine(
             url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
         )
+    from infra.telemetry import instrument_engine, tracing_enabled
+
+    if tracing_enabled():  # a span per SQL statement (infra/telemetry.py)
+        instrument_engine(engine)
     return engine
 
 
