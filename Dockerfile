@@ -13,8 +13,8 @@ WORKDIR /app
 COPY . .
 RUN pip install . \
     && useradd --create-home --uid 10001 tradeflow \
-    && mkdir -p /data \
-    && chown tradeflow /data
+    && mkdir -p /data /keys \
+    && chown tradeflow /data /keys
 
 USER tradeflow
 EXPOSE 8000 8100

@@ -174,3 +174,79 @@ def test_the_published_api_asks_for_credentials(services: dict[str, dict[str, An
     env = environment(services["api"])
     assert env["TRADEFLOW_AUTH"] == "on"
     assert re.fullmatch(r"\$\{TRADEFLOW_JWT_SECRET:\?[^}]*\}", env["TRADEFLOW_JWT_SECRET"])
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> source (host path or volume name) of a service's volumes."""
+    out: dict[str, str] = {}
+    for v in service.get("volumes") or []:
+        source, target = str(v).split(":")[:2]
+        out[target] = source
+    return out
+
+
+def test_prometheus_scrapes_the_api_and_every_worker_replica(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    prometheus = services["prometheus"]
+    assert prometheus["image"].startswith("prom/prometheus:")
+    config_path = mounts(prometheus)["/etc/prometheus/prometheus.yml"]
+    config = yaml.safe_load((ROOT / config_path).read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    api_port = environment(services["api"])["API_PORT"]
+    [api_targets] = [c["targets"] for c in jobs["tradeflow-api"]["static_configs"]]
+    assert api_targets == [f"api:{api_port}"]
+    [worker_sd] = jobs["tradeflow-worker"]["dns_sd_configs"]
+    assert worker_sd["names"] == ["worker"]  # each replica, not one of them
+    assert (
+        str(worker_sd["port"]) == environment(services["worker"])["TRADEFLOW_WORKER_METRICS_PORT"]
+    )
+    for job in jobs.values():
+        assert job["metrics_path"] == "/metrics"
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboards(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    grafana = services["grafana"]
+    assert grafana["image"].startswith("grafana/grafana:")
+    assert dependencies(grafana)["prometheus"] == "service_healthy"
+    volumes = mounts(grafana)
+    provisioning = ROOT / volumes["/etc/grafana/provisioning"]
+    [datasource] = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert datasource["type"] == "prometheus"
+    assert datasource["url"] == "http://prometheus:9090"
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "tradeflow.yml").read_text())[
+        "providers"
+    ]
+    dashboards_in_container = provider["options"]["path"]
+    assert volumes[dashboards_in_container] == "./deploy/grafana"
+    for name in ("prometheus", "grafana"):
+        assert (
+            f"{name}-data" in yaml.safe_load((ROOT / "docker-compose.yml").read_text())["volumes"]
+        )
+
+
+def test_the_api_and_the_workers_share_one_codec_key_ring_and_the_ui_decodes_through_the_api(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    key_file = Path(environment(services["api"])["TRADEFLOW_CODEC_KEY_FILE"])
+    for name in ("migrate", "api", "worker"):
+        env = environment(services[name])
+        assert env["TRADEFLOW_CODEC"] == "on"
+        assert env["TRADEFLOW_CODEC_KEY_FILE"] == str(key_file)
+        assert mounts(services[name])[str(key_file.parent)] == "codec-keys", name
+    # migrate (runs first, read-write) creates the ring; the others only read it.
+    assert "tradeflow codec keys" in command_text(services["migrate"])
+    for name in ("api", "worker"):
+        assert any(str(v).endswith(":ro") for v in services[name]["volumes"]), name
+    ui = environment(services["temporal-ui"])
+    api_host_port = next(str(p).split(":")[-2] for p in services["api"]["ports"])
+    assert ui["TEMPORAL_CODEC_ENDPOINT"] == f"http://localhost:{api_host_port}/codec"
+    assert (
+        environment(services["api"])["TRADEFLOW_CODEC_CORS_ORIGINS"] == ui["TEMPORAL_CORS_ORIGINS"]
+    )
+    # The image has the directory, owned by the app user (a new volume copies that).
+    assert re.search(r"mkdir -p [^\n]*/keys", (ROOT / "Dockerfile").read_text())
