@@ -10,11 +10,13 @@ the order, and the API's codec endpoint decrypts a payload of that history for a
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, WorkflowExecution
 from temporalio.api.enums.v1 import EventType
@@ -30,8 +32,8 @@ from domain.messages import CheckoutInput, OrderView
 from domain.names import delivery_workflow_id, order_workflow_id, payment_workflow_id
 from infra.codec import ENCODING
 from infra.temporal import data_converter
-from tests.api.helpers import ADMIN_TOKEN, make_settings
-from tests.conftest import REDIS_URL
+from tests.api.helpers import ADMIN_TOKEN, closed_port, make_settings
+from tests.conftest import REDIS_URL, TEMPORAL_CLI
 from tests.support import MAIN, order_stack, wait_for_view
 
 pytestmark = pytest.mark.slow
@@ -161,3 +163,50 @@ async def test_an_order_history_on_the_server_holds_no_address_or_coordinates(
             [decoded] = r.json()["payloads"]
             plain = json_format.ParseDict(decoded, Payload())
             assert ADDRESS.encode() in plain.data
+
+            # Temporal's own CLI, a remote-codec client like the web UI, over real HTTP.
+            port = closed_port()
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"
+                )
+            )
+            serving = asyncio.create_task(server.serve())
+            try:
+                for _ in range(200):
+                    if server.started:
+                        break
+                    await asyncio.sleep(0.05)
+                show = [
+                    str(TEMPORAL_CLI),
+                    "workflow",
+                    "show",
+                    "--workflow-id",
+                    order_workflow_id(order_id),
+                    "--address",
+                    dev_env.client.service_client.config.target_host,
+                    "--namespace",
+                    client.namespace,
+                    "--output",
+                    "json",
+                ]
+                codec = [
+                    "--codec-endpoint",
+                    f"http://127.0.0.1:{port}/codec",
+                    "--codec-header",
+                    f"X-Admin-Token={ADMIN_TOKEN}",
+                ]
+                for argv, readable in ((show, False), (show + codec, True)):
+                    proc = await asyncio.create_subprocess_exec(
+                        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+                    )
+                    out, err = await proc.communicate()
+                    assert proc.returncode == 0, err.decode()
+                    first = json.loads(out)["events"][0]
+                    [shown] = first["workflowExecutionStartedEventAttributes"]["input"]["payloads"]
+                    shown_payload = json_format.ParseDict(shown, Payload())
+                    assert (ADDRESS.encode() in shown_payload.data) is readable, argv
+                    assert (shown_payload.metadata["encoding"] == ENCODING) is not readable
+            finally:
+                server.should_exit = True
+                await serving
