@@ -17,9 +17,15 @@ dispatch workers and the PSP simulator, on its own SQLite file and the real Redi
 A process places a few warm-up orders, then N orders through ``POST /v1/orders``, C at a time,
 and times from the first request to the moment every one of them is ``PAID`` or later in the
 read model (price, record, reserve, the payment child with the PSP call, confirm: the
-checkout path). Modes take turns (order rotated every round); figures are medians over
-``--rounds`` and a ratio is the median of per-round ratios against ``off``. Printed: one JSON
-line per figure ``{"name", "value", "unit", "ratio_to_off"}``; progress on stderr.
+checkout path). Besides that wall-clock rate it measures the process's CPU time per order
+(``time.process_time`` over the same window: API, workers and PSP are all this process; the
+Temporal server's share is not in it), which other work on a shared machine disturbs far
+less than a rate; and, with the codec on, the time spent inside the codec and the payloads it
+handled per order (thread CPU time inside ``encrypt``/``decrypt``), and with tracing on, the spans exported per order.
+
+Modes take turns (order rotated every round); figures are medians over ``--rounds`` and a ratio
+is the median of per-round ratios against ``off``. Printed: one JSON line per figure
+``{"name", "value", "unit", "ratio_to_off"}``; progress on stderr.
 """
 
 from __future__ import annotations
@@ -97,6 +103,29 @@ async def measure(
     from infra.temporal import connect
 
     client = await connect(settings, tracing=tracing)
+    codec_stats: dict[str, float] = {"s": 0.0, "n": 0}
+    if codec_on:
+        # The codec's own CPU time: every payload this process encrypts or decrypts (the API's
+        # client and both workers share the one codec of the key file).
+        from infra.codec import codec_for
+
+        codec = codec_for(settings.resolved_codec_key_file)
+
+        def timed(fn: Any) -> Any:
+            def run(payload: Any) -> Any:
+                # CPU of this thread: a wall clock would count the waits for the GIL while
+                # the workflow threads run.
+                t = time.thread_time()
+                try:
+                    return fn(payload)
+                finally:
+                    codec_stats["s"] += time.thread_time() - t
+                    codec_stats["n"] += 1
+
+            return run
+
+        codec.encrypt = timed(codec.encrypt)  # type: ignore[method-assign]
+        codec.decrypt = timed(codec.decrypt)  # type: ignore[method-assign]
     run = uuid.uuid4().hex[:8]
     engine = make_engine(db_url)
     sku = f"SKU-ops-{run}"
@@ -185,9 +214,11 @@ async def measure(
             return await asyncio.gather(*(one(start + i) for i in range(n)))
 
         await until_paid(await batch(0, min(5, orders)))  # warm-up: imports, caches, sandbox
-        t0 = time.perf_counter()
+        codec_stats["s"], codec_stats["n"] = 0.0, 0
+        t0, c0 = time.perf_counter(), time.process_time()
         await until_paid(await batch(1000, orders))
         seconds = time.perf_counter() - t0
+        cpu_s = time.process_time() - c0
         for order_id in started:
             with contextlib.suppress(Exception):
                 await client.get_workflow_handle(f"order-{order_id}").terminate("bench done")
@@ -202,6 +233,9 @@ async def measure(
         "mode": mode,
         "seconds": seconds,
         "orders_per_s": orders / seconds,
+        "cpu_ms_per_order": 1000 * cpu_s / orders,
+        "codec_ms_per_order": 1000 * codec_stats["s"] / orders,
+        "codec_payloads_per_order": codec_stats["n"] / orders,
         "spans_per_order": Counting.spans / (orders + min(5, orders)) if tracing else 0.0,
     }
 
@@ -260,36 +294,65 @@ def run_rounds(args: argparse.Namespace) -> int:
                 results[mode].append(result)
                 log(
                     f"round {r + 1}/{args.rounds} {mode:8s} {result['orders_per_s']:.1f} orders/s"
-                    f" ({result['seconds']:.2f}s, {result['spans_per_order']:.0f} spans/order)"
+                    f" {result['cpu_ms_per_order']:.0f} ms CPU/order"
+                    f" ({result['seconds']:.2f}s, {result['spans_per_order']:.0f} spans/order,"
+                    f" codec {result['codec_ms_per_order']:.2f} ms/order over"
+                    f" {result['codec_payloads_per_order']:.0f} payloads)"
                 )
     finally:
         loop.run_until_complete(env.shutdown())
         loop.close()
-    base = results["off"] if "off" in results else None
+    base = results.get("off")
+
+    def ratio(mode: str, key: str) -> float | None:
+        if not base:
+            return None
+        pairs = zip(results[mode], base, strict=True)
+        return round(statistics.median(x[key] / b[key] for x, b in pairs), 3)
+
+    def median(mode: str, key: str) -> float:
+        return round(statistics.median(x[key] for x in results[mode]), 3)
+
     for mode in args.modes:
-        rates = [x["orders_per_s"] for x in results[mode]]
-        ratio = (
-            statistics.median(
-                x["orders_per_s"] / b["orders_per_s"]
-                for x, b in zip(results[mode], base, strict=True)
+        figures = [
+            ("orders_to_paid", "orders_per_s", "orders/s"),
+            ("cpu_per_order", "cpu_ms_per_order", "ms"),
+        ]
+        for name, key, unit in figures:
+            print(
+                json.dumps(
+                    {
+                        "name": f"{name}_{mode}",
+                        "value": median(mode, key),
+                        "unit": unit,
+                        "ratio_to_off": ratio(mode, key),
+                    }
+                ),
+                flush=True,
             )
-            if base
-            else None
-        )
-        print(
-            json.dumps(
-                {
-                    "name": f"orders_to_paid_{mode}",
-                    "value": round(statistics.median(rates), 2),
-                    "unit": "orders/s",
-                    "ratio_to_off": None if ratio is None else round(ratio, 3),
-                    "spans_per_order": round(
-                        statistics.median(x["spans_per_order"] for x in results[mode]), 1
-                    ),
-                }
-            ),
-            flush=True,
-        )
+        if mode in ("codec", "both"):
+            print(
+                json.dumps(
+                    {
+                        "name": f"codec_time_per_order_{mode}",
+                        "value": median(mode, "codec_ms_per_order"),
+                        "unit": "ms",
+                        "payloads_per_order": median(mode, "codec_payloads_per_order"),
+                    }
+                ),
+                flush=True,
+            )
+        if mode in ("tracing", "both"):
+            print(
+                json.dumps(
+                    {
+                        "name": f"spans_per_order_{mode}",
+                        "value": median(mode, "spans_per_order"),
+                        "unit": "spans",
+                    }
+                ),
+                flush=True,
+            )
     return 0
 
 

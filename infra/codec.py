@@ -42,6 +42,7 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import DataConverter, DefaultFailureConverter, PayloadCodec
 
@@ -234,9 +235,9 @@ class EncryptionCodec(PayloadCodec):
             plain = self._cipher(kid, key).decrypt(
                 data[:NONCE_BYTES], data[NONCE_BYTES:], kid.encode()
             )
-        except InvalidTag as exc:
+            return Payload.FromString(plain)
+        except (InvalidTag, ValueError, DecodeError) as exc:  # tampered, truncated, not ours
             raise CodecKeyError(f"payload does not decrypt under key {kid!r}") from exc
-        return Payload.FromString(plain)
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         return [self.encrypt(p) for p in payloads]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
@@ -87,7 +88,7 @@ def setup_tracing(service_name: str, settings: Settings) -> TracerProvider:
         return provider
 
 
-_instrumented_engines: set[int] = set()
+_instrumented_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 def tracing_enabled() -> bool:
@@ -114,8 +115,13 @@ def instrument_libraries() -> None:
 
 
 def instrument_engine(engine: AsyncEngine | Engine) -> None:
-    """A span per SQL statement on ``engine`` (a child of whatever span runs it)."""
-    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+    """A span per SQL statement on ``engine`` (a child of whatever span runs it), with the
+    SQLAlchemy instrumentation's ``EngineTracer`` (its event listeners on this engine only).
+
+    Per engine rather than ``SQLAlchemyInstrumentor().instrument()``: that patches
+    ``create_async_engine`` in SQLAlchemy's module, which ``store.db`` imported before any
+    process sets tracing up, and it would trace engines twice where both apply.
+    """
     from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
     from opentelemetry.metrics import get_meter
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -123,16 +129,9 @@ def instrument_engine(engine: AsyncEngine | Engine) -> None:
     _stable_semantic_conventions()
     sync = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
     with _lock:
-        if id(sync) in _instrumented_engines:
+        if sync in _instrumented_engines:
             return
-        _instrumented_engines.add(id(sync))
-    instrumentor = SQLAlchemyInstrumentor()
-    if not instrumentor.is_instrumented_by_opentelemetry:
-        # skip_dep_check: its declared range stops below SQLAlchemy 2.1, whose engine events
-        # (all it uses) are unchanged; the tree test (tests/integration/test_trace_tree.py) checks.
-        instrumentor.instrument(engine=sync, skip_dep_check=True)
-        return
-    # One instrumentor per process: later engines get their own event listeners.
+        _instrumented_engines.add(sync)
     meter = get_meter("opentelemetry.instrumentation.sqlalchemy")
     EngineTracer(
         trace.get_tracer("opentelemetry.instrumentation.sqlalchemy"),

@@ -103,6 +103,9 @@ async def test_relabelling_a_payload_to_another_key_does_not_decrypt() -> None:
     tampered.metadata[KEY_ID_KEY] = ring.current.encode()
     with pytest.raises(CodecKeyError):
         await codec.decode([tampered])
+    truncated = Payload(metadata=dict(tampered.metadata), data=b"short")
+    with pytest.raises(CodecKeyError):
+        await codec.decode([truncated])
 
 
 def test_the_key_file_is_created_once_private_and_shared_by_racing_processes(
