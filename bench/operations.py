@@ -74,18 +74,20 @@ async def measure(
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-ops-{mode}-"))
     db_url = f"sqlite:///{tmp / 'tradeflow.db'}"
     migrate(db_url)
-    settings = Settings(
-        TRADEFLOW_DATA_DIR=str(tmp),
-        DATABASE_URL=db_url,
-        REDIS_URL=redis_url,
-        TEMPORAL_ADDRESS=address,
-        TRADEFLOW_CODEC="on" if codec_on else "off",
-        TRADEFLOW_CHECKOUT_RATE="100000/s",
-        TRADEFLOW_CHECKOUT_BURST=100000,
-        TRADEFLOW_OFFER_TIMEOUT_S=3600,
-        TRADEFLOW_MAX_OFFERS=1,
-        TRADEFLOW_ADMIN_TOKEN="bench",
-    )
+    settings = Settings.from_variables(
+        {
+            "TRADEFLOW_DATA_DIR": str(tmp),
+            "DATABASE_URL": db_url,
+            "REDIS_URL": redis_url,
+            "TEMPORAL_ADDRESS": address,
+            "TRADEFLOW_CODEC": "on" if codec_on else "off",
+            "TRADEFLOW_CHECKOUT_RATE": "100000/s",
+            "TRADEFLOW_CHECKOUT_BURST": 100000,
+            "TRADEFLOW_OFFER_TIMEOUT_S": 3600,
+            "TRADEFLOW_MAX_OFFERS": 1,
+            "TRADEFLOW_ADMIN_TOKEN": "bench",
+        }
+    ).with_secrets()
 
     class Counting(SpanExporter):
         spans = 0

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.30.0"
 """Oldest Kubernetes the manifests must apply to (autoscaling/v2 behaviour, startupProbe)."""
-KNOWN_VARIABLES = {f.alias for f in Settings.model_fields.values() if f.alias}
+KNOWN_VARIABLES = set(Settings.variables().values())
 CODEC_SECRET = "tradeflow-codec-keys"
 """Created by the operator (kustomization.yaml says how): a key ring never lives in git."""
 
