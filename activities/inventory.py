@@ -86,7 +86,7 @@ class InventoryActivities:
             raise ApplicationError(
                 str(e), e.state, type=errors.RESERVATION_CANCELLED, non_retryable=True
             ) from e
-        return ReservationResult(state=out.state, changed=out.changed)
+        return ReservationResult(state=ReservationState(out.state), changed=out.changed)
 
     @activity.defn(name=ACT_CONFIRM_RESERVATION)
     async def confirm_reservation(self, key: ReservationKey) -> ReservationResult:
@@ -111,9 +111,9 @@ class InventoryActivities:
                     s, order_id=key.order_id, location_id=key.location_id, sku=key.sku
                 )
             if row is None:
-                return ReservationResult(state=ReservationState.CANCELLED.value, changed=False)
+                return ReservationResult(state=ReservationState.CANCELLED, changed=False)
             if row[0] in (ReservationState.CANCELLED, ReservationState.RETURNED):
-                return ReservationResult(state=row[0], changed=False)
+                return ReservationResult(state=ReservationState(row[0]), changed=False)
         out = await self._apply(ledger.cancel, key)
         if claim == Claim.LIVE and out.state == ReservationState.CANCELLED:
             await self._after_db(self._hot_release(key, returned=False), key)
@@ -182,4 +182,4 @@ class InventoryActivities:
             out.state,
             "" if out.changed else " (no change)",
         )
-        return ReservationResult(state=out.state, changed=out.changed)
+        return ReservationResult(state=ReservationState(out.state), changed=out.changed)

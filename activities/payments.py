@@ -25,6 +25,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from domain import errors
+from domain.errors import ALREADY_CAPTURED
 from domain.messages import (
     AuthorizeInput,
     AuthorizeResult,
@@ -46,7 +47,6 @@ PSP_UNKNOWN_OUTCOME = "PspUnknownOutcome"
 """Retryable: no answer in time; the next attempt looks the intent up before calling again."""
 PSP_PROTOCOL_ERROR = "PspProtocolError"
 """Non-retryable: the PSP refused the request in a way a retry cannot fix."""
-ALREADY_CAPTURED = "AlreadyCaptured"
 PAYMENT_NOT_CAPTURABLE = "PaymentNotCapturable"
 CAPTURE_EXCEEDS_AUTHORIZED = "CaptureExceedsAuthorized"
 PAYMENT_NOT_FOUND = "PaymentNotFound"
@@ -89,14 +89,14 @@ def _authorize_result(intent: dict[str, Any]) -> AuthorizeResult:
     status = intent["status"]
     if status in ("requires_capture", "succeeded"):
         return AuthorizeResult(
-            status=_S.AUTHORIZED.value,
+            status=_S.AUTHORIZED,
             payment_id=intent["id"],
             authorized_cents=intent["amount_cents"],
         )
     if status == "requires_action":
-        return AuthorizeResult(status=_S.REQUIRES_ACTION.value, payment_id=intent["id"])
+        return AuthorizeResult(status=_S.REQUIRES_ACTION, payment_id=intent["id"])
     detail = intent.get("last_error") or status
-    return AuthorizeResult(status=_S.DECLINED.value, payment_id=intent["id"], detail=detail)
+    return AuthorizeResult(status=_S.DECLINED, payment_id=intent["id"], detail=detail)
 
 
 def _authorized_cents(intent: dict[str, Any]) -> int:

@@ -19,6 +19,8 @@ from temporalio.exceptions import ApplicationError
 
 from activities.hot_stock import reconcile_hot_counters
 from activities.payments import PAYMENT_NOT_FOUND, PaymentActivities, _error_code, _refused
+from domain.errors import REFUND_EXCEEDS_CAPTURED, REFUND_REFUSED
+from domain.errors import REFUND_LEDGER_INCONSISTENT as LEDGER_INCONSISTENT
 from domain.messages import (
     PspRefundRequest,
     PspRefundResult,
@@ -35,21 +37,10 @@ from domain.names import (
     ACT_MARK_REFUND_SUCCEEDED,
     ACT_RESTOCK_REFUNDED_ITEMS,
     ACT_SEND_REFUND,
-    ERR_REFUND_EXCEEDS_CAPTURED,
-    ERR_REFUND_LEDGER_INCONSISTENT,
-    ERR_REFUND_REFUSED,
 )
 from infra.breaker import CircuitBreaker
 from infra.ratelimit import GcraLimiter
 from store import refunds as book
-
-# ApplicationError types raised here (non-retryable: the workflow records the refund FAILED).
-REFUND_EXCEEDS_CAPTURED = ERR_REFUND_EXCEEDS_CAPTURED
-"""The PSP refused: the intent's refunds would pass what it captured."""
-REFUND_REFUSED = ERR_REFUND_REFUSED
-"""The PSP refused the refund for another reason a retry cannot fix."""
-LEDGER_INCONSISTENT = ERR_REFUND_LEDGER_INCONSISTENT
-"""tradeflow's payments row disagrees with the refund: an operator must look."""
 
 
 class RefundActivities(PaymentActivities):

@@ -346,7 +346,7 @@ class OrdersService:
             workflow_id=order_workflow_id(order_id),
             customer_id=body.customer_id,
             location_id=body.location_id,
-            status=OrderStatus.PENDING.value,
+            status=OrderStatus.PENDING,
             failure_reason=None,
             items=[ItemView(li.sku, li.quantity, li.unit_price_cents) for li in lines],
             currency=currency,
@@ -358,7 +358,7 @@ class OrdersService:
             payment=PaymentView(),
             delivery=DeliveryView(),
             refunds=[],
-            timeline=[TimelineEntry(status=OrderStatus.PENDING.value, at=now)],
+            timeline=[TimelineEntry(status=OrderStatus.PENDING, at=now)],
             created_at=now,
             updated_at=now,
         )
@@ -582,7 +582,7 @@ class OrdersService:
             result: CourierEventResult = await asyncio.wait_for(
                 handle.execute_update(
                     update,
-                    CourierEvent(courier_id=event.courier_id, type=event.type.value),
+                    CourierEvent(courier_id=event.courier_id, type=event.type),
                     result_type=CourierEventResult,
                     rpc_timeout=UPDATE_TIMEOUT,
                 ),

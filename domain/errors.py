@@ -21,4 +21,15 @@ ALREADY_APPLIED = "AlreadyApplied"
 TOO_MANY_EVENTS = "TooManyEvents"
 """A client sent more updates for one order than any real delivery needs."""
 NOT_REPAIRABLE = "NotRepairable"
+
+# Payment activities (non-retryable).
 ALREADY_CAPTURED = "AlreadyCaptured"
+"""A void found the money captured: the compensation cannot undo a sale."""
+
+# Refund activities: these end a refund as FAILED (non-retryable), the last one for an operator.
+REFUND_EXCEEDS_CAPTURED = "RefundExceedsCaptured"
+"""The PSP refused: the intent's refunds would pass what it captured."""
+REFUND_REFUSED = "RefundRefused"
+"""The PSP refused the refund for another reason a retry cannot fix."""
+REFUND_LEDGER_INCONSISTENT = "RefundLedgerInconsistent"
+"""tradeflow's payments row disagrees with the refund: an operator must look."""

@@ -7,6 +7,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from domain.status import (
+    AuthorizationOutcome,
+    CourierEventType,
+    DeliveryStatus,
+    FailureReason,
+    MerchantEventType,
+    NotificationStatus,
+    OrderStatus,
+    PaymentStatus,
+    RefundStatus,
+    ReservationState,
+)
+
 # --------------------------------------------------------------------------- order workflow
 
 #: Margin on top of the payment timeout before a reservation that was never confirmed lapses.
@@ -100,20 +113,20 @@ class AmountsView:
 
 @dataclass
 class PaymentView:
-    status: str = "PENDING"
+    status: PaymentStatus = PaymentStatus.PENDING
     payment_id: str | None = None
 
 
 @dataclass
 class DeliveryView:
-    status: str = "NOT_STARTED"
+    status: DeliveryStatus = DeliveryStatus.NOT_STARTED
     offered_to: str | None = None
     courier_id: str | None = None
 
 
 @dataclass
 class TimelineEntry:
-    status: str
+    status: OrderStatus
     at: str
 
 
@@ -125,8 +138,8 @@ class OrderView:
     workflow_id: str
     customer_id: str
     location_id: str
-    status: str
-    failure_reason: str | None
+    status: OrderStatus
+    failure_reason: FailureReason | None
     items: list[ItemView]
     currency: str
     amounts: AmountsView
@@ -153,7 +166,7 @@ class CancelRequest:
 @dataclass(frozen=True)
 class CancelResult:
     accepted: bool
-    status: str
+    status: OrderStatus
 
 
 @dataclass(frozen=True)
@@ -167,7 +180,7 @@ class RepairRequest:
 
 @dataclass(frozen=True)
 class RepairResult:
-    status: str
+    status: OrderStatus
     """The order's status after the repair: its final outcome, or still NEEDS_ATTENTION."""
     remaining: list[str] = field(default_factory=list)
     """Compensations that still failed (empty when the repair completed)."""
@@ -176,21 +189,21 @@ class RepairResult:
 @dataclass(frozen=True)
 class CourierEvent:
     courier_id: str
-    type: str
-    """One of ``CourierEventType``."""
+    type: CourierEventType
 
 
 @dataclass(frozen=True)
 class CourierEventResult:
     accepted: bool
-    status: str
+    status: OrderStatus | DeliveryStatus
+    """The order's status (an event for the order) or the dispatch's (an answer to an offer)."""
 
 
 @dataclass(frozen=True)
 class DeliveryProgress:
     """Child delivery workflow -> order workflow: the dispatch state changed."""
 
-    status: str
+    status: DeliveryStatus
     offered_to: str | None = None
     courier_id: str | None = None
 
@@ -211,8 +224,7 @@ class PaymentInput:
 
 @dataclass(frozen=True)
 class PaymentResult:
-    status: str
-    """AUTHORIZED, DECLINED, TIMEOUT or ABORTED."""
+    status: AuthorizationOutcome
     payment_id: str | None = None
     authorized_cents: int = 0
     detail: str | None = None
@@ -222,7 +234,7 @@ class PaymentResult:
 class PaymentProgress:
     """Child payment workflow -> order workflow: the payment state changed."""
 
-    status: str
+    status: PaymentStatus
     payment_id: str | None = None
 
 
@@ -232,7 +244,8 @@ class PaymentOutcome:
 
     event_id: str
     type: str
-    """``payment_intent.succeeded`` or ``payment_intent.failed``."""
+    """The PSP's event type as it sent it; the workflow acts on the ``PspEventType`` ones
+    only (the API forwards no others)."""
     payment_id: str
     amount_cents: int
 
@@ -256,7 +269,7 @@ class DeliveryInput:
 
 @dataclass(frozen=True)
 class DeliveryResult:
-    status: str
+    status: DeliveryStatus
     """ASSIGNED or FAILED (no courier accepted within ``max_offers`` offers)."""
     courier_id: str | None = None
     offers_made: int = 0
@@ -264,7 +277,7 @@ class DeliveryResult:
 
 @dataclass
 class DeliveryState:
-    status: str = "DISPATCHING"
+    status: DeliveryStatus = DeliveryStatus.DISPATCHING
     offered_to: str | None = None
     courier_id: str | None = None
     tried: list[str] = field(default_factory=list)
@@ -287,8 +300,8 @@ class ReservationKey:
 
 @dataclass(frozen=True)
 class ReservationResult:
-    state: str
-    """The branch's ``ReservationState`` after the call."""
+    state: ReservationState
+    """The branch's state after the call."""
     changed: bool
     """False when the call was a repeat (idempotent) or an empty rollback."""
 
@@ -304,7 +317,7 @@ class AuthorizeInput:
 
 @dataclass(frozen=True)
 class AuthorizeResult:
-    status: str
+    status: PaymentStatus
     """AUTHORIZED, REQUIRES_ACTION or DECLINED."""
     payment_id: str
     authorized_cents: int = 0
@@ -412,8 +425,7 @@ NOTIFY_BACKOFF_S: tuple[float, ...] = (15, 15, 30, 180, 600, 1200, 1800, 3600, 1
 class MerchantEvent:
     event_id: str
     """Stable per fact (``<order_id>.paid``): the merchant dedupes on it."""
-    type: str
-    """``order.paid``, ``order.cancelled`` or ``refund.succeeded``."""
+    type: MerchantEventType
     order_id: str
     amount_cents: int
     currency: str
@@ -434,9 +446,8 @@ class NotifyAttempt:
 class NotificationOutcome:
     event_id: str
     order_id: str
-    type: str
-    status: str
-    """DELIVERED, GAVE_UP or SKIPPED."""
+    type: MerchantEventType
+    status: NotificationStatus
     attempts: int
     last_error: str | None = None
 
@@ -458,8 +469,7 @@ class RefundView:
     order_id: str
     amount_cents: int
     currency: str
-    status: str
-    """``PENDING``, ``SUCCEEDED`` or ``FAILED``."""
+    status: RefundStatus
     reason: str
     restock: list[RestockLine]
     created_at: str

@@ -94,11 +94,6 @@ ACT_MARK_REFUND_SUCCEEDED = "mark_refund_succeeded"
 ACT_MARK_REFUND_FAILED = "mark_refund_failed"
 ACT_RESTOCK_REFUNDED_ITEMS = "restock_refunded_items"
 
-# ApplicationError types of the refund activities that end a refund as FAILED (non-retryable).
-ERR_REFUND_EXCEEDS_CAPTURED = "RefundExceedsCaptured"
-ERR_REFUND_REFUSED = "RefundRefused"
-ERR_REFUND_LEDGER_INCONSISTENT = "RefundLedgerInconsistent"
-
 # Reconciler: a Temporal Schedule runs it periodically on the orders queue (docs/operations.md).
 RECONCILE_WORKFLOW = "ReconcileWorkflow"
 RECONCILER_SCHEDULE_ID = "reconciler"

@@ -123,3 +123,44 @@ class ReservationState(StrEnum):
     CONFIRMED = "CONFIRMED"
     CANCELLED = "CANCELLED"
     RETURNED = "RETURNED"
+
+
+class AuthorizationOutcome(StrEnum):
+    """How a payment child workflow ended (``PaymentResult.status``)."""
+
+    AUTHORIZED = "AUTHORIZED"
+    DECLINED = "DECLINED"
+    TIMEOUT = "TIMEOUT"
+    """No usable answer within the payment window (the PSP, or the customer's action)."""
+    ABORTED = "ABORTED"
+    """The order gave up on the payment (a cancel) while it waited for the customer."""
+
+
+class PspEventType(StrEnum):
+    """The PSP webhook events tradeflow acts on (others are acknowledged and ignored)."""
+
+    SUCCEEDED = "payment_intent.succeeded"
+    FAILED = "payment_intent.failed"
+
+
+class MerchantEventType(StrEnum):
+    """What the merchant's webhook is told about (max effort)."""
+
+    ORDER_PAID = "order.paid"
+    ORDER_CANCELLED = "order.cancelled"
+    REFUND_SUCCEEDED = "refund.succeeded"
+
+
+class NotificationStatus(StrEnum):
+    """How a merchant notification ended."""
+
+    DELIVERED = "DELIVERED"
+    GAVE_UP = "GAVE_UP"
+    SKIPPED = "SKIPPED"
+    """No merchant URL is configured: nothing to deliver."""
+
+
+class RefundStatus(StrEnum):
+    PENDING = "PENDING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"

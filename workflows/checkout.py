@@ -61,9 +61,11 @@ with workflow.unsafe.imports_passed_through():
     )
     from domain.status import (
         CANCELLABLE_STATUSES,
+        AuthorizationOutcome,
         CourierEventType,
         DeliveryStatus,
         FailureReason,
+        MerchantEventType,
         OrderStatus,
         PaymentStatus,
         check_transition,
@@ -79,6 +81,13 @@ SA_FAILURE = SearchAttributeKey.for_keyword(names.SA_FAILURE_REASON)
 
 def _now_iso() -> str:
     return workflow.now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+#: The order's transitions the merchant is told about (when ``notify_merchant`` is set).
+_MERCHANT_EVENT_OF = {
+    OrderStatus.PAID: MerchantEventType.ORDER_PAID,
+    OrderStatus.CANCELLED: MerchantEventType.ORDER_CANCELLED,
+}
 
 
 class _Cancelled(Exception):
@@ -102,7 +111,7 @@ class OrderWorkflow:
             workflow_id=names.order_workflow_id(inp.order_id),
             customer_id=inp.customer_id,
             location_id=inp.location_id,
-            status=OrderStatus.PENDING.value,
+            status=OrderStatus.PENDING,
             failure_reason=None,
             items=[ItemView(li.sku, li.quantity, li.unit_price_cents) for li in inp.lines],
             currency=inp.currency,
@@ -114,7 +123,7 @@ class OrderWorkflow:
             payment=PaymentView(),
             delivery=DeliveryView(),
             refunds=[],
-            timeline=[TimelineEntry(OrderStatus.PENDING.value, inp.created_at)],
+            timeline=[TimelineEntry(OrderStatus.PENDING, inp.created_at)],
             created_at=inp.created_at,
             updated_at=inp.created_at,
         )
@@ -321,7 +330,7 @@ class OrderWorkflow:
         payment = await self._authorize()
         self._view.payment.payment_id = payment.payment_id
         self._view.amounts.authorized_cents = payment.authorized_cents
-        self._view.payment.status = PaymentStatus.AUTHORIZED.value
+        self._view.payment.status = PaymentStatus.AUTHORIZED
 
         # 5. Confirm stock: from here a cancel returns sold units instead of cancelling a hold.
         self._details("confirming stock")
@@ -345,7 +354,7 @@ class OrderWorkflow:
         self._check_cancel()
         # The goods have left the store: no compensation may put them back on the shelf.
         saga.discard_prefix("stock:")
-        self._view.delivery.status = DeliveryStatus.PICKED_UP.value
+        self._view.delivery.status = DeliveryStatus.PICKED_UP
         self._details("capturing payment")
         try:
             await self._capture()
@@ -361,7 +370,7 @@ class OrderWorkflow:
     async def _complete_delivery(self, saga: Saga, courier_id: str) -> None:
         """Free the courier and close the order as delivered; safe to run again."""
         self._closing = True
-        self._view.delivery.status = DeliveryStatus.DELIVERED.value
+        self._view.delivery.status = DeliveryStatus.DELIVERED
         await workflow.execute_activity(
             names.ACT_RELEASE_COURIER,
             CourierOffer(self._inp.order_id, courier_id),
@@ -435,17 +444,17 @@ class OrderWorkflow:
         if result.payment_id:
             self._view.payment.payment_id = result.payment_id
         self._check_cancel()
-        if result.status == "AUTHORIZED":
+        if result.status == AuthorizationOutcome.AUTHORIZED:
             return result
-        if result.status == "TIMEOUT":
+        if result.status == AuthorizationOutcome.TIMEOUT:
             raise _Failed(FailureReason.PAYMENT_TIMEOUT, result.detail or "")
-        self._view.payment.status = PaymentStatus.DECLINED.value
+        self._view.payment.status = PaymentStatus.DECLINED
         raise _Failed(FailureReason.PAYMENT_DECLINED, result.detail or result.status)
 
     async def _dispatch(self, saga: Saga) -> str:
         inp = self._inp
         await self._transition(OrderStatus.DISPATCHING)
-        self._view.delivery.status = DeliveryStatus.DISPATCHING.value
+        self._view.delivery.status = DeliveryStatus.DISPATCHING
         self._details("looking for a courier")
         child = await workflow.start_child_workflow(
             names.DELIVERY_WORKFLOW,
@@ -470,15 +479,15 @@ class OrderWorkflow:
             result = await child
         except ChildWorkflowError:
             result = None  # cancelled: the child released any courier it was offering to
-        if result is not None and result.status == "ASSIGNED" and result.courier_id:
+        if result is not None and result.status == DeliveryStatus.ASSIGNED and result.courier_id:
             courier_id = result.courier_id
             saga.add("courier", self._undo_courier(courier_id))
             self._view.delivery = DeliveryView(
-                status=DeliveryStatus.ASSIGNED.value, offered_to=None, courier_id=courier_id
+                status=DeliveryStatus.ASSIGNED, offered_to=None, courier_id=courier_id
             )
         self._check_cancel()
-        if result is None or result.status != "ASSIGNED" or not result.courier_id:
-            self._view.delivery.status = DeliveryStatus.FAILED.value
+        if result is None or result.status != DeliveryStatus.ASSIGNED or not result.courier_id:
+            self._view.delivery.status = DeliveryStatus.FAILED
             self._view.delivery.offered_to = None
             raise _Failed(
                 FailureReason.NO_COURIER,
@@ -503,7 +512,7 @@ class OrderWorkflow:
             retry_policy=options.FORWARD,
         )
         self._view.amounts.captured_cents = res.captured_cents
-        self._view.payment.status = PaymentStatus.CAPTURED.value
+        self._view.payment.status = PaymentStatus.CAPTURED
 
     # ------------------------------------------------------------------------ compensations
 
@@ -564,7 +573,7 @@ class OrderWorkflow:
         if res.payment_id:
             self._view.payment.payment_id = res.payment_id
         if res.voided:
-            self._view.payment.status = PaymentStatus.VOIDED.value
+            self._view.payment.status = PaymentStatus.VOIDED
             self._view.amounts.authorized_cents = 0
 
     def _undo_courier(self, courier_id: str):  # type: ignore[no-untyped-def]
@@ -655,7 +664,7 @@ class OrderWorkflow:
         self._repair_left = failed
         d = self._view.delivery
         if d.status in (DeliveryStatus.DISPATCHING, DeliveryStatus.ASSIGNED):
-            d.status = DeliveryStatus.FAILED.value
+            d.status = DeliveryStatus.FAILED
         d.offered_to = None
         if failed or status == OrderStatus.NEEDS_ATTENTION:
             await self._needs_attention(why or f"compensations failed: {', '.join(failed)}")
@@ -691,19 +700,19 @@ class OrderWorkflow:
     async def _transition(self, status: OrderStatus, reason: FailureReason | None = None) -> None:
         check_transition(OrderStatus(self._view.status), status)
         at = _now_iso()
-        self._view.status = status.value
-        self._view.failure_reason = reason.value if reason else None
-        self._view.timeline.append(TimelineEntry(status.value, at))
+        self._view.status = status
+        self._view.failure_reason = reason
+        self._view.timeline.append(TimelineEntry(status, at))
         self._view.updated_at = at
         workflow.upsert_search_attributes(
             [SA_STATUS.value_set(status.value)]
             + ([SA_FAILURE.value_set(reason.value)] if reason else [])
         )
         await self._write_read_model()
-        if status in (OrderStatus.PAID, OrderStatus.CANCELLED) and self._inp.notify_merchant:
-            await self._notify_merchant(f"order.{status.value.lower()}")
+        if status in _MERCHANT_EVENT_OF and self._inp.notify_merchant:
+            await self._notify_merchant(_MERCHANT_EVENT_OF[status])
 
-    async def _notify_merchant(self, event_type: str) -> None:
+    async def _notify_merchant(self, event_type: MerchantEventType) -> None:
         """Start the max-effort notification as an abandoned child: it outlives the order."""
         event_id = f"{self._inp.order_id}.{event_type.split('.')[-1]}"
         try:

@@ -61,7 +61,7 @@ class DeliveryWorkflow:
             return CourierEventResult(accepted=True, status=self._state.status)
         # Accepted: the courier is this order's from now on, in the DB and in the order
         # workflow, before the courier hears back.
-        self._state.status = DeliveryStatus.ASSIGNED.value
+        self._state.status = DeliveryStatus.ASSIGNED
         self._state.courier_id = ev.courier_id
         self._state.offered_to = None
         await workflow.execute_activity(
@@ -71,9 +71,7 @@ class DeliveryWorkflow:
             start_to_close_timeout=options.SHORT,
             retry_policy=options.FORWARD,
         )
-        await self._tell_parent(
-            DeliveryProgress(DeliveryStatus.ASSIGNED.value, None, ev.courier_id)
-        )
+        await self._tell_parent(DeliveryProgress(DeliveryStatus.ASSIGNED, None, ev.courier_id))
         self._assigned = True
         return CourierEventResult(accepted=True, status=self._state.status)
 
@@ -131,7 +129,7 @@ class DeliveryWorkflow:
                     self._bound = None  # the courier's row holds another order, not ours
                     continue
                 offers += 1
-                await self._tell_parent(DeliveryProgress(DeliveryStatus.DISPATCHING.value, courier))
+                await self._tell_parent(DeliveryProgress(DeliveryStatus.DISPATCHING, courier))
                 workflow.set_current_details(
                     f"offer {offers}/{inp.max_offers}: waiting {inp.offer_timeout_s:.0f}s for {courier}"
                 )
@@ -148,12 +146,12 @@ class DeliveryWorkflow:
                         lambda: self._assigned and workflow.all_handlers_finished()
                     )
                     workflow.set_current_details(f"assigned to {courier}")
-                    return DeliveryResult("ASSIGNED", courier, offers)
+                    return DeliveryResult(DeliveryStatus.ASSIGNED, courier, offers)
                 # Declined or timed out: close the offer so a late accept is refused, free them.
                 self._state.offered_to = None
                 await self._release(courier)
                 self._bound = None
-                await self._tell_parent(DeliveryProgress(DeliveryStatus.DISPATCHING.value, None))
+                await self._tell_parent(DeliveryProgress(DeliveryStatus.DISPATCHING, None))
         except asyncio.CancelledError:
             offered = self._state.offered_to
             self._state.offered_to = None
@@ -162,10 +160,10 @@ class DeliveryWorkflow:
             elif offered is not None and not self._assigned:
                 await asyncio.shield(asyncio.ensure_future(self._release(offered)))
             raise
-        self._state.status = DeliveryStatus.FAILED.value
-        await self._tell_parent(DeliveryProgress(DeliveryStatus.FAILED.value, None))
+        self._state.status = DeliveryStatus.FAILED
+        await self._tell_parent(DeliveryProgress(DeliveryStatus.FAILED, None))
         workflow.set_current_details(f"no courier accepted after {offers} offers")
-        return DeliveryResult("FAILED", None, offers)
+        return DeliveryResult(DeliveryStatus.FAILED, None, offers)
 
     async def _release_bound(self) -> None:
         """On cancel: free whichever courier may hold this order. An accept being handled

@@ -15,6 +15,7 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from domain import names
     from domain.messages import MerchantEvent, NotificationOutcome, NotifyAttempt
+    from domain.status import NotificationStatus
     from workflows import options
 
 #: One HTTP try per scheduled attempt: the schedule, not Temporal's retry, sets the pace.
@@ -44,14 +45,14 @@ class NotifyMerchantWorkflow:
             except Exception as e:  # the activity itself failed (worker crash, timeout)
                 res = NotifyAttempt(delivered=False, error=str(e))
             if res.skipped:
-                return await self._record(ev, "SKIPPED", attempt, None)
+                return await self._record(ev, NotificationStatus.SKIPPED, attempt, None)
             if res.delivered:
-                return await self._record(ev, "DELIVERED", attempt, None)
+                return await self._record(ev, NotificationStatus.DELIVERED, attempt, None)
             last_error = res.error or f"HTTP {res.status_code}"
-        return await self._record(ev, "GAVE_UP", len(delays), last_error)
+        return await self._record(ev, NotificationStatus.GAVE_UP, len(delays), last_error)
 
     async def _record(
-        self, ev: MerchantEvent, status: str, attempts: int, error: str | None
+        self, ev: MerchantEvent, status: NotificationStatus, attempts: int, error: str | None
     ) -> NotificationOutcome:
         outcome = NotificationOutcome(ev.event_id, ev.order_id, ev.type, status, attempts, error)
         await workflow.execute_activity(

@@ -25,11 +25,8 @@ with workflow.unsafe.imports_passed_through():
         PaymentProgress,
         PaymentResult,
     )
-    from domain.status import PaymentStatus
+    from domain.status import AuthorizationOutcome, PaymentStatus, PspEventType
     from workflows import options
-
-SUCCEEDED = "payment_intent.succeeded"
-FAILED = "payment_intent.failed"
 
 
 @workflow.defn(name=names.PAYMENT_WORKFLOW)
@@ -54,7 +51,7 @@ class PaymentWorkflow:
                 "event %s is for intent %s, not ours", ev.event_id, ev.payment_id
             )
             return
-        if self._outcome is None and ev.type in (SUCCEEDED, FAILED):
+        if self._outcome is None and ev.type in (PspEventType.SUCCEEDED, PspEventType.FAILED):
             self._outcome = ev
 
     @workflow.signal(name=names.SIGNAL_ABORT_PAYMENT)
@@ -92,7 +89,9 @@ class PaymentWorkflow:
                 errors.PAYMENT_INVALID,
                 errors.PAYMENT_DECLINED,
             ):
-                return self._done(PaymentResult(status="DECLINED", detail=str(cause)))
+                return self._done(
+                    PaymentResult(status=AuthorizationOutcome.DECLINED, detail=str(cause))
+                )
             # Anything else means no usable answer within the payment window: retries ran out
             # at the schedule-to-close deadline (the cause is then the PSP's last error, not a
             # timeout) or the PSP answered nonsense. The order fails cleanly; its void
@@ -102,21 +101,29 @@ class PaymentWorkflow:
                 if isinstance(cause, ActivityTimeout)
                 else str(cause or e)
             )
-            return self._done(PaymentResult(status="TIMEOUT", detail=f"{detail} ({e.retry_state})"))
+            return self._done(
+                PaymentResult(
+                    status=AuthorizationOutcome.TIMEOUT, detail=f"{detail} ({e.retry_state})"
+                )
+            )
         self._payment_id = auth.payment_id
         if self._outcome is not None and self._outcome.payment_id != auth.payment_id:
             # An event that came before we knew our intent, for another one: not ours.
             workflow.logger.warning("early event %s was for another intent", self._outcome.event_id)
             self._outcome = None
         if auth.status == PaymentStatus.AUTHORIZED:
-            return self._done(PaymentResult("AUTHORIZED", auth.payment_id, auth.authorized_cents))
+            return self._done(
+                PaymentResult(
+                    AuthorizationOutcome.AUTHORIZED, auth.payment_id, auth.authorized_cents
+                )
+            )
         if auth.status == PaymentStatus.DECLINED:
-            return self._done(PaymentResult("DECLINED", auth.payment_id, detail=auth.detail))
+            return self._done(
+                PaymentResult(AuthorizationOutcome.DECLINED, auth.payment_id, detail=auth.detail)
+            )
 
         # REQUIRES_ACTION: tell the order, then wait for the webhook, an abort or the timeout.
-        await self._tell_parent(
-            PaymentProgress(PaymentStatus.REQUIRES_ACTION.value, auth.payment_id)
-        )
+        await self._tell_parent(PaymentProgress(PaymentStatus.REQUIRES_ACTION, auth.payment_id))
         workflow.set_current_details(
             f"waiting up to {inp.payment_timeout_s:.0f}s for the customer to complete {auth.payment_id}"
         )
@@ -129,16 +136,24 @@ class PaymentWorkflow:
         except TimeoutError:
             return self._done(
                 PaymentResult(
-                    "TIMEOUT", auth.payment_id, detail="customer did not complete payment"
+                    AuthorizationOutcome.TIMEOUT,
+                    auth.payment_id,
+                    detail="customer did not complete payment",
                 )
             )
-        if self._outcome is not None and self._outcome.type == SUCCEEDED:
-            return self._done(PaymentResult("AUTHORIZED", auth.payment_id, inp.amount_cents))
+        if self._outcome is not None and self._outcome.type == PspEventType.SUCCEEDED:
+            return self._done(
+                PaymentResult(AuthorizationOutcome.AUTHORIZED, auth.payment_id, inp.amount_cents)
+            )
         if self._outcome is not None:
             return self._done(
-                PaymentResult("DECLINED", auth.payment_id, detail="customer action failed")
+                PaymentResult(
+                    AuthorizationOutcome.DECLINED, auth.payment_id, detail="customer action failed"
+                )
             )
-        return self._done(PaymentResult("ABORTED", auth.payment_id, detail=self._abort))
+        return self._done(
+            PaymentResult(AuthorizationOutcome.ABORTED, auth.payment_id, detail=self._abort)
+        )
 
     def _done(self, result: PaymentResult) -> PaymentResult:
         workflow.set_current_details(

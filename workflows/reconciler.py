@@ -27,7 +27,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from domain import names
+    from domain import errors, names
     from domain.messages import (
         CourierOffer,
         FailOrphanedOrder,
@@ -67,7 +67,6 @@ FIND_TIMEOUT = timedelta(minutes=5)
 FIND_HEARTBEAT = timedelta(seconds=30)
 NOT_STARTABLE = "not_startable"
 """Failure reason of a refund the reconciler could not rebuild."""
-ALREADY_CAPTURED = "AlreadyCaptured"
 
 
 @workflow.defn(name=names.RECONCILE_WORKFLOW)
@@ -212,7 +211,7 @@ class ReconcileWorkflow:
                     VoidResult,
                 )
             except ActivityError as e:
-                if _error_type(e) != ALREADY_CAPTURED:
+                if _error_type(e) != errors.ALREADY_CAPTURED:
                     self._errors.append(f"void of order {order_id}: {e.__cause__ or e}")
                     continue
                 checked += 1

@@ -31,7 +31,7 @@ from temporalio.exceptions import (
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from domain import names
+    from domain import errors, names
     from domain.messages import (
         MerchantEvent,
         PspRefundRequest,
@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         RestockRequest,
         SettleRefund,
     )
+    from domain.status import MerchantEventType, RefundStatus
     from workflows import options
 
 #: PSP calls of a refund. The money is owed, so they never give up on infrastructure faults
@@ -63,7 +64,6 @@ BOOKKEEPING = RetryPolicy(
     maximum_attempts=0,
 )
 
-SUCCEEDED = "SUCCEEDED"
 EXCEEDS_CAPTURED_AT_PSP = "exceeds_captured_at_psp"
 CANCELLED_BEFORE_SENDING = "cancelled_before_sending"
 
@@ -158,7 +158,7 @@ class RefundWorkflow:
             retry_policy=BOOKKEEPING,
         )
         self._details(f"{view.status}: {inp.amount_cents} {inp.currency} refunded")
-        if inp.notify_merchant and view.status == SUCCEEDED:
+        if inp.notify_merchant and view.status == RefundStatus.SUCCEEDED:
             await self._notify_merchant(inp, view)
         return view
 
@@ -171,7 +171,7 @@ class RefundWorkflow:
                 names.NOTIFY_WORKFLOW,
                 MerchantEvent(
                     event_id=event_id,
-                    type="refund.succeeded",
+                    type=MerchantEventType.REFUND_SUCCEEDED,
                     order_id=inp.order_id,
                     amount_cents=inp.amount_cents,
                     currency=inp.currency,
@@ -218,9 +218,9 @@ def _refusal(e: ActivityError) -> str:
     cause = e.__cause__
     if not isinstance(cause, ApplicationError) or not cause.non_retryable:
         raise e  # a cancellation, or a fault that is not the PSP's answer
-    if cause.type == names.ERR_REFUND_LEDGER_INCONSISTENT:
+    if cause.type == errors.REFUND_LEDGER_INCONSISTENT:
         raise e
-    if cause.type == names.ERR_REFUND_EXCEEDS_CAPTURED:
+    if cause.type == errors.REFUND_EXCEEDS_CAPTURED:
         return EXCEEDS_CAPTURED_AT_PSP
     code = cause.details[0] if cause.details else cause.type
     return f"psp_refused:{code}"

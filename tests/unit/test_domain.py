@@ -1,18 +1,52 @@
-"""Pure rules: order status transitions, terminal states, money."""
+"""Pure rules: order status transitions, terminal states, money; the vocabularies on the wire."""
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import itertools
 
 import pytest
+from temporalio.converter import DataConverter
 
+from domain.messages import (
+    AmountsView,
+    AuthorizeResult,
+    CancelResult,
+    CourierEvent,
+    CourierEventResult,
+    DeliveryProgress,
+    DeliveryResult,
+    DeliveryState,
+    DeliveryView,
+    ItemView,
+    MerchantEvent,
+    NotificationOutcome,
+    OrderView,
+    PaymentProgress,
+    PaymentResult,
+    PaymentView,
+    RefundView,
+    RepairResult,
+    ReservationResult,
+    TimelineEntry,
+)
 from domain.money import is_currency, line_total
 from domain.status import (
     ALLOWED_TRANSITIONS,
     CANCELLABLE_STATUSES,
     TERMINAL_STATUSES,
+    AuthorizationOutcome,
+    CourierEventType,
+    DeliveryStatus,
+    FailureReason,
     IllegalTransition,
+    MerchantEventType,
+    NotificationStatus,
     OrderStatus,
+    PaymentStatus,
+    RefundStatus,
+    ReservationState,
     check_transition,
 )
 
@@ -84,3 +118,83 @@ def test_money_is_integer_minor_units() -> None:
     with pytest.raises(ValueError):
         line_total(-1, 1)
     assert is_currency("USD") and not is_currency("usd") and not is_currency("US")
+
+
+# ------------------------------------------------ vocabularies on the wire (Temporal payloads)
+
+
+def _as_plain_strings(value: object) -> object:
+    """The same message as it was built before its vocabularies were types: plain ``str``."""
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, list):
+        return [_as_plain_strings(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return type(value)(
+            **{f.name: _as_plain_strings(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        )
+    return value
+
+
+_VIEW = OrderView(
+    order_id="o_1",
+    workflow_id="order-o_1",
+    customer_id="c_1",
+    location_id="l_1",
+    status=OrderStatus.FAILED,
+    failure_reason=FailureReason.NO_COURIER,
+    items=[ItemView("sku", 2, 150)],
+    currency="USD",
+    amounts=AmountsView(300, 500, 800),
+    payment=PaymentView(PaymentStatus.VOIDED, "pi_1"),
+    delivery=DeliveryView(DeliveryStatus.FAILED),
+    refunds=[],
+    timeline=[TimelineEntry(OrderStatus.PENDING, "t0"), TimelineEntry(OrderStatus.FAILED, "t1")],
+    created_at="t0",
+    updated_at="t1",
+)
+
+_MESSAGES: list[object] = [
+    _VIEW,
+    CancelResult(True, OrderStatus.CANCELLED),
+    RepairResult(OrderStatus.NEEDS_ATTENTION, ["payment"]),
+    CourierEvent("k_1", CourierEventType.PICKED_UP),
+    CourierEventResult(True, OrderStatus.OUT_FOR_DELIVERY),
+    CourierEventResult(True, DeliveryStatus.ASSIGNED),
+    DeliveryProgress(DeliveryStatus.DISPATCHING, "k_1"),
+    PaymentResult(AuthorizationOutcome.TIMEOUT, "pi_1", detail="late"),
+    PaymentProgress(PaymentStatus.REQUIRES_ACTION, "pi_1"),
+    DeliveryResult(DeliveryStatus.ASSIGNED, "k_1", 1),
+    DeliveryState(DeliveryStatus.ASSIGNED, None, "k_1", ["k_1"]),
+    ReservationResult(ReservationState.CONFIRMED, True),
+    AuthorizeResult(PaymentStatus.AUTHORIZED, "pi_1", 800),
+    MerchantEvent("o_1.paid", MerchantEventType.ORDER_PAID, "o_1", 800, "USD", "t1"),
+    NotificationOutcome(
+        "o_1.paid", "o_1", MerchantEventType.ORDER_PAID, NotificationStatus.GAVE_UP, 12
+    ),
+    RefundView("r_1", "o_1", 100, "USD", RefundStatus.SUCCEEDED, "", [], "t0", "t1"),
+]
+
+
+@pytest.mark.parametrize("message", _MESSAGES, ids=lambda m: type(m).__name__)
+def test_typed_vocabularies_travel_as_the_strings_they_replaced(message: object) -> None:
+    """Histories recorded when these fields were ``str`` decode to the enums, and today's
+    payloads are the same bytes as then (so readers of either side see no difference)."""
+    converter = DataConverter.default.payload_converter
+    [typed] = converter.to_payloads([message])
+    [plain] = converter.to_payloads([_as_plain_strings(message)])
+    assert typed.data == plain.data
+    assert typed.metadata == plain.metadata
+    [decoded] = converter.from_payloads([plain], [type(message)])
+    assert decoded == message
+    assert _enum_types(decoded) == _enum_types(message)
+
+
+def _enum_types(value: object) -> list[type]:
+    if isinstance(value, enum.Enum):
+        return [type(value)]
+    if isinstance(value, list):
+        return [t for v in value for t in _enum_types(v)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [t for f in dataclasses.fields(value) for t in _enum_types(getattr(value, f.name))]
+    return []
