@@ -71,7 +71,7 @@ with workflow.unsafe.imports_passed_through():
         check_transition,
     )
     from workflows import options
-    from workflows.saga import Saga
+    from workflows.saga import Compensation, Saga
 
 SA_STATUS = SearchAttributeKey.for_keyword(names.SA_ORDER_STATUS)
 SA_CUSTOMER = SearchAttributeKey.for_keyword(names.SA_CUSTOMER_ID)
@@ -314,7 +314,7 @@ class OrderWorkflow:
             for li in inp.lines
         ]
         for key in keys:
-            saga.add(f"stock:{key.sku}", self._undo_reservation(key))
+            saga.add(f"stock:{key.sku}", self._undo_stock(names.ACT_CANCEL_RESERVATION, key))
         results = await self._on_every_line(names.ACT_TRY_RESERVE, keys)
         for r in results:
             if isinstance(r, BaseException):
@@ -337,7 +337,7 @@ class OrderWorkflow:
         confirmed = await self._on_every_line(names.ACT_CONFIRM_RESERVATION, keys)
         for key, r in zip(keys, confirmed, strict=True):
             if not isinstance(r, BaseException):
-                saga.replace(f"stock:{key.sku}", self._undo_confirmed_stock(key))
+                saga.replace(f"stock:{key.sku}", self._undo_stock(names.ACT_RETURN_STOCK, key))
         for r in confirmed:
             if isinstance(r, BaseException):
                 # The hold is gone (released by someone else): this order cannot be filled.
@@ -534,22 +534,14 @@ class OrderWorkflow:
             return_exceptions=True,
         )
 
-    def _undo_reservation(self, key: ReservationKey):  # type: ignore[no-untyped-def]
+    @staticmethod
+    def _undo_stock(activity: str, key: ReservationKey) -> Compensation:
+        """One line's stock back on sale: the hold cancelled (``ACT_CANCEL_RESERVATION``)
+        or, once confirmed, the sold units returned (``ACT_RETURN_STOCK``)."""
+
         async def undo() -> None:
             await workflow.execute_activity(
-                names.ACT_CANCEL_RESERVATION,
-                key,
-                result_type=ReservationResult,
-                start_to_close_timeout=options.SHORT,
-                retry_policy=options.COMPENSATION,
-            )
-
-        return undo
-
-    def _undo_confirmed_stock(self, key: ReservationKey):  # type: ignore[no-untyped-def]
-        async def undo() -> None:
-            await workflow.execute_activity(
-                names.ACT_RETURN_STOCK,
+                activity,
                 key,
                 result_type=ReservationResult,
                 start_to_close_timeout=options.SHORT,
@@ -576,7 +568,7 @@ class OrderWorkflow:
             self._view.payment.status = PaymentStatus.VOIDED
             self._view.amounts.authorized_cents = 0
 
-    def _undo_courier(self, courier_id: str):  # type: ignore[no-untyped-def]
+    def _undo_courier(self, courier_id: str) -> Compensation:
         async def undo() -> None:
             await workflow.execute_activity(
                 names.ACT_RELEASE_COURIER,

@@ -10,16 +10,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from domain import names
     from domain.messages import MerchantEvent, NotificationOutcome, NotifyAttempt
     from domain.status import NotificationStatus
     from workflows import options
-
-#: One HTTP try per scheduled attempt: the schedule, not Temporal's retry, sets the pace.
-ONE_TRY = RetryPolicy(maximum_attempts=1)
 
 
 @workflow.defn(name=names.NOTIFY_WORKFLOW)
@@ -39,8 +35,8 @@ class NotifyMerchantWorkflow:
                     names.ACT_NOTIFY_MERCHANT,
                     ev,
                     result_type=NotifyAttempt,
-                    start_to_close_timeout=timedelta(seconds=15),
-                    retry_policy=ONE_TRY,
+                    start_to_close_timeout=options.NOTIFY_TRY,
+                    retry_policy=options.ONE_TRY,
                 )
             except Exception as e:  # the activity itself failed (worker crash, timeout)
                 res = NotifyAttempt(delivered=False, error=str(e))

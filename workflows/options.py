@@ -43,5 +43,55 @@ RECORD = RetryPolicy(
     maximum_interval=timedelta(seconds=10),
 )
 
+#: Merchant notifications: one HTTP try per scheduled attempt; the notification's own schedule
+#: (``MerchantEvent.backoff_s``, durable timers), not Temporal's retry, sets the pace.
+ONE_TRY = RetryPolicy(maximum_attempts=1)
+
+#: PSP calls of a refund. The money is owed, so they never give up on infrastructure faults
+#: (5xx, timeouts, open breaker): attempts go on, at most ``maximum_interval`` apart, until
+#: the PSP answers. Business refusals are raised non-retryable and end the refund FAILED.
+PSP_UNTIL_DONE = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=5),
+    maximum_attempts=0,
+)
+
+#: A refund's bookkeeping in tradeflow's own database: retried until the database answers.
+BOOKKEEPING = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    maximum_attempts=0,
+)
+
+#: Each step of a reconciler run: a few tries, then it is reported and the next run takes it
+#: up (a run must not sit on one stuck PSP call while the schedule skips the runs behind it).
+RECONCILE_STEP = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=5,
+)
+
+#: The inventory sweep's long steps (release, counter repair): a few tries, then the next
+#: scheduled sweep takes them up.
+SWEEP_STEP = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30))
+
 SHORT = timedelta(seconds=15)
 PSP_CALL = timedelta(seconds=20)
+NOTIFY_TRY = timedelta(seconds=15)
+"""One POST to the merchant's webhook (the activity's own HTTP timeout is 10 s)."""
+RECONCILE_FIND = timedelta(minutes=5)
+RECONCILE_FIND_HEARTBEAT = timedelta(seconds=30)
+SWEEP_RELEASE = timedelta(minutes=10)
+SWEEP_RELEASE_HEARTBEAT = timedelta(seconds=30)
+SWEEP_RECONCILE_HOT = timedelta(minutes=2)
+
+
+def authorize_deadline(payment_timeout_s: float) -> timedelta:
+    """Schedule-to-close of the payment authorization: a PSP that stays down longer than the
+    customer would wait ends the attempt (at least a minute, so a short payment window still
+    gets a few tries); the order's void compensation looks the intent up by order in case it
+    landed."""
+    return timedelta(seconds=max(payment_timeout_s, 60))

@@ -73,9 +73,7 @@ class PaymentWorkflow:
                 ),
                 result_type=AuthorizeResult,
                 start_to_close_timeout=options.PSP_CALL,
-                # A PSP that stays down longer than the customer would wait ends the attempt;
-                # the order's void compensation looks the intent up by order in case it landed.
-                schedule_to_close_timeout=timedelta(seconds=max(inp.payment_timeout_s, 60)),
+                schedule_to_close_timeout=options.authorize_deadline(inp.payment_timeout_s),
                 retry_policy=options.FORWARD,
                 # If the order gives up on the payment (its TTL, an outside cancel), this
                 # workflow closes only once the attempt in flight has ended: the order's void

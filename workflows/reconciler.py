@@ -19,11 +19,9 @@ reported and taken up by the next run; what was done is recorded in ``reconcilia
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -55,16 +53,6 @@ with workflow.unsafe.imports_passed_through():
     from domain.reconcile import Decision, Done, order_decision, refund_decision
     from workflows import options
 
-#: Each step of a run: a few tries, then it is reported and the next run takes it up (a run
-#: must not sit on one stuck PSP call while the schedule skips the runs behind it).
-STEP = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=5,
-)
-FIND_TIMEOUT = timedelta(minutes=5)
-FIND_HEARTBEAT = timedelta(seconds=30)
 NOT_STARTABLE = "not_startable"
 """Failure reason of a refund the reconciler could not rebuild."""
 
@@ -262,9 +250,9 @@ class ReconcileWorkflow:
                 activity,
                 inp,
                 result_type=result_type,
-                start_to_close_timeout=FIND_TIMEOUT,
-                heartbeat_timeout=FIND_HEARTBEAT,
-                retry_policy=STEP,
+                start_to_close_timeout=options.RECONCILE_FIND,
+                heartbeat_timeout=options.RECONCILE_FIND_HEARTBEAT,
+                retry_policy=options.RECONCILE_STEP,
             )
         except ActivityError as e:
             self._errors.append(f"{activity}: {e.__cause__ or e}")
@@ -276,7 +264,7 @@ class ReconcileWorkflow:
             arg,
             result_type=result_type,
             start_to_close_timeout=options.PSP_CALL,
-            retry_policy=STEP,
+            retry_policy=options.RECONCILE_STEP,
         )
 
     async def _step(self, activity: str, arg: Any, result_type: type[Any]) -> Any:

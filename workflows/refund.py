@@ -18,10 +18,9 @@ DELIVERED order stays DELIVERED and no write here can race the order's own read-
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -45,24 +44,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from domain.status import MerchantEventType, RefundStatus
     from workflows import options
-
-#: PSP calls of a refund. The money is owed, so they never give up on infrastructure faults
-#: (5xx, timeouts, open breaker): attempts go on, at most ``maximum_interval`` apart, until
-#: the PSP answers. Business refusals are raised non-retryable and end the refund FAILED.
-PSP_UNTIL_DONE = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=5),
-    maximum_attempts=0,
-)
-
-#: Bookkeeping in tradeflow's own database: retried until the database answers.
-BOOKKEEPING = RetryPolicy(
-    initial_interval=timedelta(milliseconds=500),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=1),
-    maximum_attempts=0,
-)
 
 EXCEEDS_CAPTURED_AT_PSP = "exceeds_captured_at_psp"
 CANCELLED_BEFORE_SENDING = "cancelled_before_sending"
@@ -102,7 +83,7 @@ class RefundWorkflow:
                 _psp_request(inp),
                 result_type=RefundableAtPsp,
                 start_to_close_timeout=options.PSP_CALL,
-                retry_policy=PSP_UNTIL_DONE,
+                retry_policy=options.PSP_UNTIL_DONE,
             )
         except ActivityError as e:
             return await self._fail(inp, _refusal(e))
@@ -126,7 +107,7 @@ class RefundWorkflow:
                 _psp_request(inp),
                 result_type=PspRefundResult,
                 start_to_close_timeout=options.PSP_CALL,
-                retry_policy=PSP_UNTIL_DONE,
+                retry_policy=options.PSP_UNTIL_DONE,
             )
         except ActivityError as e:
             return await self._fail(inp, _refusal(e))
@@ -143,7 +124,7 @@ class RefundWorkflow:
                 ),
                 result_type=RestockReport,
                 start_to_close_timeout=options.SHORT,
-                retry_policy=BOOKKEEPING,
+                retry_policy=options.BOOKKEEPING,
             )
             if report.refused:
                 workflow.logger.warning(
@@ -155,7 +136,7 @@ class RefundWorkflow:
             SettleRefund(refund_id=inp.refund_id, psp_refund_id=sent.psp_refund_id),
             result_type=RefundView,
             start_to_close_timeout=options.SHORT,
-            retry_policy=BOOKKEEPING,
+            retry_policy=options.BOOKKEEPING,
         )
         self._details(f"{view.status}: {inp.amount_cents} {inp.currency} refunded")
         if inp.notify_merchant and view.status == RefundStatus.SUCCEEDED:
@@ -193,7 +174,7 @@ class RefundWorkflow:
             SettleRefund(refund_id=inp.refund_id, failure_reason=reason),
             result_type=RefundView,
             start_to_close_timeout=options.SHORT,
-            retry_policy=BOOKKEEPING,
+            retry_policy=options.BOOKKEEPING,
         )
         self._details(f"{view.status}: {view.failure_reason}")
         return view

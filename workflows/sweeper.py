@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from domain import names
@@ -32,18 +29,16 @@ class InventorySweepWorkflow:
                 names.ACT_RELEASE_ORPHANED_RESERVATIONS,
                 stale,
                 result_type=ReleaseReport,
-                start_to_close_timeout=timedelta(minutes=10),
-                heartbeat_timeout=timedelta(seconds=30),
-                retry_policy=RetryPolicy(
-                    maximum_attempts=5, maximum_interval=timedelta(seconds=30)
-                ),
+                start_to_close_timeout=options.SWEEP_RELEASE,
+                heartbeat_timeout=options.SWEEP_RELEASE_HEARTBEAT,
+                retry_policy=options.SWEEP_STEP,
             )
         workflow.set_current_details("reconciling flash-sale counters with the database")
         repaired = await workflow.execute_activity(
             names.ACT_RECONCILE_HOT_STOCK,
             result_type=int,
-            start_to_close_timeout=timedelta(minutes=2),
-            retry_policy=RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30)),
+            start_to_close_timeout=options.SWEEP_RECONCILE_HOT,
+            retry_policy=options.SWEEP_STEP,
         )
         result = SweepReport(
             examined=len(stale.order_ids),
