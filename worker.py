@@ -74,6 +74,46 @@ WORKFLOWS_BY_QUEUE: dict[str, list[type]] = {
     DISPATCH_TASK_QUEUE: [DeliveryWorkflow],
 }
 
+#: The activities each role's worker registers: those its workflows call (an activity runs on
+#: the task queue of the workflow that schedules it). Bound to ``Dependencies`` at start.
+ACTIVITIES_BY_QUEUE: dict[str, list[Callable[..., Any]]] = {
+    ORDERS_TASK_QUEUE: [
+        OrderActivities.record_order,
+        InventoryActivities.try_reserve,
+        InventoryActivities.confirm_reservation,
+        InventoryActivities.cancel_reservation,
+        InventoryActivities.return_stock,
+        PaymentActivities.authorize_payment,
+        PaymentActivities.capture_payment,
+        PaymentActivities.void_payment,
+        CourierActivities.release_courier,
+        RefundActivities.check_refundable_at_psp,
+        RefundActivities.send_refund,
+        RefundActivities.mark_refund_succeeded,
+        RefundActivities.mark_refund_failed,
+        RefundActivities.restock_refunded_items,
+        NotifyActivities.notify_merchant,
+        NotifyActivities.record_notification,
+        SweeperActivities.find_stale_reservations,
+        SweeperActivities.release_orphaned_reservations,
+        SweeperActivities.reconcile_hot_stock,
+        ReconcilerActivities.find_orphaned_orders,
+        ReconcilerActivities.restart_order,
+        ReconcilerActivities.fail_orphaned_order,
+        ReconcilerActivities.find_orphaned_refunds,
+        ReconcilerActivities.restart_refund,
+        ReconcilerActivities.find_unreleased_authorizations,
+        ReconcilerActivities.find_stranded_couriers,
+        ReconcilerActivities.record_reconciliation,
+    ],
+    DISPATCH_TASK_QUEUE: [
+        CourierActivities.find_nearest_courier,
+        CourierActivities.offer_to_courier,
+        CourierActivities.assign_courier,
+        CourierActivities.release_courier,
+    ],
+}
+
 
 PSP_BREAKER_NAME = "psp"
 PSP_RATE_PREFIX = "ratelimit:psp"
@@ -230,15 +270,14 @@ def build_workers(
     it polls; tests pass unique queue names, production uses the names as they are.
     ``deployment``: Worker Deployment Versioning (``deployment_config``)."""
     roles = roles or {q: q for q in ALL_TASK_QUEUES}
-    acts = deps.activities(client)
+    bound = {getattr(a, "__func__", a): a for a in deps.activities(client)}
     versioning: dict[str, Any] = {} if deployment is None else {"deployment_config": deployment}
     return [
         Worker(
             client,
             task_queue=queue,
             workflows=WORKFLOWS_BY_QUEUE[role],
-            # Every queue carries every activity: workflows call their own queue's activities.
-            activities=acts,
+            activities=[bound[a] for a in ACTIVITIES_BY_QUEUE[role]],
             max_concurrent_activities=max_concurrent_activities,
             graceful_shutdown_timeout=timedelta(seconds=grace_s),
             interceptors=[MetricsInterceptor()],

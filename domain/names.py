@@ -1,7 +1,8 @@
 """Names shared by workflows, workers, activities and the API: ids, queues, activity names.
 
-Activities are referred to by name from workflow code so that workflow modules never import
-activity implementations (and their drivers) into the sandbox.
+Workflows call activities through their methods (``execute_activity_method``, the activity
+classes imported passed through the sandbox); the names below are what those methods are
+registered under, and what recorded histories hold, so they never change.
 """
 
 # Task queues: one per role, so a worker process can serve some roles only.

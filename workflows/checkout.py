@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -26,6 +26,10 @@ from temporalio.exceptions import (
 from temporalio.workflow import ChildWorkflowHandle, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
+    from activities.couriers import CourierActivities
+    from activities.inventory import InventoryActivities
+    from activities.orders import OrderActivities
+    from activities.payments import PaymentActivities
     from domain import errors, names
     from domain.messages import (
         AbortPayment,
@@ -33,7 +37,6 @@ with workflow.unsafe.imports_passed_through():
         CancelRequest,
         CancelResult,
         CaptureInput,
-        CaptureResult,
         CheckoutInput,
         CourierEvent,
         CourierEventResult,
@@ -44,7 +47,6 @@ with workflow.unsafe.imports_passed_through():
         DeliveryView,
         ItemView,
         MerchantEvent,
-        OfferResult,
         OrderView,
         PaymentInput,
         PaymentProgress,
@@ -57,7 +59,6 @@ with workflow.unsafe.imports_passed_through():
         ReservationResult,
         TimelineEntry,
         VoidInput,
-        VoidResult,
     )
     from domain.status import (
         CANCELLABLE_STATUSES,
@@ -77,6 +78,10 @@ SA_STATUS = SearchAttributeKey.for_keyword(names.SA_ORDER_STATUS)
 SA_CUSTOMER = SearchAttributeKey.for_keyword(names.SA_CUSTOMER_ID)
 SA_TOTAL = SearchAttributeKey.for_int(names.SA_ORDER_TOTAL_CENTS)
 SA_FAILURE = SearchAttributeKey.for_keyword(names.SA_FAILURE_REASON)
+
+
+_StockStep = Callable[[InventoryActivities, ReservationKey], Awaitable[ReservationResult]]
+"""One inventory activity on one line (try, confirm, cancel, return)."""
 
 
 def _now_iso() -> str:
@@ -136,7 +141,7 @@ class OrderWorkflow:
         self._picked_up = False
         self._delivered = False
         self._children: list[ChildWorkflowHandle[object, object]] = []
-        self._writes: list[asyncio.Future[object]] = []
+        self._writes: list[asyncio.Future[bool]] = []
         self._intended: tuple[OrderStatus, FailureReason | None] = (OrderStatus.CANCELLED, None)
         """The outcome the saga was heading for when it parked; a repair ends there."""
         self._parked = False
@@ -314,8 +319,10 @@ class OrderWorkflow:
             for li in inp.lines
         ]
         for key in keys:
-            saga.add(f"stock:{key.sku}", self._undo_stock(names.ACT_CANCEL_RESERVATION, key))
-        results = await self._on_every_line(names.ACT_TRY_RESERVE, keys)
+            saga.add(
+                f"stock:{key.sku}", self._undo_stock(InventoryActivities.cancel_reservation, key)
+            )
+        results = await self._on_every_line(InventoryActivities.try_reserve, keys)
         for r in results:
             if isinstance(r, BaseException):
                 if _is_app_error(r, errors.OUT_OF_STOCK, errors.RESERVATION_CANCELLED):
@@ -334,10 +341,12 @@ class OrderWorkflow:
 
         # 5. Confirm stock: from here a cancel returns sold units instead of cancelling a hold.
         self._details("confirming stock")
-        confirmed = await self._on_every_line(names.ACT_CONFIRM_RESERVATION, keys)
+        confirmed = await self._on_every_line(InventoryActivities.confirm_reservation, keys)
         for key, r in zip(keys, confirmed, strict=True):
             if not isinstance(r, BaseException):
-                saga.replace(f"stock:{key.sku}", self._undo_stock(names.ACT_RETURN_STOCK, key))
+                saga.replace(
+                    f"stock:{key.sku}", self._undo_stock(InventoryActivities.return_stock, key)
+                )
         for r in confirmed:
             if isinstance(r, BaseException):
                 # The hold is gone (released by someone else): this order cannot be filled.
@@ -371,10 +380,9 @@ class OrderWorkflow:
         """Free the courier and close the order as delivered; safe to run again."""
         self._closing = True
         self._view.delivery.status = DeliveryStatus.DELIVERED
-        await workflow.execute_activity(
-            names.ACT_RELEASE_COURIER,
+        await workflow.execute_activity_method(
+            CourierActivities.release_courier,
             CourierOffer(self._inp.order_id, courier_id),
-            result_type=OfferResult,
             start_to_close_timeout=options.SHORT,
             retry_policy=options.FORWARD,
         )
@@ -499,15 +507,14 @@ class OrderWorkflow:
     async def _capture(self) -> None:
         inp = self._inp
         assert self._view.payment.payment_id is not None
-        res = await workflow.execute_activity(
-            names.ACT_CAPTURE_PAYMENT,
+        res = await workflow.execute_activity_method(
+            PaymentActivities.capture_payment,
             CaptureInput(
                 order_id=inp.order_id,
                 payment_id=self._view.payment.payment_id,
                 amount_cents=self._view.amounts.authorized_cents,
                 idempotency_key=f"capture:{inp.order_id}",
             ),
-            result_type=CaptureResult,
             start_to_close_timeout=options.PSP_CALL,
             retry_policy=options.FORWARD,
         )
@@ -517,15 +524,14 @@ class OrderWorkflow:
     # ------------------------------------------------------------------------ compensations
 
     async def _on_every_line(
-        self, activity: str, keys: list[ReservationKey]
+        self, activity: _StockStep, keys: list[ReservationKey]
     ) -> list[ReservationResult | BaseException]:
         """Run one inventory step on every line at once; each line's outcome or error."""
         return await asyncio.gather(
             *(
-                workflow.execute_activity(
+                workflow.execute_activity_method(
                     activity,
                     key,
-                    result_type=ReservationResult,
                     start_to_close_timeout=options.SHORT,
                     retry_policy=options.FORWARD,
                 )
@@ -535,15 +541,14 @@ class OrderWorkflow:
         )
 
     @staticmethod
-    def _undo_stock(activity: str, key: ReservationKey) -> Compensation:
-        """One line's stock back on sale: the hold cancelled (``ACT_CANCEL_RESERVATION``)
-        or, once confirmed, the sold units returned (``ACT_RETURN_STOCK``)."""
+    def _undo_stock(activity: _StockStep, key: ReservationKey) -> Compensation:
+        """One line's stock back on sale: the hold cancelled (``cancel_reservation``) or,
+        once confirmed, the sold units returned (``return_stock``)."""
 
         async def undo() -> None:
-            await workflow.execute_activity(
+            await workflow.execute_activity_method(
                 activity,
                 key,
-                result_type=ReservationResult,
                 start_to_close_timeout=options.SHORT,
                 retry_policy=options.COMPENSATION,
             )
@@ -551,14 +556,13 @@ class OrderWorkflow:
         return undo
 
     async def _undo_payment(self) -> None:
-        res = await workflow.execute_activity(
-            names.ACT_VOID_PAYMENT,
+        res = await workflow.execute_activity_method(
+            PaymentActivities.void_payment,
             VoidInput(
                 order_id=self._inp.order_id,
                 payment_id=self._view.payment.payment_id,
                 idempotency_key=f"void:{self._inp.order_id}",
             ),
-            result_type=VoidResult,
             start_to_close_timeout=options.PSP_CALL,
             retry_policy=options.COMPENSATION,
         )
@@ -570,10 +574,9 @@ class OrderWorkflow:
 
     def _undo_courier(self, courier_id: str) -> Compensation:
         async def undo() -> None:
-            await workflow.execute_activity(
-                names.ACT_RELEASE_COURIER,
+            await workflow.execute_activity_method(
+                CourierActivities.release_courier,
                 CourierOffer(self._inp.order_id, courier_id),
-                result_type=OfferResult,
                 start_to_close_timeout=options.SHORT,
                 retry_policy=options.COMPENSATION,
             )
@@ -732,8 +735,8 @@ class OrderWorkflow:
         cancel interrupts the saga at once, and ``_drain_before_close`` waits for the write to land."""
         self._seq += 1
         write = asyncio.ensure_future(
-            workflow.execute_activity(
-                names.ACT_RECORD_ORDER,
+            workflow.execute_activity_method(
+                OrderActivities.record_order,
                 RecordOrderInput(view=copy.deepcopy(self._view), seq=self._seq),
                 start_to_close_timeout=options.SHORT,
                 retry_policy=options.RECORD,

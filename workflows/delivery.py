@@ -14,6 +14,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.couriers import CourierActivities
     from domain import errors, names
     from domain.messages import (
         CourierEvent,
@@ -24,8 +25,6 @@ with workflow.unsafe.imports_passed_through():
         DeliveryResult,
         DeliveryState,
         FindCourierInput,
-        FoundCourier,
-        OfferResult,
     )
     from domain.status import CourierEventType, DeliveryStatus
     from workflows import options
@@ -64,10 +63,9 @@ class DeliveryWorkflow:
         self._state.status = DeliveryStatus.ASSIGNED
         self._state.courier_id = ev.courier_id
         self._state.offered_to = None
-        await workflow.execute_activity(
-            names.ACT_ASSIGN_COURIER,
+        await workflow.execute_activity_method(
+            CourierActivities.assign_courier,
             CourierOffer(self._inp.order_id, ev.courier_id),
-            result_type=OfferResult,
             start_to_close_timeout=options.SHORT,
             retry_policy=options.FORWARD,
         )
@@ -98,10 +96,9 @@ class DeliveryWorkflow:
         offers = 0
         try:
             for _ in range(inp.max_offers):
-                found = await workflow.execute_activity(
-                    names.ACT_FIND_NEAREST_COURIER,
+                found = await workflow.execute_activity_method(
+                    CourierActivities.find_nearest_courier,
                     FindCourierInput(inp.order_id, inp.location_id, list(self._state.tried)),
-                    result_type=FoundCourier,
                     start_to_close_timeout=options.SHORT,
                     retry_policy=options.FORWARD,
                 )
@@ -117,10 +114,9 @@ class DeliveryWorkflow:
                 self._state.offered_to = courier
                 self._bound = courier
                 self._answer = None
-                offer = await workflow.execute_activity(
-                    names.ACT_OFFER_TO_COURIER,
+                offer = await workflow.execute_activity_method(
+                    CourierActivities.offer_to_courier,
                     CourierOffer(inp.order_id, courier),
-                    result_type=OfferResult,
                     start_to_close_timeout=options.SHORT,
                     retry_policy=options.FORWARD,
                 )
@@ -175,10 +171,9 @@ class DeliveryWorkflow:
             self._bound = None
 
     async def _release(self, courier: str) -> None:
-        await workflow.execute_activity(
-            names.ACT_RELEASE_COURIER,
+        await workflow.execute_activity_method(
+            CourierActivities.release_courier,
             CourierOffer(self._inp.order_id, courier),
-            result_type=OfferResult,
             start_to_close_timeout=options.SHORT,
             retry_policy=options.COMPENSATION,
         )

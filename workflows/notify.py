@@ -12,6 +12,7 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from activities.notify import NotifyActivities
     from domain import names
     from domain.messages import MerchantEvent, NotificationOutcome, NotifyAttempt
     from domain.status import NotificationStatus
@@ -31,10 +32,9 @@ class NotifyMerchantWorkflow:
                 )
                 await workflow.sleep(timedelta(seconds=delay), summary=f"notify try {attempt}")
             try:
-                res = await workflow.execute_activity(
-                    names.ACT_NOTIFY_MERCHANT,
+                res = await workflow.execute_activity_method(
+                    NotifyActivities.notify_merchant,
                     ev,
-                    result_type=NotifyAttempt,
                     start_to_close_timeout=options.NOTIFY_TRY,
                     retry_policy=options.ONE_TRY,
                 )
@@ -51,8 +51,8 @@ class NotifyMerchantWorkflow:
         self, ev: MerchantEvent, status: NotificationStatus, attempts: int, error: str | None
     ) -> NotificationOutcome:
         outcome = NotificationOutcome(ev.event_id, ev.order_id, ev.type, status, attempts, error)
-        await workflow.execute_activity(
-            names.ACT_RECORD_NOTIFICATION,
+        await workflow.execute_activity_method(
+            NotifyActivities.record_notification,
             outcome,
             start_to_close_timeout=options.SHORT,
             retry_policy=options.RECORD,

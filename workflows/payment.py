@@ -15,11 +15,11 @@ from temporalio.exceptions import TimeoutError as ActivityTimeout
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from activities.payments import PaymentActivities
     from domain import errors, names
     from domain.messages import (
         AbortPayment,
         AuthorizeInput,
-        AuthorizeResult,
         PaymentInput,
         PaymentOutcome,
         PaymentProgress,
@@ -62,8 +62,8 @@ class PaymentWorkflow:
     async def run(self, inp: PaymentInput) -> PaymentResult:
         workflow.set_current_details("authorizing with the PSP")
         try:
-            auth = await workflow.execute_activity(
-                names.ACT_AUTHORIZE_PAYMENT,
+            auth = await workflow.execute_activity_method(
+                PaymentActivities.authorize_payment,
                 AuthorizeInput(
                     order_id=inp.order_id,
                     amount_cents=inp.amount_cents,
@@ -71,7 +71,6 @@ class PaymentWorkflow:
                     token=inp.token,
                     idempotency_key=f"authorize:{inp.order_id}",
                 ),
-                result_type=AuthorizeResult,
                 start_to_close_timeout=options.PSP_CALL,
                 schedule_to_close_timeout=options.authorize_deadline(inp.payment_timeout_s),
                 retry_policy=options.FORWARD,

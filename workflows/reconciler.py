@@ -19,39 +19,38 @@ reported and taken up by the next run; what was done is recorded in ``reconcilia
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.couriers import CourierActivities
+    from activities.inventory import InventoryActivities
+    from activities.payments import PaymentActivities
+    from activities.reconciler import ReconcilerActivities
+    from activities.refunds import RefundActivities
     from domain import errors, names
     from domain.messages import (
         CourierOffer,
         FailOrphanedOrder,
-        FailResult,
-        OfferResult,
         OrphanedOrder,
-        OrphanedOrders,
         OrphanedRefund,
-        OrphanedRefunds,
         ReconcileEntry,
         ReconcileInput,
         ReconcileRecord,
         ReconcileReport,
-        RefundView,
         ReservationKey,
-        ReservationResult,
         RestartRequest,
-        RestartResult,
         SettleRefund,
-        StrandedCouriers,
-        UnreleasedAuthorizations,
         VoidInput,
-        VoidResult,
     )
     from domain.reconcile import Decision, Done, order_decision, refund_decision
     from workflows import options
+
+_A = TypeVar("_A")
+_R = TypeVar("_R")
 
 NOT_STARTABLE = "not_startable"
 """Failure reason of a refund the reconciler could not rebuild."""
@@ -73,7 +72,7 @@ class ReconcileWorkflow:
         if self._done:
             workflow.set_current_details(f"recording {len(self._done)} action(s)")
             await self._step(
-                names.ACT_RECORD_RECONCILIATION, ReconcileRecord(list(self._done)), int
+                ReconcilerActivities.record_reconciliation, ReconcileRecord(list(self._done))
             )
         report = ReconcileReport(
             orders_restarted=restarted,
@@ -96,7 +95,7 @@ class ReconcileWorkflow:
 
     async def _orders(self, inp: ReconcileInput) -> tuple[list[str], list[str]]:
         workflow.set_current_details("looking for PENDING orders whose workflow does not run")
-        found = await self._find(names.ACT_FIND_ORPHANED_ORDERS, inp, OrphanedOrders)
+        found = await self._find(ReconcilerActivities.find_orphaned_orders, inp)
         restarted: list[str] = []
         failed: list[str] = []
         for order in found.items if found else []:
@@ -104,9 +103,8 @@ class ReconcileWorkflow:
             workflow.set_current_details(f"order {order.order_id}: {decision.value} ({why})")
             if decision == Decision.RESTART:
                 res = await self._step(
-                    names.ACT_RESTART_ORDER,
+                    ReconcilerActivities.restart_order,
                     RestartRequest(order.order_id, workflow.info().task_queue),
-                    RestartResult,
                 )
                 if res is not None and res.started:
                     restarted.append(order.order_id)
@@ -122,9 +120,8 @@ class ReconcileWorkflow:
         cancels = await asyncio.gather(
             *(
                 self._step(
-                    names.ACT_CANCEL_RESERVATION,
+                    InventoryActivities.cancel_reservation,
                     ReservationKey(order.order_id, order.location_id, li.sku, li.quantity, li.hot),
-                    ReservationResult,
                 )
                 for li in order.lines
             )
@@ -132,7 +129,7 @@ class ReconcileWorkflow:
         if any(c is None for c in cancels):
             return False
         res = await self._step(
-            names.ACT_FAIL_ORPHANED_ORDER, FailOrphanedOrder(order.order_id, why), FailResult
+            ReconcilerActivities.fail_orphaned_order, FailOrphanedOrder(order.order_id, why)
         )
         return res is not None and res.failed
 
@@ -140,7 +137,7 @@ class ReconcileWorkflow:
 
     async def _refunds(self, inp: ReconcileInput) -> tuple[list[str], list[str]]:
         workflow.set_current_details("looking for PENDING refunds whose workflow does not run")
-        found = await self._find(names.ACT_FIND_ORPHANED_REFUNDS, inp, OrphanedRefunds)
+        found = await self._find(ReconcilerActivities.find_orphaned_refunds, inp)
         restarted: list[str] = []
         failed: list[str] = []
         for refund in found.items if found else []:
@@ -148,9 +145,8 @@ class ReconcileWorkflow:
             workflow.set_current_details(f"refund {refund.refund_id}: {decision.value} ({why})")
             if decision == Decision.RESTART:
                 res = await self._step(
-                    names.ACT_RESTART_REFUND,
+                    ReconcilerActivities.restart_refund,
                     RestartRequest(refund.refund_id, workflow.info().task_queue),
-                    RestartResult,
                 )
                 if res is not None and res.started:
                     restarted.append(refund.refund_id)
@@ -169,9 +165,8 @@ class ReconcileWorkflow:
     async def _fail_refund(self, refund: OrphanedRefund) -> bool:
         # The refund book's own settlement: FAILED and its amount off the cap, together.
         view = await self._step(
-            names.ACT_MARK_REFUND_FAILED,
+            RefundActivities.mark_refund_failed,
             SettleRefund(refund_id=refund.refund_id, failure_reason=NOT_STARTABLE),
-            RefundView,
         )
         return view is not None and view.failure_reason == NOT_STARTABLE
 
@@ -179,9 +174,7 @@ class ReconcileWorkflow:
 
     async def _authorizations(self, inp: ReconcileInput) -> tuple[list[str], int]:
         workflow.set_current_details("looking at the PSP for holds of finished orders")
-        found = await self._find(
-            names.ACT_FIND_UNRELEASED_AUTHORIZATIONS, inp, UnreleasedAuthorizations
-        )
+        found = await self._find(ReconcilerActivities.find_unreleased_authorizations, inp)
         if found is None:
             return [], 0
         voided: list[str] = []
@@ -190,13 +183,12 @@ class ReconcileWorkflow:
             workflow.set_current_details(f"voiding what the PSP holds for order {order_id}")
             try:
                 res = await self._activity(
-                    names.ACT_VOID_PAYMENT,
+                    PaymentActivities.void_payment,
                     # The saga's own void, under its key: a repeat or a race with the saga
                     # cannot release anything twice.
                     VoidInput(
                         order_id=order_id, payment_id=None, idempotency_key=f"void:{order_id}"
                     ),
-                    VoidResult,
                 )
             except ActivityError as e:
                 if _error_type(e) != errors.ALREADY_CAPTURED:
@@ -226,13 +218,11 @@ class ReconcileWorkflow:
 
     async def _couriers(self, inp: ReconcileInput) -> list[str]:
         workflow.set_current_details("looking for couriers bound to finished orders")
-        found = await self._find(names.ACT_FIND_STRANDED_COURIERS, inp, StrandedCouriers)
+        found = await self._find(ReconcilerActivities.find_stranded_couriers, inp)
         released: list[str] = []
         for offer in found.items if found else []:
             res = await self._step(
-                names.ACT_RELEASE_COURIER,
-                CourierOffer(offer.order_id, offer.courier_id),
-                OfferResult,
+                CourierActivities.release_courier, CourierOffer(offer.order_id, offer.courier_id)
             )
             if res is not None and res.offered:
                 released.append(offer.courier_id)
@@ -244,35 +234,35 @@ class ReconcileWorkflow:
 
     # --------------------------------------------------------------------------- helpers
 
-    async def _find(self, activity: str, inp: ReconcileInput, result_type: type[Any]) -> Any:
+    async def _find(
+        self, activity: Callable[[Any, ReconcileInput], Awaitable[_R]], inp: ReconcileInput
+    ) -> _R | None:
         try:
-            return await workflow.execute_activity(
+            return await workflow.execute_activity_method(
                 activity,
                 inp,
-                result_type=result_type,
                 start_to_close_timeout=options.RECONCILE_FIND,
                 heartbeat_timeout=options.RECONCILE_FIND_HEARTBEAT,
                 retry_policy=options.RECONCILE_STEP,
             )
         except ActivityError as e:
-            self._errors.append(f"{activity}: {e.__cause__ or e}")
+            self._errors.append(f"{activity.__name__}: {e.__cause__ or e}")
             return None
 
-    async def _activity(self, activity: str, arg: Any, result_type: type[Any]) -> Any:
-        return await workflow.execute_activity(
+    async def _activity(self, activity: Callable[[Any, _A], Awaitable[_R]], arg: _A) -> _R:
+        return await workflow.execute_activity_method(
             activity,
             arg,
-            result_type=result_type,
             start_to_close_timeout=options.PSP_CALL,
             retry_policy=options.RECONCILE_STEP,
         )
 
-    async def _step(self, activity: str, arg: Any, result_type: type[Any]) -> Any:
+    async def _step(self, activity: Callable[[Any, _A], Awaitable[_R]], arg: _A) -> _R | None:
         """One action; None (and an error in the report) when it kept failing."""
         try:
-            return await self._activity(activity, arg, result_type)
+            return await self._activity(activity, arg)
         except ActivityError as e:
-            self._errors.append(f"{activity} {_subject(arg)}: {e.__cause__ or e}")
+            self._errors.append(f"{activity.__name__} {_subject(arg)}: {e.__cause__ or e}")
             return None
 
     def _record(self, subject_id: str, action: Done, detail: str) -> None:

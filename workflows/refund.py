@@ -30,15 +30,13 @@ from temporalio.exceptions import (
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
+    from activities.refunds import RefundActivities
     from domain import errors, names
     from domain.messages import (
         MerchantEvent,
         PspRefundRequest,
-        PspRefundResult,
-        RefundableAtPsp,
         RefundInput,
         RefundView,
-        RestockReport,
         RestockRequest,
         SettleRefund,
     )
@@ -78,10 +76,9 @@ class RefundWorkflow:
     async def _refund(self, inp: RefundInput) -> RefundView:
         self._details(f"checking what the PSP has refunded on {inp.payment_id}")
         try:
-            seen = await workflow.execute_activity(
-                names.ACT_CHECK_REFUNDABLE_AT_PSP,
+            seen = await workflow.execute_activity_method(
+                RefundActivities.check_refundable_at_psp,
                 _psp_request(inp),
-                result_type=RefundableAtPsp,
                 start_to_close_timeout=options.PSP_CALL,
                 retry_policy=options.PSP_UNTIL_DONE,
             )
@@ -102,10 +99,9 @@ class RefundWorkflow:
     async def _send_and_book(self, inp: RefundInput) -> RefundView:
         self._details(f"refunding {inp.amount_cents} {inp.currency} at the PSP")
         try:
-            sent = await workflow.execute_activity(
-                names.ACT_SEND_REFUND,
+            sent = await workflow.execute_activity_method(
+                RefundActivities.send_refund,
                 _psp_request(inp),
-                result_type=PspRefundResult,
                 start_to_close_timeout=options.PSP_CALL,
                 retry_policy=options.PSP_UNTIL_DONE,
             )
@@ -114,15 +110,14 @@ class RefundWorkflow:
         # Units first, then the status: a refund that reads SUCCEEDED has its units back.
         if inp.restock:
             self._details(f"putting {len(inp.restock)} line(s) back on sale at {inp.location_id}")
-            report = await workflow.execute_activity(
-                names.ACT_RESTOCK_REFUNDED_ITEMS,
+            report = await workflow.execute_activity_method(
+                RefundActivities.restock_refunded_items,
                 RestockRequest(
                     refund_id=inp.refund_id,
                     order_id=inp.order_id,
                     location_id=inp.location_id,
                     lines=list(inp.restock),
                 ),
-                result_type=RestockReport,
                 start_to_close_timeout=options.SHORT,
                 retry_policy=options.BOOKKEEPING,
             )
@@ -131,10 +126,9 @@ class RefundWorkflow:
                     "refund %s: not restocked (no longer sold): %s", inp.refund_id, report.refused
                 )
         self._details(f"recording PSP refund {sent.psp_refund_id}")
-        view = await workflow.execute_activity(
-            names.ACT_MARK_REFUND_SUCCEEDED,
+        view = await workflow.execute_activity_method(
+            RefundActivities.mark_refund_succeeded,
             SettleRefund(refund_id=inp.refund_id, psp_refund_id=sent.psp_refund_id),
-            result_type=RefundView,
             start_to_close_timeout=options.SHORT,
             retry_policy=options.BOOKKEEPING,
         )
@@ -169,10 +163,9 @@ class RefundWorkflow:
 
     async def _fail(self, inp: RefundInput, reason: str) -> RefundView:
         self._details(f"failing: {reason}; releasing {inp.amount_cents} from the cap")
-        view = await workflow.execute_activity(
-            names.ACT_MARK_REFUND_FAILED,
+        view = await workflow.execute_activity_method(
+            RefundActivities.mark_refund_failed,
             SettleRefund(refund_id=inp.refund_id, failure_reason=reason),
-            result_type=RefundView,
             start_to_close_timeout=options.SHORT,
             retry_policy=options.BOOKKEEPING,
         )

@@ -5,8 +5,9 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from activities.sweeper import SweeperActivities
     from domain import names
-    from domain.messages import ReleaseReport, StaleReservations, SweepInput, SweepReport
+    from domain.messages import ReleaseReport, SweepInput, SweepReport
     from workflows import options
 
 
@@ -15,28 +16,25 @@ class InventorySweepWorkflow:
     @workflow.run
     async def run(self, inp: SweepInput) -> SweepReport:
         workflow.set_current_details(f"looking for reservations held longer than {inp.ttl_s:.0f}s")
-        stale = await workflow.execute_activity(
-            names.ACT_FIND_STALE_RESERVATIONS,
+        stale = await workflow.execute_activity_method(
+            SweeperActivities.find_stale_reservations,
             inp,
-            result_type=StaleReservations,
             start_to_close_timeout=options.SHORT,
             retry_policy=options.RECORD,
         )
         report = ReleaseReport([], 0, [])
         if stale.order_ids:
             workflow.set_current_details(f"checking {len(stale.order_ids)} order(s)")
-            report = await workflow.execute_activity(
-                names.ACT_RELEASE_ORPHANED_RESERVATIONS,
+            report = await workflow.execute_activity_method(
+                SweeperActivities.release_orphaned_reservations,
                 stale,
-                result_type=ReleaseReport,
                 start_to_close_timeout=options.SWEEP_RELEASE,
                 heartbeat_timeout=options.SWEEP_RELEASE_HEARTBEAT,
                 retry_policy=options.SWEEP_STEP,
             )
         workflow.set_current_details("reconciling flash-sale counters with the database")
-        repaired = await workflow.execute_activity(
-            names.ACT_RECONCILE_HOT_STOCK,
-            result_type=int,
+        repaired = await workflow.execute_activity_method(
+            SweeperActivities.reconcile_hot_stock,
             start_to_close_timeout=options.SWEEP_RECONCILE_HOT,
             retry_policy=options.SWEEP_STEP,
         )
