@@ -5,8 +5,10 @@ Fields with defaults can be added later without breaking histories already recor
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from domain.names import order_workflow_id
 from domain.status import (
     AuthorizationOutcome,
     CourierEventType,
@@ -79,15 +81,21 @@ class CheckoutInput:
     notify_merchant: bool = False
     """Tell the merchant's webhook when the order is paid or cancelled (max effort)."""
 
+    @property
+    def total_cents(self) -> int:
+        """What the customer pays: the lines at their snapshotted prices plus delivery."""
+        return AmountsView.of(self.lines, self.delivery_fee_cents).total_cents
+
 
 def checkout_total_cents(inp: CheckoutInput) -> int:
-    return inp.delivery_fee_cents + sum(li.unit_price_cents * li.quantity for li in inp.lines)
+    """``inp.total_cents`` (kept for callers not moved to the property yet)."""
+    return inp.total_cents
 
 
 def checkout_summary(inp: CheckoutInput) -> str:
     """The order workflow's static summary in the Temporal UI (the API and the reconciler
     start it with the same)."""
-    total = checkout_total_cents(inp)
+    total = inp.total_cents
     return (
         f"Order {inp.order_id} for {inp.customer_id}: {len(inp.lines)} lines, "
         f"total {total // 100}.{total % 100:02d} {inp.currency}"
@@ -109,6 +117,16 @@ class AmountsView:
     authorized_cents: int = 0
     captured_cents: int = 0
     refunded_cents: int = 0
+
+    @classmethod
+    def of(cls, lines: Sequence[OrderLine], delivery_fee_cents: int) -> AmountsView:
+        """An order's amounts before any money moved: the one place its total is summed."""
+        subtotal = sum(li.unit_price_cents * li.quantity for li in lines)
+        return cls(
+            subtotal_cents=subtotal,
+            delivery_fee_cents=delivery_fee_cents,
+            total_cents=subtotal + delivery_fee_cents,
+        )
 
 
 @dataclass
@@ -149,6 +167,37 @@ class OrderView:
     timeline: list[TimelineEntry]
     created_at: str
     updated_at: str
+
+    @classmethod
+    def placed(
+        cls,
+        *,
+        order_id: str,
+        customer_id: str,
+        location_id: str,
+        currency: str,
+        lines: Sequence[OrderLine],
+        delivery_fee_cents: int,
+        at: str,
+    ) -> OrderView:
+        """The order as accepted at ``at``: PENDING, nothing authorized, nobody dispatched."""
+        return cls(
+            order_id=order_id,
+            workflow_id=order_workflow_id(order_id),
+            customer_id=customer_id,
+            location_id=location_id,
+            status=OrderStatus.PENDING,
+            failure_reason=None,
+            items=[ItemView(li.sku, li.quantity, li.unit_price_cents) for li in lines],
+            currency=currency,
+            amounts=AmountsView.of(lines, delivery_fee_cents),
+            payment=PaymentView(),
+            delivery=DeliveryView(),
+            refunds=[],
+            timeline=[TimelineEntry(OrderStatus.PENDING, at)],
+            created_at=at,
+            updated_at=at,
+        )
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,19 @@
 One workflow per order (``order-<order_id>``). It is the single authority on the order's
 status: cancellation and courier pick-up are both Updates on this workflow, so the question
 "was it cancelled before it was picked up?" always has exactly one answer.
+
+The saga keeps its own typed state; the ``Order`` resource clients see (``OrderView``) is built
+from it by ``_order_view``, for the ``order`` query and for every read-model write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
+import dataclasses
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import timedelta
+from datetime import datetime, timedelta
+from enum import Enum, auto
 from typing import Any
 
 from temporalio import workflow
@@ -33,7 +37,6 @@ with workflow.unsafe.imports_passed_through():
     from domain import errors, names
     from domain.messages import (
         AbortPayment,
-        AmountsView,
         CancelRequest,
         CancelResult,
         CaptureInput,
@@ -45,7 +48,6 @@ with workflow.unsafe.imports_passed_through():
         DeliveryProgress,
         DeliveryResult,
         DeliveryView,
-        ItemView,
         MerchantEvent,
         OrderView,
         PaymentInput,
@@ -88,13 +90,6 @@ def _now_iso() -> str:
     return workflow.now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-#: The order's transitions the merchant is told about (when ``notify_merchant`` is set).
-_MERCHANT_EVENT_OF = {
-    OrderStatus.PAID: MerchantEventType.ORDER_PAID,
-    OrderStatus.CANCELLED: MerchantEventType.ORDER_CANCELLED,
-}
-
-
 class _Cancelled(Exception):
     """Raised inside the saga when an accepted cancel must stop the forward path."""
 
@@ -105,34 +100,39 @@ class _Failed(Exception):
         self.reason = reason
 
 
+class _PaymentWait(Enum):
+    """What the order must act on while its payment child runs."""
+
+    SETTLED = auto()
+    """The child ended: its result says how."""
+    CANCEL_TO_PASS_ON = auto()
+    """A cancel was accepted and the child has not been told to abort yet."""
+    ACTION_REQUIRED = auto()
+    """The customer must act (3-D Secure, QR): the order shows AWAITING_PAYMENT."""
+    RESERVATION_EXPIRED = auto()
+    """The reservation's TTL ran out before the child ended."""
+
+
 @workflow.defn(name=names.ORDER_WORKFLOW)
 class OrderWorkflow:
     @workflow.init
     def __init__(self, inp: CheckoutInput) -> None:
         self._inp = inp
-        subtotal = sum(line.unit_price_cents * line.quantity for line in inp.lines)
-        self._view = OrderView(
-            order_id=inp.order_id,
-            workflow_id=names.order_workflow_id(inp.order_id),
-            customer_id=inp.customer_id,
-            location_id=inp.location_id,
-            status=OrderStatus.PENDING,
-            failure_reason=None,
-            items=[ItemView(li.sku, li.quantity, li.unit_price_cents) for li in inp.lines],
-            currency=inp.currency,
-            amounts=AmountsView(
-                subtotal_cents=subtotal,
-                delivery_fee_cents=inp.delivery_fee_cents,
-                total_cents=subtotal + inp.delivery_fee_cents,
-            ),
-            payment=PaymentView(),
-            delivery=DeliveryView(),
-            refunds=[],
-            timeline=[TimelineEntry(OrderStatus.PENDING, inp.created_at)],
-            created_at=inp.created_at,
-            updated_at=inp.created_at,
-        )
+        # The order as clients see it (``_order_view`` builds the resource from these).
+        self._status = OrderStatus.PENDING
+        self._failure_reason: FailureReason | None = None
+        self._timeline = [TimelineEntry(OrderStatus.PENDING, inp.created_at)]
+        self._updated_at = inp.created_at
+        self._payment_status = PaymentStatus.PENDING
+        self._payment_id: str | None = None
+        self._authorized_cents = 0
+        self._captured_cents = 0
+        self._delivery_status = DeliveryStatus.NOT_STARTED
+        self._offered_to: str | None = None
+        self._courier_id: str | None = None
+        # Where the saga is.
         self._seq = 0
+        """Read-model writes so far; the read model keeps the latest one only."""
         self._cancel_reason: str | None = None
         self._closing = False
         """Set once the saga has decided on a terminal outcome; no more cancels accepted."""
@@ -150,32 +150,55 @@ class OrderWorkflow:
         self._repair_left: list[str] = []
         self._why_parked = ""
 
+    def _order_view(self) -> OrderView:
+        """The ``Order`` resource as of now: the order as placed, with the saga's state."""
+        inp = self._inp
+        placed = OrderView.placed(
+            order_id=inp.order_id,
+            customer_id=inp.customer_id,
+            location_id=inp.location_id,
+            currency=inp.currency,
+            lines=inp.lines,
+            delivery_fee_cents=inp.delivery_fee_cents,
+            at=inp.created_at,
+        )
+        return dataclasses.replace(
+            placed,
+            status=self._status,
+            failure_reason=self._failure_reason,
+            amounts=dataclasses.replace(
+                placed.amounts,
+                authorized_cents=self._authorized_cents,
+                captured_cents=self._captured_cents,
+            ),
+            payment=PaymentView(self._payment_status, self._payment_id),
+            delivery=DeliveryView(self._delivery_status, self._offered_to, self._courier_id),
+            timeline=list(self._timeline),
+            updated_at=self._updated_at,
+        )
+
     # ------------------------------------------------------------------------------ handlers
 
     @workflow.query(name=names.QUERY_ORDER)
     def order(self) -> OrderView:
-        return self._view
+        return self._order_view()
 
     @workflow.update(name=names.UPDATE_CANCEL)
     async def cancel(self, req: CancelRequest) -> CancelResult:
         if self._cancel_reason is None:
             self._cancel_reason = req.reason or "cancelled"
             workflow.logger.info("cancel accepted: %s", self._cancel_reason)
-        return CancelResult(accepted=True, status=self._view.status)
+        return CancelResult(accepted=True, status=self._status)
 
     @cancel.validator
     def _validate_cancel(self, req: CancelRequest) -> None:
-        if self._cancel_reason is not None or self._view.status == OrderStatus.CANCELLED:
+        if self._cancel_reason is not None or self._status == OrderStatus.CANCELLED:
             # Repeating an accepted cancel is fine, and changes nothing: refusing it here
             # (the API answers 200 with the order) keeps repeats out of the history.
             raise ApplicationError("the cancel was accepted already", type=errors.ALREADY_APPLIED)
-        if (
-            self._picked_up
-            or self._closing
-            or OrderStatus(self._view.status) not in CANCELLABLE_STATUSES
-        ):
+        if self._picked_up or self._closing or self._status not in CANCELLABLE_STATUSES:
             raise ApplicationError(
-                f"order is {self._view.status}" + (" and picked up" if self._picked_up else ""),
+                f"order is {self._status}" + (" and picked up" if self._picked_up else ""),
                 type=errors.NOT_CANCELLABLE,
             )
 
@@ -185,19 +208,18 @@ class OrderWorkflow:
             self._picked_up = True
         elif ev.type == CourierEventType.DELIVERED:
             self._delivered = True
-        return CourierEventResult(accepted=True, status=self._view.status)
+        return CourierEventResult(accepted=True, status=self._status)
 
     @courier_event.validator
     def _validate_courier_event(self, ev: CourierEvent) -> None:
-        d = self._view.delivery
         if ev.type not in (CourierEventType.PICKED_UP, CourierEventType.DELIVERED):
             raise ApplicationError(
                 f"{ev.type} goes to the dispatch of this order, not to the order",
                 type=errors.OUT_OF_ORDER,
             )
-        if d.courier_id is None:
+        if self._courier_id is None:
             raise ApplicationError("no courier is assigned to this order", type=errors.OUT_OF_ORDER)
-        if ev.courier_id != d.courier_id:
+        if ev.courier_id != self._courier_id:
             raise ApplicationError(
                 f"order is assigned to another courier, not {ev.courier_id}",
                 type=errors.COURIER_MISMATCH,
@@ -219,13 +241,13 @@ class OrderWorkflow:
         workflow.logger.warning("repair by %s: %s", req.operator, req.reason)
         self._repair = req
         await workflow.wait_condition(lambda: self._repair is None)
-        return RepairResult(status=self._view.status, remaining=list(self._repair_left))
+        return RepairResult(status=self._status, remaining=list(self._repair_left))
 
     @repair.validator
     def _validate_repair(self, req: RepairRequest) -> None:
         if not self._parked or self._repair is not None:
             raise ApplicationError(
-                f"order is {self._view.status}"
+                f"order is {self._status}"
                 + (" and a repair is running" if self._repair is not None else ""),
                 type=errors.NOT_REPAIRABLE,
             )
@@ -234,20 +256,19 @@ class OrderWorkflow:
 
     @workflow.signal(name=names.SIGNAL_DELIVERY_PROGRESS)
     def delivery_progress(self, p: DeliveryProgress) -> None:
-        d = self._view.delivery
-        if d.status in (DeliveryStatus.PICKED_UP, DeliveryStatus.DELIVERED):
+        if self._delivery_status in (DeliveryStatus.PICKED_UP, DeliveryStatus.DELIVERED):
             return
-        d.status = p.status
-        d.offered_to = p.offered_to
+        self._delivery_status = p.status
+        self._offered_to = p.offered_to
         if p.courier_id is not None:
-            d.courier_id = p.courier_id
+            self._courier_id = p.courier_id
         self._touch()
 
     @workflow.signal(name=names.SIGNAL_PAYMENT_PROGRESS)
     def payment_progress(self, p: PaymentProgress) -> None:
-        self._view.payment.status = p.status
+        self._payment_status = p.status
         if p.payment_id is not None:
-            self._view.payment.payment_id = p.payment_id
+            self._payment_id = p.payment_id
         if p.status == PaymentStatus.REQUIRES_ACTION:
             self._awaiting_action = True
         self._touch()
@@ -260,7 +281,7 @@ class OrderWorkflow:
             [
                 SA_STATUS.value_set(OrderStatus.PENDING.value),
                 SA_CUSTOMER.value_set(inp.customer_id),
-                SA_TOTAL.value_set(self._view.amounts.total_cents),
+                SA_TOTAL.value_set(inp.total_cents),
             ]
         )
         saga = Saga()
@@ -303,11 +324,11 @@ class OrderWorkflow:
                 break
             await self._to_completion(self._resume_compensation(saga))
         await workflow.wait_condition(workflow.all_handlers_finished)
-        if cancelled_from_outside and self._view.status != OrderStatus.DELIVERED:
+        if cancelled_from_outside and self._status != OrderStatus.DELIVERED:
             # Temporal shows the run as cancelled; a cancel that came once the courier had
             # delivered changed nothing, so that run completes as delivered.
             raise asyncio.CancelledError("order workflow cancelled from outside")
-        return self._view
+        return self._order_view()
 
     async def _fulfil(self, saga: Saga) -> None:
         inp = self._inp
@@ -335,9 +356,9 @@ class OrderWorkflow:
         self._check_cancel()
         saga.add("payment", self._undo_payment)
         payment = await self._authorize()
-        self._view.payment.payment_id = payment.payment_id
-        self._view.amounts.authorized_cents = payment.authorized_cents
-        self._view.payment.status = PaymentStatus.AUTHORIZED
+        self._payment_id = payment.payment_id
+        self._authorized_cents = payment.authorized_cents
+        self._payment_status = PaymentStatus.AUTHORIZED
 
         # 5. Confirm stock: from here a cancel returns sold units instead of cancelling a hold.
         self._details("confirming stock")
@@ -352,6 +373,7 @@ class OrderWorkflow:
                 # The hold is gone (released by someone else): this order cannot be filled.
                 raise _Failed(FailureReason.OUT_OF_STOCK, str(r.__cause__ or r))
         await self._transition(OrderStatus.PAID)
+        await self._tell_merchant(MerchantEventType.ORDER_PAID)
         self._check_cancel()
 
         # 6. Dispatch.
@@ -363,7 +385,7 @@ class OrderWorkflow:
         self._check_cancel()
         # The goods have left the store: no compensation may put them back on the shelf.
         saga.discard_prefix("stock:")
-        self._view.delivery.status = DeliveryStatus.PICKED_UP
+        self._delivery_status = DeliveryStatus.PICKED_UP
         self._details("capturing payment")
         try:
             await self._capture()
@@ -379,7 +401,7 @@ class OrderWorkflow:
     async def _complete_delivery(self, saga: Saga, courier_id: str) -> None:
         """Free the courier and close the order as delivered; safe to run again."""
         self._closing = True
-        self._view.delivery.status = DeliveryStatus.DELIVERED
+        self._delivery_status = DeliveryStatus.DELIVERED
         await workflow.execute_activity_method(
             CourierActivities.release_courier,
             CourierOffer(self._inp.order_id, courier_id),
@@ -387,7 +409,7 @@ class OrderWorkflow:
             retry_policy=options.FORWARD,
         )
         saga.discard("courier")
-        if self._view.status != OrderStatus.DELIVERED:
+        if self._status != OrderStatus.DELIVERED:
             await self._transition(OrderStatus.DELIVERED)
         self._details("delivered")
 
@@ -399,7 +421,7 @@ class OrderWorkflow:
             PaymentInput(
                 order_id=inp.order_id,
                 customer_id=inp.customer_id,
-                amount_cents=self._view.amounts.total_cents,
+                amount_cents=inp.total_cents,
                 currency=inp.currency,
                 token=inp.payment_token,
                 payment_timeout_s=inp.timeouts.payment_timeout_s,
@@ -409,7 +431,7 @@ class OrderWorkflow:
             task_queue=workflow.info().task_queue,
             result_type=PaymentResult,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            static_summary=f"Payment of {self._view.amounts.total_cents} {inp.currency} for order {inp.order_id}",
+            static_summary=f"Payment of {inp.total_cents} {inp.currency} for order {inp.order_id}",
         )
         self._children.append(child)
         self._abort_sent = False
@@ -418,51 +440,66 @@ class OrderWorkflow:
         # stock is not held past it.
         ttl = timedelta(seconds=inp.timeouts.effective_reservation_ttl_s)
         expires_at = workflow.now() + ttl
-        while True:
-            try:
-                await workflow.wait_condition(
-                    lambda: (
-                        child.done()
-                        or (self._cancel_reason is not None and not self._abort_sent)
-                        or (self._awaiting_action and self._view.status == OrderStatus.RESERVED)
-                    ),
-                    timeout=max(expires_at - workflow.now(), timedelta(seconds=1)),
-                    timeout_summary="reservation TTL",
-                )
-            except TimeoutError:
-                if child.done():
-                    break
+        while (event := await self._wait_for_payment(child, expires_at)) != _PaymentWait.SETTLED:
+            if event == _PaymentWait.RESERVATION_EXPIRED:
                 child.cancel()
                 with contextlib.suppress(ChildWorkflowError, asyncio.CancelledError):
                     await child
-                raise _Failed(
-                    FailureReason.PAYMENT_TIMEOUT, f"reservation expired after {ttl}"
-                ) from None
-            if child.done():
-                break
-            if self._cancel_reason is not None and not self._abort_sent:
+                raise _Failed(FailureReason.PAYMENT_TIMEOUT, f"reservation expired after {ttl}")
+            if event == _PaymentWait.CANCEL_TO_PASS_ON:
+                assert self._cancel_reason is not None
                 await child.signal(names.SIGNAL_ABORT_PAYMENT, AbortPayment(self._cancel_reason))
                 self._abort_sent = True
-                continue
-            await self._transition(OrderStatus.AWAITING_PAYMENT)
-            self._details(
-                f"waiting up to {inp.timeouts.payment_timeout_s:.0f}s for the customer to complete payment"
+            else:
+                await self._transition(OrderStatus.AWAITING_PAYMENT)
+                self._details(
+                    f"waiting up to {inp.timeouts.payment_timeout_s:.0f}s for the customer to complete payment"
+                )
+        return self._authorization_outcome(child.result())
+
+    async def _wait_for_payment(
+        self, child: ChildWorkflowHandle[Any, PaymentResult], expires_at: datetime
+    ) -> _PaymentWait:
+        """Wait, at the latest until the reservation expires, for what the order must act on
+        next while its payment child runs."""
+
+        def cancel_to_pass_on() -> bool:
+            return self._cancel_reason is not None and not self._abort_sent
+
+        def action_to_show() -> bool:
+            return self._awaiting_action and self._status == OrderStatus.RESERVED
+
+        try:
+            await workflow.wait_condition(
+                lambda: child.done() or cancel_to_pass_on() or action_to_show(),
+                timeout=max(expires_at - workflow.now(), timedelta(seconds=1)),
+                timeout_summary="reservation TTL",
             )
-        result = child.result()
+        except TimeoutError:
+            return _PaymentWait.SETTLED if child.done() else _PaymentWait.RESERVATION_EXPIRED
+        if child.done():
+            return _PaymentWait.SETTLED
+        if cancel_to_pass_on():
+            return _PaymentWait.CANCEL_TO_PASS_ON
+        return _PaymentWait.ACTION_REQUIRED
+
+    def _authorization_outcome(self, result: PaymentResult) -> PaymentResult:
+        """The payment child's result for the order: the authorization to go on with, or
+        the failure the order ends with (a cancel accepted meanwhile wins over both)."""
         if result.payment_id:
-            self._view.payment.payment_id = result.payment_id
+            self._payment_id = result.payment_id
         self._check_cancel()
         if result.status == AuthorizationOutcome.AUTHORIZED:
             return result
         if result.status == AuthorizationOutcome.TIMEOUT:
             raise _Failed(FailureReason.PAYMENT_TIMEOUT, result.detail or "")
-        self._view.payment.status = PaymentStatus.DECLINED
+        self._payment_status = PaymentStatus.DECLINED
         raise _Failed(FailureReason.PAYMENT_DECLINED, result.detail or result.status)
 
     async def _dispatch(self, saga: Saga) -> str:
         inp = self._inp
         await self._transition(OrderStatus.DISPATCHING)
-        self._view.delivery.status = DeliveryStatus.DISPATCHING
+        self._delivery_status = DeliveryStatus.DISPATCHING
         self._details("looking for a courier")
         child = await workflow.start_child_workflow(
             names.DELIVERY_WORKFLOW,
@@ -490,13 +527,13 @@ class OrderWorkflow:
         if result is not None and result.status == DeliveryStatus.ASSIGNED and result.courier_id:
             courier_id = result.courier_id
             saga.add("courier", self._undo_courier(courier_id))
-            self._view.delivery = DeliveryView(
-                status=DeliveryStatus.ASSIGNED, offered_to=None, courier_id=courier_id
-            )
+            self._delivery_status = DeliveryStatus.ASSIGNED
+            self._offered_to = None
+            self._courier_id = courier_id
         self._check_cancel()
         if result is None or result.status != DeliveryStatus.ASSIGNED or not result.courier_id:
-            self._view.delivery.status = DeliveryStatus.FAILED
-            self._view.delivery.offered_to = None
+            self._delivery_status = DeliveryStatus.FAILED
+            self._offered_to = None
             raise _Failed(
                 FailureReason.NO_COURIER,
                 f"no courier accepted within {inp.timeouts.max_offers} offers",
@@ -506,20 +543,20 @@ class OrderWorkflow:
 
     async def _capture(self) -> None:
         inp = self._inp
-        assert self._view.payment.payment_id is not None
+        assert self._payment_id is not None
         res = await workflow.execute_activity_method(
             PaymentActivities.capture_payment,
             CaptureInput(
                 order_id=inp.order_id,
-                payment_id=self._view.payment.payment_id,
-                amount_cents=self._view.amounts.authorized_cents,
+                payment_id=self._payment_id,
+                amount_cents=self._authorized_cents,
                 idempotency_key=f"capture:{inp.order_id}",
             ),
             start_to_close_timeout=options.PSP_CALL,
             retry_policy=options.FORWARD,
         )
-        self._view.amounts.captured_cents = res.captured_cents
-        self._view.payment.status = PaymentStatus.CAPTURED
+        self._captured_cents = res.captured_cents
+        self._payment_status = PaymentStatus.CAPTURED
 
     # ------------------------------------------------------------------------ compensations
 
@@ -560,17 +597,17 @@ class OrderWorkflow:
             PaymentActivities.void_payment,
             VoidInput(
                 order_id=self._inp.order_id,
-                payment_id=self._view.payment.payment_id,
+                payment_id=self._payment_id,
                 idempotency_key=f"void:{self._inp.order_id}",
             ),
             start_to_close_timeout=options.PSP_CALL,
             retry_policy=options.COMPENSATION,
         )
         if res.payment_id:
-            self._view.payment.payment_id = res.payment_id
+            self._payment_id = res.payment_id
         if res.voided:
-            self._view.payment.status = PaymentStatus.VOIDED
-            self._view.amounts.authorized_cents = 0
+            self._payment_status = PaymentStatus.VOIDED
+            self._authorized_cents = 0
 
     def _undo_courier(self, courier_id: str) -> Compensation:
         async def undo() -> None:
@@ -601,10 +638,10 @@ class OrderWorkflow:
 
     async def _close_on_outside_cancel(self, saga: Saga) -> None:
         await self._drain_before_close()
-        if OrderStatus(self._view.status).is_terminal:
+        if self._status.is_terminal:
             return  # the order had ended already; nothing to undo
-        if self._delivered and self._view.delivery.courier_id is not None:
-            await self._complete_delivery(saga, self._view.delivery.courier_id)
+        if self._delivered and self._courier_id is not None:
+            await self._complete_delivery(saga, self._courier_id)
         elif self._picked_up:
             await self._needs_attention("cancelled from outside after pick-up")
         else:
@@ -623,7 +660,7 @@ class OrderWorkflow:
             if status == OrderStatus.CANCELLED:
                 self._cancel_reason = self._cancel_reason or f"repaired: {req.reason}"
             self._parked = False
-            await self._transition(status, reason)
+            await self._end(status, reason)
             self._details(f"{status.value} after repair by {req.operator}: {req.reason}")
         self._repair = None
 
@@ -657,25 +694,30 @@ class OrderWorkflow:
         self._details(f"compensating ({', '.join(reversed(saga.names)) or 'nothing to undo'})")
         failed = await saga.compensate()
         self._repair_left = failed
-        d = self._view.delivery
-        if d.status in (DeliveryStatus.DISPATCHING, DeliveryStatus.ASSIGNED):
-            d.status = DeliveryStatus.FAILED
-        d.offered_to = None
+        if self._delivery_status in (DeliveryStatus.DISPATCHING, DeliveryStatus.ASSIGNED):
+            self._delivery_status = DeliveryStatus.FAILED
+        self._offered_to = None
         if failed or status == OrderStatus.NEEDS_ATTENTION:
             await self._needs_attention(why or f"compensations failed: {', '.join(failed)}")
             return
-        await self._transition(status, reason)
+        await self._end(status, reason)
         self._details(
             f"{status.value}"
             + (f" ({reason.value})" if reason else "")
             + (f": {self._cancel_reason}" if status == OrderStatus.CANCELLED else "")
         )
 
+    async def _end(self, status: OrderStatus, reason: FailureReason | None) -> None:
+        """Close the order as CANCELLED or FAILED once everything is undone."""
+        await self._transition(status, reason)
+        if status == OrderStatus.CANCELLED:
+            await self._tell_merchant(MerchantEventType.ORDER_CANCELLED)
+
     async def _needs_attention(self, why: str) -> None:
         """Park the order for an operator; it waits for ``tradeflow repair``."""
         self._closing = True
         self._why_parked = why
-        current = OrderStatus(self._view.status)
+        current = self._status
         if current.is_terminal and current != OrderStatus.NEEDS_ATTENTION:
             workflow.logger.error("order is %s already; not parking it: %s", current, why)
             return
@@ -693,22 +735,24 @@ class OrderWorkflow:
         )
 
     async def _transition(self, status: OrderStatus, reason: FailureReason | None = None) -> None:
-        check_transition(OrderStatus(self._view.status), status)
+        """Move the order on: its status, timeline and search attributes, then the read model."""
+        check_transition(self._status, status)
         at = _now_iso()
-        self._view.status = status
-        self._view.failure_reason = reason
-        self._view.timeline.append(TimelineEntry(status, at))
-        self._view.updated_at = at
+        self._status = status
+        self._failure_reason = reason
+        self._timeline.append(TimelineEntry(status, at))
+        self._updated_at = at
         workflow.upsert_search_attributes(
             [SA_STATUS.value_set(status.value)]
             + ([SA_FAILURE.value_set(reason.value)] if reason else [])
         )
         await self._write_read_model()
-        if status in _MERCHANT_EVENT_OF and self._inp.notify_merchant:
-            await self._notify_merchant(_MERCHANT_EVENT_OF[status])
 
-    async def _notify_merchant(self, event_type: MerchantEventType) -> None:
-        """Start the max-effort notification as an abandoned child: it outlives the order."""
+    async def _tell_merchant(self, event_type: MerchantEventType) -> None:
+        """When the merchant asked to be told: start the max-effort notification as an
+        abandoned child, so it outlives the order."""
+        if not self._inp.notify_merchant:
+            return
         event_id = f"{self._inp.order_id}.{event_type.split('.')[-1]}"
         try:
             await workflow.start_child_workflow(
@@ -717,9 +761,9 @@ class OrderWorkflow:
                     event_id=event_id,
                     type=event_type,
                     order_id=self._inp.order_id,
-                    amount_cents=self._view.amounts.total_cents,
+                    amount_cents=self._inp.total_cents,
                     currency=self._inp.currency,
-                    occurred_at=self._view.updated_at,
+                    occurred_at=self._updated_at,
                 ),
                 id=names.notify_workflow_id(event_id),
                 task_queue=workflow.info().task_queue,
@@ -737,7 +781,7 @@ class OrderWorkflow:
         write = asyncio.ensure_future(
             workflow.execute_activity_method(
                 OrderActivities.record_order,
-                RecordOrderInput(view=copy.deepcopy(self._view), seq=self._seq),
+                RecordOrderInput(view=self._order_view(), seq=self._seq),
                 start_to_close_timeout=options.SHORT,
                 retry_policy=options.RECORD,
             )
@@ -746,10 +790,10 @@ class OrderWorkflow:
         await asyncio.shield(write)
 
     def _touch(self) -> None:
-        self._view.updated_at = _now_iso()
+        self._updated_at = _now_iso()
 
     def _details(self, text: str) -> None:
-        workflow.set_current_details(f"**{self._view.status}** — {text}")
+        workflow.set_current_details(f"**{self._status}** — {text}")
 
 
 def _is_app_error(e: BaseException, *types: str) -> bool:
