@@ -43,7 +43,7 @@ from activities.reconciler import ReconcilerActivities, ensure_reconciler_schedu
 from activities.refunds import RefundActivities
 from activities.sweeper import SweeperActivities, ensure_sweeper_schedule
 from dispatch.geoindex import CourierGeoIndex
-from domain.messages import RESERVATION_TTL_MARGIN_S, ReconcileInput
+from domain.messages import OrderTimeouts, ReconcileInput
 from domain.names import ALL_TASK_QUEUES, DISPATCH_TASK_QUEUE, ORDERS_TASK_QUEUE
 from infra.breaker import CircuitBreaker
 from infra.events import run_relay
@@ -390,7 +390,9 @@ async def rebuild_courier_index(deps: Dependencies) -> None:
 
 async def install_sweeper(client: Client, settings: Settings) -> None:
     """The inventory sweeper schedule exists once per namespace; the first worker creates it."""
-    ttl = settings.reservation_ttl_s or settings.payment_timeout_s + RESERVATION_TTL_MARGIN_S
+    ttl = OrderTimeouts(
+        payment_timeout_s=settings.payment_timeout_s, reservation_ttl_s=settings.reservation_ttl_s
+    ).effective_reservation_ttl_s
     try:
         outcome = await ensure_sweeper_schedule(
             client, task_queue=ORDERS_TASK_QUEUE, every_s=settings.sweep_interval_s, ttl_s=ttl

@@ -5,6 +5,12 @@ classes imported passed through the sandbox); the names below are what those met
 registered under, and what recorded histories hold, so they never change.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio.common import SearchAttributeIndexedValueType, SearchAttributeKey
+
 # Task queues: one per role, so a worker process can serve some roles only.
 ORDERS_TASK_QUEUE = "orders"
 DISPATCH_TASK_QUEUE = "dispatch"
@@ -63,12 +69,22 @@ SA_ORDER_STATUS = "OrderStatus"
 SA_CUSTOMER_ID = "CustomerId"
 SA_ORDER_TOTAL_CENTS = "OrderTotalCents"
 SA_FAILURE_REASON = "FailureReason"
+ORDER_STATUS_KEY = SearchAttributeKey.for_keyword(SA_ORDER_STATUS)
+CUSTOMER_ID_KEY = SearchAttributeKey.for_keyword(SA_CUSTOMER_ID)
+ORDER_TOTAL_CENTS_KEY = SearchAttributeKey.for_int(SA_ORDER_TOTAL_CENTS)
+FAILURE_REASON_KEY = SearchAttributeKey.for_keyword(SA_FAILURE_REASON)
+SEARCH_ATTRIBUTE_KEYS: tuple[SearchAttributeKey[Any], ...] = (
+    ORDER_STATUS_KEY,
+    CUSTOMER_ID_KEY,
+    ORDER_TOTAL_CENTS_KEY,
+    FAILURE_REASON_KEY,
+)
+"""The typed keys the order workflow sets and the API searches by."""
 SEARCH_ATTRIBUTE_TYPES = {
-    SA_ORDER_STATUS: "Keyword",
-    SA_CUSTOMER_ID: "Keyword",
-    SA_ORDER_TOTAL_CENTS: "Int",
-    SA_FAILURE_REASON: "Keyword",
+    k.name: "Int" if k.indexed_value_type == SearchAttributeIndexedValueType.INT else "Keyword"
+    for k in SEARCH_ATTRIBUTE_KEYS
 }
+"""The same, as the dev server's ``--search-attribute NAME=TYPE`` wants them."""
 
 # Inventory sweeper: a Temporal Schedule starts it periodically on the orders queue.
 SWEEP_WORKFLOW = "InventorySweepWorkflow"

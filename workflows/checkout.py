@@ -19,15 +19,14 @@ from enum import Enum, auto
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import SearchAttributeKey, WorkflowIDReusePolicy
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
     ChildWorkflowError,
-    WorkflowAlreadyStartedError,
     is_cancelled_exception,
 )
-from temporalio.workflow import ChildWorkflowHandle, ParentClosePolicy
+from temporalio.workflow import ChildWorkflowHandle
 
 with workflow.unsafe.imports_passed_through():
     from activities.couriers import CourierActivities
@@ -74,13 +73,8 @@ with workflow.unsafe.imports_passed_through():
         check_transition,
     )
     from workflows import options
+    from workflows.notify import notify_merchant
     from workflows.saga import Compensation, Saga
-
-SA_STATUS = SearchAttributeKey.for_keyword(names.SA_ORDER_STATUS)
-SA_CUSTOMER = SearchAttributeKey.for_keyword(names.SA_CUSTOMER_ID)
-SA_TOTAL = SearchAttributeKey.for_int(names.SA_ORDER_TOTAL_CENTS)
-SA_FAILURE = SearchAttributeKey.for_keyword(names.SA_FAILURE_REASON)
-
 
 _StockStep = Callable[[InventoryActivities, ReservationKey], Awaitable[ReservationResult]]
 """One inventory activity on one line (try, confirm, cancel, return)."""
@@ -279,9 +273,9 @@ class OrderWorkflow:
     async def run(self, inp: CheckoutInput) -> OrderView:
         workflow.upsert_search_attributes(
             [
-                SA_STATUS.value_set(OrderStatus.PENDING.value),
-                SA_CUSTOMER.value_set(inp.customer_id),
-                SA_TOTAL.value_set(inp.total_cents),
+                names.ORDER_STATUS_KEY.value_set(OrderStatus.PENDING.value),
+                names.CUSTOMER_ID_KEY.value_set(inp.customer_id),
+                names.ORDER_TOTAL_CENTS_KEY.value_set(inp.total_cents),
             ]
         )
         saga = Saga()
@@ -743,36 +737,27 @@ class OrderWorkflow:
         self._timeline.append(TimelineEntry(status, at))
         self._updated_at = at
         workflow.upsert_search_attributes(
-            [SA_STATUS.value_set(status.value)]
-            + ([SA_FAILURE.value_set(reason.value)] if reason else [])
+            [names.ORDER_STATUS_KEY.value_set(status.value)]
+            + ([names.FAILURE_REASON_KEY.value_set(reason.value)] if reason else [])
         )
         await self._write_read_model()
 
     async def _tell_merchant(self, event_type: MerchantEventType) -> None:
-        """When the merchant asked to be told: start the max-effort notification as an
-        abandoned child, so it outlives the order."""
-        if not self._inp.notify_merchant:
+        """Tell the merchant (max effort, outliving the order) when it asked to be told."""
+        inp = self._inp
+        if not inp.notify_merchant:
             return
-        event_id = f"{self._inp.order_id}.{event_type.split('.')[-1]}"
-        try:
-            await workflow.start_child_workflow(
-                names.NOTIFY_WORKFLOW,
-                MerchantEvent(
-                    event_id=event_id,
-                    type=event_type,
-                    order_id=self._inp.order_id,
-                    amount_cents=self._inp.total_cents,
-                    currency=self._inp.currency,
-                    occurred_at=self._updated_at,
-                ),
-                id=names.notify_workflow_id(event_id),
-                task_queue=workflow.info().task_queue,
-                parent_close_policy=ParentClosePolicy.ABANDON,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                static_summary=f"Notify merchant: {event_type} for order {self._inp.order_id}",
-            )
-        except WorkflowAlreadyStartedError:
-            pass  # already notifying of this fact
+        await notify_merchant(
+            MerchantEvent(
+                event_id=f"{inp.order_id}.{event_type.split('.')[-1]}",
+                type=event_type,
+                order_id=inp.order_id,
+                amount_cents=inp.total_cents,
+                currency=inp.currency,
+                occurred_at=self._updated_at,
+            ),
+            about=f"order {inp.order_id}",
+        )
 
     async def _write_read_model(self) -> None:
         """Write the read model as of now. The write runs as its own task behind a shield: a

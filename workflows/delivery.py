@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from domain.status import CourierEventType, DeliveryStatus
     from workflows import options
+    from workflows.parent import tell_parent
 
 
 PATCH_RELEASE_BOUND_COURIER = "release-bound-courier-on-cancel"
@@ -179,9 +180,4 @@ class DeliveryWorkflow:
         )
 
     async def _tell_parent(self, progress: DeliveryProgress) -> None:
-        try:
-            await workflow.get_external_workflow_handle(self._inp.parent_workflow_id).signal(
-                names.SIGNAL_DELIVERY_PROGRESS, progress
-            )
-        except Exception as e:  # the parent may be gone (terminated); dispatch goes on
-            workflow.logger.warning("could not tell %s: %s", self._inp.parent_workflow_id, e)
+        await tell_parent(self._inp.parent_workflow_id, names.SIGNAL_DELIVERY_PROGRESS, progress)

@@ -10,6 +10,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.notify import NotifyActivities
@@ -17,6 +20,24 @@ with workflow.unsafe.imports_passed_through():
     from domain.messages import MerchantEvent, NotificationOutcome, NotifyAttempt
     from domain.status import NotificationStatus
     from workflows import options
+
+
+async def notify_merchant(ev: MerchantEvent, *, about: str) -> None:
+    """From the workflow that saw the fact: start its notification as an abandoned child, so
+    it outlives that workflow, and a repeat of the fact (same event id) starts nothing.
+    ``about`` names the subject in the Temporal UI (``order <id>``, ``refund <id>``)."""
+    try:
+        await workflow.start_child_workflow(
+            names.NOTIFY_WORKFLOW,
+            ev,
+            id=names.notify_workflow_id(ev.event_id),
+            task_queue=workflow.info().task_queue,
+            parent_close_policy=ParentClosePolicy.ABANDON,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            static_summary=f"Notify merchant: {ev.type} for {about}",
+        )
+    except WorkflowAlreadyStartedError:
+        pass  # already notifying of this fact
 
 
 @workflow.defn(name=names.NOTIFY_WORKFLOW)

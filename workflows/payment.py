@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from domain.status import AuthorizationOutcome, PaymentStatus, PspEventType
     from workflows import options
+    from workflows.parent import tell_parent
 
 
 @workflow.defn(name=names.PAYMENT_WORKFLOW)
@@ -120,7 +121,11 @@ class PaymentWorkflow:
             )
 
         # REQUIRES_ACTION: tell the order, then wait for the webhook, an abort or the timeout.
-        await self._tell_parent(PaymentProgress(PaymentStatus.REQUIRES_ACTION, auth.payment_id))
+        await tell_parent(
+            inp.parent_workflow_id,
+            names.SIGNAL_PAYMENT_PROGRESS,
+            PaymentProgress(PaymentStatus.REQUIRES_ACTION, auth.payment_id),
+        )
         workflow.set_current_details(
             f"waiting up to {inp.payment_timeout_s:.0f}s for the customer to complete {auth.payment_id}"
         )
@@ -157,11 +162,3 @@ class PaymentWorkflow:
             f"{result.status}" + (f": {result.detail}" if result.detail else "")
         )
         return result
-
-    async def _tell_parent(self, progress: PaymentProgress) -> None:
-        try:
-            await workflow.get_external_workflow_handle(self._inp.parent_workflow_id).signal(
-                names.SIGNAL_PAYMENT_PROGRESS, progress
-            )
-        except Exception as e:  # the parent may already have closed; it no longer cares
-            workflow.logger.warning("could not tell %s: %s", self._inp.parent_workflow_id, e)

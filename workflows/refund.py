@@ -20,14 +20,11 @@ from __future__ import annotations
 import asyncio
 
 from temporalio import workflow
-from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
     CancelledError,
-    WorkflowAlreadyStartedError,
 )
-from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.refunds import RefundActivities
@@ -42,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from domain.status import MerchantEventType, RefundStatus
     from workflows import options
+    from workflows.notify import notify_merchant
 
 EXCEEDS_CAPTURED_AT_PSP = "exceeds_captured_at_psp"
 CANCELLED_BEFORE_SENDING = "cancelled_before_sending"
@@ -134,32 +132,18 @@ class RefundWorkflow:
         )
         self._details(f"{view.status}: {inp.amount_cents} {inp.currency} refunded")
         if inp.notify_merchant and view.status == RefundStatus.SUCCEEDED:
-            await self._notify_merchant(inp, view)
-        return view
-
-    async def _notify_merchant(self, inp: RefundInput, view: RefundView) -> None:
-        """Start the max-effort notification as an abandoned child, as the order workflow
-        does: it outlives the refund, and a repeat of this fact starts nothing."""
-        event_id = f"{inp.refund_id}.succeeded"
-        try:
-            await workflow.start_child_workflow(
-                names.NOTIFY_WORKFLOW,
+            await notify_merchant(
                 MerchantEvent(
-                    event_id=event_id,
+                    event_id=f"{inp.refund_id}.succeeded",
                     type=MerchantEventType.REFUND_SUCCEEDED,
                     order_id=inp.order_id,
                     amount_cents=inp.amount_cents,
                     currency=inp.currency,
                     occurred_at=view.updated_at,
                 ),
-                id=names.notify_workflow_id(event_id),
-                task_queue=workflow.info().task_queue,
-                parent_close_policy=ParentClosePolicy.ABANDON,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                static_summary=f"Notify merchant: refund.succeeded for refund {inp.refund_id}",
+                about=f"refund {inp.refund_id}",
             )
-        except WorkflowAlreadyStartedError:
-            pass  # already notifying of this fact
+        return view
 
     async def _fail(self, inp: RefundInput, reason: str) -> RefundView:
         self._details(f"failing: {reason}; releasing {inp.amount_cents} from the cap")
