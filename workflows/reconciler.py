@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         ReconcileReport,
         ReservationKey,
         RestartRequest,
+        RestartResult,
         SettleRefund,
         VoidInput,
     )
@@ -102,11 +103,7 @@ class ReconcileWorkflow:
             decision, why = order_decision(order, restart_within_s=inp.restart_within_s)
             workflow.set_current_details(f"order {order.order_id}: {decision.value} ({why})")
             if decision == Decision.RESTART:
-                res = await self._step(
-                    ReconcilerActivities.restart_order,
-                    RestartRequest(order.order_id, workflow.info().task_queue),
-                )
-                if res is not None and res.started:
+                if await self._restart(ReconcilerActivities.restart_order, order.order_id):
                     restarted.append(order.order_id)
                     self._record(order.order_id, Done.ORDER_RESTARTED, why)
             elif await self._fail_order(order, why):
@@ -144,11 +141,7 @@ class ReconcileWorkflow:
             decision, why = refund_decision(refund)
             workflow.set_current_details(f"refund {refund.refund_id}: {decision.value} ({why})")
             if decision == Decision.RESTART:
-                res = await self._step(
-                    ReconcilerActivities.restart_refund,
-                    RestartRequest(refund.refund_id, workflow.info().task_queue),
-                )
-                if res is not None and res.started:
+                if await self._restart(ReconcilerActivities.restart_refund, refund.refund_id):
                     restarted.append(refund.refund_id)
                     self._record(refund.refund_id, Done.REFUND_RESTARTED, why)
             elif decision == Decision.FAIL:
@@ -264,6 +257,15 @@ class ReconcileWorkflow:
         except ActivityError as e:
             self._errors.append(f"{activity.__name__} {_subject(arg)}: {e.__cause__ or e}")
             return None
+
+    async def _restart(
+        self,
+        activity: Callable[[Any, RestartRequest], Awaitable[RestartResult]],
+        subject_id: str,
+    ) -> bool:
+        """Start the orphan's workflow again (same id, on this queue); whether it started."""
+        res = await self._step(activity, RestartRequest(subject_id, workflow.info().task_queue))
+        return res is not None and res.started
 
     def _record(self, subject_id: str, action: Done, detail: str) -> None:
         self._done.append(ReconcileEntry(subject_id, action.value, detail))

@@ -18,6 +18,8 @@ DELIVERED order stays DELIVERED and no write here can race the order's own read-
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.exceptions import (
@@ -43,6 +45,9 @@ with workflow.unsafe.imports_passed_through():
 
 EXCEEDS_CAPTURED_AT_PSP = "exceeds_captured_at_psp"
 CANCELLED_BEFORE_SENDING = "cancelled_before_sending"
+
+
+_R = TypeVar("_R")
 
 
 @workflow.defn(name=names.REFUND_WORKFLOW)
@@ -74,14 +79,9 @@ class RefundWorkflow:
     async def _refund(self, inp: RefundInput) -> RefundView:
         self._details(f"checking what the PSP has refunded on {inp.payment_id}")
         try:
-            seen = await workflow.execute_activity_method(
-                RefundActivities.check_refundable_at_psp,
-                _psp_request(inp),
-                start_to_close_timeout=options.PSP_CALL,
-                retry_policy=options.PSP_UNTIL_DONE,
-            )
-        except ActivityError as e:
-            return await self._fail(inp, _refusal(e))
+            seen = await _ask_psp(RefundActivities.check_refundable_at_psp, inp)
+        except _Refused as r:
+            return await self._fail(inp, r.reason)
         if not seen.fits:
             workflow.logger.info(
                 "refund %s of %s does not fit: the PSP received %s and refunded %s already",
@@ -97,14 +97,9 @@ class RefundWorkflow:
     async def _send_and_book(self, inp: RefundInput) -> RefundView:
         self._details(f"refunding {inp.amount_cents} {inp.currency} at the PSP")
         try:
-            sent = await workflow.execute_activity_method(
-                RefundActivities.send_refund,
-                _psp_request(inp),
-                start_to_close_timeout=options.PSP_CALL,
-                retry_policy=options.PSP_UNTIL_DONE,
-            )
-        except ActivityError as e:
-            return await self._fail(inp, _refusal(e))
+            sent = await _ask_psp(RefundActivities.send_refund, inp)
+        except _Refused as r:
+            return await self._fail(inp, r.reason)
         # Units first, then the status: a refund that reads SUCCEEDED has its units back.
         if inp.restock:
             self._details(f"putting {len(inp.restock)} line(s) back on sale at {inp.location_id}")
@@ -158,6 +153,30 @@ class RefundWorkflow:
 
     def _details(self, text: str) -> None:
         workflow.set_current_details(f"**refund {self._refund_id}** — {text}")
+
+
+class _Refused(Exception):
+    """The PSP refused this refund for good; ``reason`` is the refund's failure reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+async def _ask_psp(
+    activity: Callable[[RefundActivities, PspRefundRequest], Awaitable[_R]], inp: RefundInput
+) -> _R:
+    """One PSP call of this refund, under its key and retried until the PSP answers; a
+    business refusal raises ``_Refused``."""
+    try:
+        return await workflow.execute_activity_method(
+            activity,
+            _psp_request(inp),
+            start_to_close_timeout=options.PSP_CALL,
+            retry_policy=options.PSP_UNTIL_DONE,
+        )
+    except ActivityError as e:
+        raise _Refused(_refusal(e)) from e
 
 
 def _psp_request(inp: RefundInput) -> PspRefundRequest:
