@@ -63,6 +63,7 @@ from domain.names import (
     payment_workflow_id,
     refund_workflow_id,
 )
+from domain.status import MerchantEventType, OrderStatus
 from store.db import make_sessionmaker
 from tests.support.stack import Stack, view_of, wait_for_view
 
@@ -560,7 +561,7 @@ async def notify_retried(stack: Stack) -> list[str]:
         NOTIFY_WORKFLOW,
         MerchantEvent(
             event_id=event_id,
-            type="order.paid",
+            type=MerchantEventType("order.paid"),
             order_id=f"o-{run}",
             amount_cents=PRICE + DELIVERY_FEE_CENTS,
             currency="USD",
@@ -634,7 +635,7 @@ async def _stored_while_temporal_is_down(stack: Stack, inp: CheckoutInput) -> No
         workflow_id=order_workflow_id(inp.order_id),
         customer_id=inp.customer_id,
         location_id=inp.location_id,
-        status="PENDING",
+        status=OrderStatus.PENDING,
         failure_reason=None,
         items=[ItemView(li.sku, li.quantity, li.unit_price_cents) for li in inp.lines],
         currency=inp.currency,
@@ -642,7 +643,7 @@ async def _stored_while_temporal_is_down(stack: Stack, inp: CheckoutInput) -> No
         payment=PaymentView(),
         delivery=DeliveryView(),
         refunds=[],
-        timeline=[TimelineEntry("PENDING", inp.created_at)],
+        timeline=[TimelineEntry(OrderStatus.PENDING, inp.created_at)],
         created_at=inp.created_at,
         updated_at=inp.created_at,
     )

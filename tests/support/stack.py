@@ -41,6 +41,7 @@ from domain.names import (
     delivery_workflow_id,
     order_workflow_id,
 )
+from domain.status import CourierEventType
 from store.db import make_engine, make_sessionmaker
 from store.models import Courier, Product, Stock
 from worker import Dependencies, build_workers
@@ -193,7 +194,9 @@ class Stack:
         else:
             wf_id, update_name = order_workflow_id(order_id), UPDATE_COURIER_EVENT
         return await self.client.get_workflow_handle(wf_id).execute_update(
-            update_name, CourierEvent(courier_id, type_), result_type=CourierEventResult
+            update_name,
+            CourierEvent(courier_id, CourierEventType(type_)),
+            result_type=CourierEventResult,
         )
 
 
