@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -58,11 +58,16 @@ def db_path(sqlite_url: str) -> Path:
     return Path(sqlite_url.removeprefix("sqlite:///"))
 
 
-@contextlib.contextmanager
-def writes_held(db_path: Path) -> Iterator[None]:
+# The test's event loop also runs the stack's worker, so a blocking SQLite call here must not
+# wait on it: an activity in the middle of a write transaction needs the loop to finish it
+# (a deadlock until sqlite3's busy timeout). Each statement runs in a thread.
+
+
+@contextlib.asynccontextmanager
+async def writes_held(db_path: Path) -> AsyncIterator[None]:
     """Hold SQLite's write lock: every writing activity waits until the block ends."""
-    con = sqlite3.connect(db_path, isolation_level=None, timeout=30)
-    con.execute("BEGIN IMMEDIATE")
+    con = sqlite3.connect(db_path, isolation_level=None, timeout=30, check_same_thread=False)
+    await asyncio.to_thread(con.execute, "BEGIN IMMEDIATE")
     try:
         yield
     finally:
@@ -70,12 +75,15 @@ def writes_held(db_path: Path) -> Iterator[None]:
         con.close()
 
 
-def _sql(db_path: Path, statement: str, *params: object) -> None:
-    con = sqlite3.connect(db_path, isolation_level=None, timeout=30)
-    try:
-        con.execute(statement, params)
-    finally:
-        con.close()
+async def _sql(db_path: Path, statement: str, *params: object) -> None:
+    def run() -> None:
+        con = sqlite3.connect(db_path, isolation_level=None, timeout=30)
+        try:
+            con.execute(statement, params)
+        finally:
+            con.close()
+
+    await asyncio.to_thread(run)
 
 
 async def _cancel(handle, reason: str = "changed my mind") -> CancelResult:  # type: ignore[no-untyped-def]
@@ -176,7 +184,7 @@ async def test_outside_cancel_while_a_delivered_order_frees_its_courier_keeps_it
     await stack.courier_says(inp.order_id, "k-1", "picked_up")
     await wait_for_view(h, lambda v: v.status == "OUT_FOR_DELIVERY")
 
-    with writes_held(db_path):
+    async with writes_held(db_path):
         await stack.courier_says(inp.order_id, "k-1", "delivered")
         await asyncio.sleep(0.5)  # the workflow is freeing the courier (blocked on the DB)
         await h.cancel()
@@ -199,7 +207,7 @@ async def test_cancel_racing_a_couriers_accept_frees_the_courier(
     await wait_for_view(h, lambda v: v.delivery.offered_to == "k-1")
     delivery = stack.client.get_workflow_handle(delivery_workflow_id(inp.order_id))
 
-    with writes_held(db_path):
+    async with writes_held(db_path):
         # The accept is taken (the offer closes at once) but its assign waits on the DB...
         accept = asyncio.ensure_future(stack.courier_says(inp.order_id, "k-1", "accepted"))
         for _ in range(100):
@@ -224,7 +232,7 @@ async def test_cancel_accepted_while_stock_runs_out_ends_cancelled(
 ) -> None:
     await stack.seed_product("SKU-0", PRICE, 0)  # nothing on the shelf
     inp = stack.checkout([("SKU-0", 1, PRICE)])
-    with writes_held(db_path):
+    async with writes_held(db_path):
         h = await stack.start(inp)
         await asyncio.sleep(0.5)  # recording and reserving wait on the DB
         assert (await _cancel(h)).accepted
@@ -267,7 +275,9 @@ async def test_order_parked_by_a_refused_compensation_is_repaired_by_an_operator
     await wait_for_view(h, lambda v: v.status == "AWAITING_PAYMENT")
     # A data fault: the fence row says CONFIRMED (a confirm that landed where the saga never
     # heard of it), so the cancel of the hold is refused for good.
-    _sql(db_path, "UPDATE reservations SET state = 'CONFIRMED' WHERE order_id = ?", inp.order_id)
+    await _sql(
+        db_path, "UPDATE reservations SET state = 'CONFIRMED' WHERE order_id = ?", inp.order_id
+    )
     assert (await _cancel(h)).accepted
     parked = await wait_for_view(h, lambda v: v.status == "NEEDS_ATTENTION")
     assert parked.payment.status == "VOIDED"  # what could be undone was
@@ -283,7 +293,7 @@ async def test_order_parked_by_a_refused_compensation_is_repaired_by_an_operator
     again = await _repair(h, "retry before the fix")
     assert (again.status, again.remaining) == ("NEEDS_ATTENTION", ["stock:SKU-1"])
 
-    _sql(db_path, "UPDATE reservations SET state = 'TRIED' WHERE order_id = ?", inp.order_id)
+    await _sql(db_path, "UPDATE reservations SET state = 'TRIED' WHERE order_id = ?", inp.order_id)
     done = await _repair(h, "fence row restored from the audit log")
     assert (done.status, done.remaining) == ("CANCELLED", [])
     final = await h.result()
@@ -312,7 +322,9 @@ async def test_parked_order_closed_from_outside_stays_needs_attention(
     inp = stack.checkout([("SKU-1", 1, PRICE)], token="tok_action_never")
     h = await stack.start(inp)
     await wait_for_view(h, lambda v: v.status == "AWAITING_PAYMENT")
-    _sql(db_path, "UPDATE reservations SET state = 'CONFIRMED' WHERE order_id = ?", inp.order_id)
+    await _sql(
+        db_path, "UPDATE reservations SET state = 'CONFIRMED' WHERE order_id = ?", inp.order_id
+    )
     await _cancel(h)
     await wait_for_view(h, lambda v: v.status == "NEEDS_ATTENTION")
     await h.cancel()
