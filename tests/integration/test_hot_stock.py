@@ -47,10 +47,15 @@ class StockWrites:
 
     A fence statement names its order in a parameter; a stock UPDATE does not, so it is
     charged to the order whose fence statement ran earlier in the same transaction (and
-    to nobody if there was none, which ``unattributed`` reports).
+    to nobody if there was none, which ``unattributed`` reports). A statement with
+    data-modifying CTEs (PostgreSQL's one-statement try: ``WITH fence AS (INSERT INTO
+    reservations ...), moved AS (UPDATE stock ...) SELECT ...``) counts as each write in it.
     """
 
     _WRITE = re.compile(r"^\s*(INSERT\s+INTO|UPDATE)\s+\"?(stock|reservations)\"?[\s(]", re.I)
+    _CTE_WRITE = re.compile(
+        r"\bAS\s*\(\s*(INSERT\s+INTO|UPDATE)\s+\"?(stock|reservations)\"?[\s(]", re.I
+    )
     _READ = re.compile(r"^\s*SELECT\b.*\bFROM\s+\"?reservations\"?\b", re.I | re.S)
 
     def __init__(self, engine: AsyncEngine, *, order_prefixes: tuple[str, ...] = ("o_", "o-")):
@@ -79,19 +84,26 @@ class StockWrites:
         return None
 
     def _on_execute(self, conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        if re.match(r"^\s*WITH\b", statement, re.I):
+            for m in self._CTE_WRITE.finditer(statement):
+                self._write(conn, m, parameters)
+            return
         m = self._WRITE.match(statement)
         if m:
-            verb = m.group(1).split()[0].upper()
-            table = m.group(2).lower()
-            order = self._order_in(parameters)
-            if table == "reservations" and order:
-                conn.info["tf_order"] = order
-            else:
-                order = order or conn.info.get("tf_order")
-            self.writes.append((verb, table, order))
-            conn.info.setdefault("tf_writes", []).append((verb, table, order))
+            self._write(conn, m, parameters)
         elif self._READ.match(statement):
             self.reads.append(self._order_in(parameters))
+
+    def _write(self, conn, m: re.Match[str], parameters: Any) -> None:  # type: ignore[no-untyped-def]
+        verb = m.group(1).split()[0].upper()
+        table = m.group(2).lower()
+        order = self._order_in(parameters)
+        if table == "reservations" and order:
+            conn.info["tf_order"] = order
+        else:
+            order = order or conn.info.get("tf_order")
+        self.writes.append((verb, table, order))
+        conn.info.setdefault("tf_writes", []).append((verb, table, order))
 
     def _on_commit(self, conn) -> None:  # type: ignore[no-untyped-def]
         self.committed.extend(conn.info.pop("tf_writes", []))
