@@ -34,7 +34,6 @@ from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.couriers import CourierActivities
-from activities.hot_stock import load_hot_counters
 from activities.inventory import InventoryActivities
 from activities.notify import NotifyActivities
 from activities.orders import OrderActivities
@@ -48,6 +47,7 @@ from domain.names import ALL_TASK_QUEUES, DISPATCH_TASK_QUEUE, ORDERS_TASK_QUEUE
 from infra.breaker import CircuitBreaker
 from infra.events import run_relay
 from infra.metrics import MetricsInterceptor, poll_gauges, serve_worker_metrics
+from infra.hot_stock import load_hot_counters
 from infra.ratelimit import GcraLimiter
 from infra.redis import make_redis
 from infra.settings import Settings, get_settings

@@ -1,7 +1,7 @@
 """Inventory TCC participant: try / confirm / cancel / return, one DB transaction each.
 
 Hot SKUs (``ReservationKey.hot``) go through the Redis claim first when a Redis client is
-given (``activities/hot_stock.py``): a sold-out request is refused by Redis alone, and so is
+given (``infra/hot_stock.py``): a sold-out request is refused by Redis alone, and so is
 the cancel that follows it (the empty compensation is recorded in Redis, and the DB is only
 read), so a flash sale's losers cost the database no write at all. The winners' DB branch is
 the same fence as for any other SKU. When Redis cannot be reached, every call takes the DB
@@ -19,7 +19,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.hot_stock import REDIS_DOWN, Claim, CounterLoader, HotStock, redis_down
 from domain import errors
 from domain.messages import ReservationKey, ReservationResult
 from domain.names import (
@@ -29,6 +28,7 @@ from domain.names import (
     ACT_TRY_RESERVE,
 )
 from domain.status import ReservationState
+from infra.hot_stock import REDIS_DOWN, Claim, CounterLoader, HotStock, redis_down
 from store import inventory as ledger
 
 log = logging.getLogger("tradeflow.inventory")

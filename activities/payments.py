@@ -16,10 +16,7 @@ from typing import Any
 
 import httpx
 from redis.exceptions import RedisError
-from sqlalchemy import Table, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlalchemy.sql.dml import Insert
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -38,7 +35,7 @@ from domain.names import ACT_AUTHORIZE_PAYMENT, ACT_CAPTURE_PAYMENT, ACT_VOID_PA
 from domain.status import PaymentStatus
 from infra.breaker import CircuitBreaker, CircuitOpen, Permit
 from infra.ratelimit import GcraLimiter
-from store.models import Payment, utcnow_iso
+from store import payments as payment_book
 
 # ApplicationError types raised here besides those in domain.errors.
 PSP_UNAVAILABLE = "PspUnavailable"
@@ -59,30 +56,7 @@ PSP_LIMITER_KEY = "psp"
 """One bucket for every worker: the PSP's limit is on tradeflow as a whole."""
 RATE_LIMIT_JITTER_CAP_S = 5.0
 
-_PAYMENTS: Table = Payment.__table__  # type: ignore[attr-defined]
-
 _S = PaymentStatus
-#: The row statuses each new status may overwrite. A late or repeated activity never moves a
-#: payment backwards (e.g. an authorize retry cannot undo a capture or a void).
-_MAY_FOLLOW: dict[PaymentStatus, frozenset[PaymentStatus]] = {
-    _S.REQUIRES_ACTION: frozenset({_S.PENDING, _S.REQUIRES_ACTION}),
-    _S.AUTHORIZED: frozenset({_S.PENDING, _S.REQUIRES_ACTION, _S.AUTHORIZED}),
-    _S.DECLINED: frozenset({_S.PENDING, _S.REQUIRES_ACTION, _S.DECLINED}),
-    _S.CAPTURED: frozenset({_S.PENDING, _S.REQUIRES_ACTION, _S.AUTHORIZED, _S.CAPTURED}),
-    _S.VOIDED: frozenset({_S.PENDING, _S.REQUIRES_ACTION, _S.AUTHORIZED, _S.VOIDED}),
-}
-
-
-def insert_ignoring_conflicts(
-    session: AsyncSession, table: Table, values: dict[str, Any]
-) -> Insert:
-    """``INSERT ... ON CONFLICT DO NOTHING`` in the session's dialect (SQLite or PostgreSQL)."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(table).values(**values).on_conflict_do_nothing()
-    if dialect == "sqlite":
-        return sqlite.insert(table).values(**values).on_conflict_do_nothing()
-    raise RuntimeError(f"unsupported database dialect {dialect!r}")
 
 
 def _authorize_result(intent: dict[str, Any]) -> AuthorizeResult:
@@ -469,46 +443,25 @@ class PaymentActivities:
 
     async def _record_pending(self, inp: AuthorizeInput) -> None:
         async with self._sessions() as session, session.begin():
-            await session.exec(
-                insert_ignoring_conflicts(
-                    session,
-                    _PAYMENTS,
-                    {
-                        "order_id": inp.order_id,
-                        "payment_id": None,
-                        "idempotency_key": inp.idempotency_key,
-                        "status": PaymentStatus.PENDING.value,
-                        "currency": inp.currency,
-                        "amount_cents": inp.amount_cents,
-                        "authorized_cents": 0,
-                        "captured_cents": 0,
-                        "refunded_cents": 0,
-                        "updated_at": utcnow_iso(),
-                    },
-                )
+            await payment_book.record_pending(
+                session,
+                order_id=inp.order_id,
+                idempotency_key=inp.idempotency_key,
+                currency=inp.currency,
+                amount_cents=inp.amount_cents,
             )
 
     async def _note_payment_id(self, order_id: str, payment_id: str) -> None:
         """Record the intent id before moving money, if the row does not have it yet."""
-        c = _PAYMENTS.c
         async with self._sessions() as session, session.begin():
-            await session.exec(
-                update(_PAYMENTS)
-                .where(c.order_id == order_id, c.payment_id.is_(None))
-                .values(payment_id=payment_id, updated_at=utcnow_iso())
-            )
+            await payment_book.note_payment_id(session, order_id=order_id, payment_id=payment_id)
 
     async def _set_status(self, order_id: str, status: PaymentStatus, **values: Any) -> None:
-        """One conditional UPDATE: applies only where ``status`` may follow the current one."""
-        c = _PAYMENTS.c
-        allowed = [s.value for s in _MAY_FOLLOW[status]]
         async with self._sessions() as session, session.begin():
-            result = await session.exec(
-                update(_PAYMENTS)
-                .where(c.order_id == order_id, c.status.in_(allowed))
-                .values(status=status.value, updated_at=utcnow_iso(), **values)
+            moved = await payment_book.set_status(
+                session, order_id=order_id, status=status, **values
             )
-        if result.rowcount == 0:
+        if not moved:
             activity.logger.info(
                 "payments row of order %s not moved to %s (absent or further along)",
                 order_id,

@@ -17,7 +17,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.hot_stock import reconcile_hot_counters
 from activities.payments import PAYMENT_NOT_FOUND, PaymentActivities, _error_code, _refused
 from domain.errors import REFUND_EXCEEDS_CAPTURED, REFUND_REFUSED
 from domain.errors import REFUND_LEDGER_INCONSISTENT as LEDGER_INCONSISTENT
@@ -39,6 +38,7 @@ from domain.names import (
     ACT_SEND_REFUND,
 )
 from infra.breaker import CircuitBreaker
+from infra.hot_stock import reconcile_hot_counters
 from infra.ratelimit import GcraLimiter
 from store import refunds as book
 

@@ -14,7 +14,6 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.hot_stock import reconcile_hot_counters
 from activities.inventory import InventoryActivities
 from domain.messages import ReleaseReport, ReservationKey, StaleReservations, SweepInput
 from domain.names import (
@@ -23,6 +22,7 @@ from domain.names import (
     ACT_RELEASE_ORPHANED_RESERVATIONS,
     order_workflow_id,
 )
+from infra.hot_stock import reconcile_hot_counters
 from store import sweeper as queries
 
 

@@ -36,7 +36,6 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api import queries
 from api.errors import (
     INTERNAL_UNAVAILABLE,
     NOT_FOUND,
@@ -88,6 +87,7 @@ from domain.names import (
 from domain.status import TERMINAL_STATUSES, CourierEventType, OrderStatus, PaymentStatus
 from infra import metrics as business_metrics
 from infra.telemetry import metrics
+from store import orders
 from store import refunds as refund_book
 from store.models import Location, Order, utcnow_iso
 from store.orders import checkout_input_of
@@ -201,7 +201,7 @@ class OrdersService:
         digest = request_hash(body)
         # A repeat is answered from what was stored, before anything that may have changed
         # since it was first accepted (the customer's rate, the catalogue): one indexed read.
-        existing = await queries.order_by_key(
+        existing = await orders.order_by_key(
             session, customer_id=body.customer_id, idempotency_key=key
         )
         # End the read before anything else: SQLite holds its lock until then.
@@ -219,7 +219,7 @@ class OrdersService:
         if location is None:
             await session.rollback()
             raise ApiProblem(422, UNKNOWN_LOCATION, f"location {body.location_id!r} does not exist")
-        inserted = await queries.insert_order_if_new(
+        inserted = await orders.insert_order_if_new(
             session,
             row={
                 "order_id": view.order_id,
@@ -249,7 +249,7 @@ class OrdersService:
             return Placed(created=True, order=asdict(view))
 
         # A concurrent first request with this key inserted it in between.
-        existing = await queries.order_by_key(
+        existing = await orders.order_by_key(
             session, customer_id=body.customer_id, idempotency_key=key
         )
         await session.commit()
@@ -494,7 +494,7 @@ class OrdersService:
         if cursor is not None:
             created_at, order_id = decode_cursor(cursor, 2)
             before = (created_at, order_id)
-        rows = await queries.list_orders(
+        rows = await orders.list_orders(
             session, customer_id=customer_id, status=status, before=before, limit=limit + 1
         )
         page = rows[:limit]

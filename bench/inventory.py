@@ -72,9 +72,9 @@ class Redis:
     def __init__(self, url: str, concurrency: int) -> None:
         import redis.asyncio as aioredis
 
-        from activities.hot_stock import HotStock, claims_key, counter_key
         from activities.inventory import InventoryActivities
         from domain.messages import ReservationKey
+        from infra.hot_stock import HotStock, claims_key, counter_key
 
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max(concurrency, 1), timeout=30, decode_responses=True

@@ -53,10 +53,10 @@ async def _stock(args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
     from sqlalchemy.exc import SQLAlchemyError
 
+    from cli.checks import check_stock
     from cli.seed import redact_url
     from infra.redis import make_redis
     from infra.settings import Settings, to_async_url
-    from store.checks import check_stock
     from store.db import make_engine, make_sessionmaker
 
     settings = Settings()
@@ -111,9 +111,9 @@ async def _money(args: argparse.Namespace) -> int:
     import httpx
     from sqlalchemy.exc import SQLAlchemyError
 
+    from cli.checks import check_money
     from cli.seed import redact_url
     from infra.settings import Settings, to_async_url
-    from store.checks import check_money
     from store.db import make_engine, make_sessionmaker
 
     settings = Settings()

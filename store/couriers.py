@@ -7,19 +7,63 @@ late duplicate cannot take a courier from another order or free it from one it n
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from sqlalchemy import Table, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+from sqlmodel import select as select_model
+from sqlmodel.ext.asyncio.session import AsyncSession as ModelSession
 
 from store import fencing
 from store.fencing import Fence
 from store.models import Courier, Location, utcnow_iso
+from store.sql import dialect_insert
 
 C: Table = Courier.__table__  # type: ignore[attr-defined]
 L: Table = Location.__table__  # type: ignore[attr-defined]
 
 OFFERED = "OFFERED"
 ASSIGNED = "ASSIGNED"
+
+
+# ------------------------------------------------------------------------ the admin's
+
+
+async def upsert_courier(
+    s: AsyncSession, *, courier_id: str, lat: float, lng: float, available: bool
+) -> dict[str, Any]:
+    """Position and shift only: the courier's offer/assignment belongs to dispatch."""
+    ins = dialect_insert(s, C).values(
+        courier_id=courier_id,
+        lat=lat,
+        lng=lng,
+        available=available,
+        current_order_id=None,
+        assignment=None,
+        updated_at=utcnow_iso(),
+    )
+    stmt = ins.on_conflict_do_update(
+        index_elements=["courier_id"],
+        set_={c: ins.excluded[c] for c in ("lat", "lng", "available", "updated_at")},
+    ).returning(C)
+    row = (await s.execute(stmt)).mappings().one()
+    return dict(row)
+
+
+async def list_couriers(
+    s: ModelSession, *, available: bool | None, after: str | None, limit: int
+) -> list[Courier]:
+    stmt = select_model(Courier)
+    if available is not None:
+        stmt = stmt.where(Courier.available == available)
+    if after is not None:
+        stmt = stmt.where(col(Courier.courier_id) > after)
+    stmt = stmt.order_by(col(Courier.courier_id)).limit(limit)
+    return list((await s.exec(stmt)).all())
+
+
+# ------------------------------------------------------------------------------ dispatch
 
 
 def haversine_km(lat1: float, lng1: float, lat2: float, lng2: float) -> float:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Table, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from store.models import FencingCounter, ZoneFence, utcnow_iso
+from store.sql import dialect_insert
 
 COUNTERS: Table = FencingCounter.__table__  # type: ignore[attr-defined]
 FENCES: Table = ZoneFence.__table__  # type: ignore[attr-defined]
@@ -40,18 +40,9 @@ class StaleFencingToken(Exception):
         self.token = token
 
 
-def _insert(s: AsyncSession, table: Table) -> Any:
-    dialect = s.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(table)
-    if dialect == "sqlite":
-        return sqlite.insert(table)
-    raise RuntimeError(f"unsupported database dialect {dialect!r}")
-
-
 async def next_token(s: AsyncSession, *, name: str) -> int:
     """The next fencing token of ``name``: strictly greater than every one handed out before."""
-    ins = _insert(s, COUNTERS).values(name=name, value=1)
+    ins = dialect_insert(s, COUNTERS).values(name=name, value=1)
     stmt = ins.on_conflict_do_update(
         index_elements=[COUNTERS.c.name], set_={"value": COUNTERS.c.value + 1}
     ).returning(COUNTERS.c.value)
@@ -64,7 +55,7 @@ async def admit(s: AsyncSession, *, zone: str, token: int) -> None:
     Call it inside the write's transaction: the fence row stays locked until commit, so a newer
     holder's write and this one are serialised and the check cannot go stale before the write.
     """
-    ins = _insert(s, FENCES).values(zone=zone, token=token, updated_at=utcnow_iso())
+    ins = dialect_insert(s, FENCES).values(zone=zone, token=token, updated_at=utcnow_iso())
     stmt = ins.on_conflict_do_update(
         index_elements=[FENCES.c.zone],
         set_={"token": ins.excluded.token, "updated_at": ins.excluded.updated_at},

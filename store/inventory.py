@@ -24,9 +24,9 @@ from sqlalchemy import Table, exists, func, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from domain.status import ReservationState
+from domain.status import TERMINAL_STATUSES, ReservationState
 from store.models import Order, Product, Reservation, Stock, utcnow_iso
-from store.sql import insert_ignore
+from store.sql import dialect_insert, insert_ignore
 
 R: Table = Reservation.__table__  # type: ignore[attr-defined]
 S: Table = Stock.__table__  # type: ignore[attr-defined]
@@ -232,8 +232,44 @@ async def return_stock(
     return await cancel(s, order_id=order_id, location_id=location_id, sku=sku)
 
 
+# ------------------------------------------------------------------------ the admin's
+
+
+async def get_stock(s: AsyncSession, *, sku: str, location_id: str) -> Stock | None:
+    return await s.get(Stock, (location_id, sku))
+
+
+async def set_available(
+    s: AsyncSession, *, sku: str, location_id: str, available: int
+) -> dict[str, Any]:
+    """Set the sellable quantity in one statement; reserved and sold stay as they are.
+
+    ``stocked`` moves by the same delta as ``available``, so ``available + reserved + sold ==
+    stocked`` keeps holding. The SET clause sees the row as it was before the statement.
+    """
+    ins = dialect_insert(s, S).values(
+        location_id=location_id,
+        sku=sku,
+        available=available,
+        reserved=0,
+        sold=0,
+        stocked=available,
+        updated_at=utcnow_iso(),
+    )
+    stmt = ins.on_conflict_do_update(
+        index_elements=["location_id", "sku"],
+        set_={
+            "stocked": S.c.stocked + (ins.excluded.available - S.c.available),
+            "available": ins.excluded.available,
+            "updated_at": ins.excluded.updated_at,
+        },
+    ).returning(S)
+    row = (await s.execute(stmt)).mappings().one()
+    return dict(row)
+
+
 # --------------------------------------------------------------------------------- reads
-# Used by the flash-sale path (activities/hot_stock.py) and the stock check (store/checks.py).
+# Used by the flash-sale path (infra/hot_stock.py) and the stock check (cli/checks.py).
 # None of them writes.
 
 
@@ -312,3 +348,36 @@ async def order_statuses(s: AsyncSession, order_ids: list[str]) -> dict[str, str
         )
         out.update({r[0]: r[1] for r in rows.all()})
     return out
+
+
+# ------------------------------------------------------------------- the stock check's
+
+
+async def stock_levels(s: AsyncSession) -> list[tuple[str, str, int, int, int, int]]:
+    """(location_id, sku, available, reserved, sold, stocked) of every stock row."""
+    stmt = select(S.c.location_id, S.c.sku, S.c.available, S.c.reserved, S.c.sold, S.c.stocked)
+    return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in (await s.execute(stmt)).all()]
+
+
+async def fence_sums(s: AsyncSession) -> list[tuple[str, str, str, int, int]]:
+    """(location_id, sku, state, units, rows) of the fence rows, per branch and state."""
+    stmt = select(
+        R.c.location_id, R.c.sku, R.c.state, func.sum(R.c.quantity), func.count()
+    ).group_by(R.c.location_id, R.c.sku, R.c.state)
+    rows = (await s.execute(stmt)).all()
+    return [(r[0], r[1], r[2], int(r[3] or 0), int(r[4])) for r in rows]
+
+
+async def tried_for_ended_orders(s: AsyncSession) -> list[tuple[str, str, str, int, str]]:
+    """(order_id, location_id, sku, quantity, order status) of every TRIED reservation whose
+    order the read model says has ended."""
+    stmt = (
+        select(R.c.order_id, R.c.location_id, R.c.sku, R.c.quantity, ORD.c.status)
+        .join(ORD, ORD.c.order_id == R.c.order_id)
+        .where(
+            (R.c.state == ReservationState.TRIED.value)
+            & ORD.c.status.in_([st.value for st in TERMINAL_STATUSES])
+        )
+        .order_by(R.c.location_id, R.c.sku, R.c.order_id)
+    )
+    return [(r[0], r[1], r[2], r[3], r[4]) for r in (await s.execute(stmt)).all()]

@@ -1,11 +1,15 @@
-"""Read-model writes for orders: monotonic by transition counter, idempotent by (order, seq)."""
+"""The orders read model: the API's idempotent insert and reads, and the workflow's writes
+(monotonic by transition counter, idempotent by (order, seq))."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+from sqlmodel import select as select_model
+from sqlmodel.ext.asyncio.session import AsyncSession as ModelSession
 from temporalio.converter import value_to_type
 
 from domain.messages import CheckoutInput
@@ -24,6 +28,55 @@ def checkout_input_of(stored: dict[str, Any] | None) -> CheckoutInput | None:
         return None
     inp: CheckoutInput = value_to_type(CheckoutInput, stored, [])
     return inp
+
+
+# ------------------------------------------------------------------------------ the API's
+
+
+async def insert_order_if_new(session: AsyncSession, *, row: dict[str, Any]) -> bool:
+    """Insert the order unless (customer_id, idempotency_key) exists. True if inserted.
+
+    One statement, so two concurrent first requests with one key cannot both insert."""
+    stmt = insert_ignore(session, ORDERS, row, conflict_on=["customer_id", "idempotency_key"])
+    return (await session.execute(stmt)).first() is not None
+
+
+async def order_by_key(
+    session: ModelSession, *, customer_id: str, idempotency_key: str
+) -> Order | None:
+    stmt = select_model(Order).where(
+        Order.customer_id == customer_id, Order.idempotency_key == idempotency_key
+    )
+    return (await session.exec(stmt)).first()
+
+
+async def list_orders(
+    session: ModelSession,
+    *,
+    customer_id: str | None,
+    status: str | None,
+    before: tuple[str, str] | None,
+    limit: int,
+) -> list[Order]:
+    """Newest first; ``before`` is the (created_at, order_id) of the last row already seen."""
+    stmt = select_model(Order)
+    if customer_id is not None:
+        stmt = stmt.where(Order.customer_id == customer_id)
+    if status is not None:
+        stmt = stmt.where(Order.status == status)
+    if before is not None:
+        created_at, order_id = before
+        stmt = stmt.where(
+            or_(
+                col(Order.created_at) < created_at,
+                and_(col(Order.created_at) == created_at, col(Order.order_id) < order_id),
+            )
+        )
+    stmt = stmt.order_by(col(Order.created_at).desc(), col(Order.order_id).desc()).limit(limit)
+    return list((await session.exec(stmt)).all())
+
+
+# ------------------------------------------------------------------------- the workflow's
 
 
 async def record_order(

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.messages import RefundView, RestockLine
@@ -430,3 +430,12 @@ async def restock(
     if moved.first() is None:
         raise RestockRefused(sku=sku, quantity=quantity)
     return Restocked.RETURNED
+
+
+async def pending_cents(s: AsyncSession, *, order_ids: list[str] | None) -> dict[str, int]:
+    """order_id -> the cents of its refunds still PENDING (every order, or ``order_ids``)."""
+    stmt = select(RF.c.order_id, func.sum(RF.c.amount_cents)).where(RF.c.status == PENDING)
+    if order_ids is not None:
+        stmt = stmt.where(RF.c.order_id.in_(order_ids))
+    rows = (await s.execute(stmt.group_by(RF.c.order_id))).all()
+    return {o: int(n or 0) for o, n in rows}

@@ -1,11 +1,14 @@
 """Dialect helpers for the few statements SQLite and PostgreSQL spell differently.
 
+Both dialects support ``INSERT ... ON CONFLICT`` and ``RETURNING``; SQLAlchemy has one
+``insert`` construct per dialect, picked here from the session's (or connection's) bind.
 Decisions are taken from ``RETURNING`` rows, never from ``rowcount``: psycopg reports -1 for
 ``INSERT ... ON CONFLICT DO NOTHING`` through SQLAlchemy's insert path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Table
@@ -13,13 +16,30 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 
-def insert_ignore(s: AsyncSession | AsyncConnection, table: Table, values: dict[str, Any]) -> Any:
-    """``INSERT ... ON CONFLICT DO NOTHING RETURNING <pk>``: a row comes back iff it inserted."""
+def dialect_insert(s: AsyncSession | AsyncConnection, table: Table) -> Any:
+    """``INSERT INTO table`` in the bind's dialect, with its ``on_conflict_do_*`` methods."""
     dialect = (s.get_bind() if isinstance(s, AsyncSession) else s).dialect.name
     if dialect == "postgresql":
-        ins: Any = postgresql.insert(table)
-    elif dialect == "sqlite":
-        ins = sqlite.insert(table)
-    else:
-        raise RuntimeError(f"unsupported database dialect {dialect!r}")
-    return ins.values(**values).on_conflict_do_nothing().returning(*table.primary_key.columns)
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise RuntimeError(f"unsupported database dialect {dialect!r}")
+
+
+def insert_ignore(
+    s: AsyncSession | AsyncConnection,
+    table: Table,
+    values: dict[str, Any],
+    *,
+    conflict_on: Sequence[str] | None = None,
+) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING RETURNING <pk>``: a row comes back iff it inserted.
+
+    ``conflict_on`` names the unique columns whose conflict means "already there" (any unique
+    constraint when None)."""
+    return (
+        dialect_insert(s, table)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=conflict_on)
+        .returning(*table.primary_key.columns)
+    )

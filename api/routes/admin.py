@@ -13,8 +13,6 @@ from fastapi import APIRouter, Path
 from redis.exceptions import RedisError
 
 from activities.couriers import sync_courier
-from activities.hot_stock import drop_hot_counters, reconcile_hot_counters
-from api import queries
 from api.auth import new_courier_token
 from api.catalogue import product_dict
 from api.deps import AdminDep, SessionDep, StateDep
@@ -35,7 +33,8 @@ from api.schemas import (
 )
 from api.state import AppState
 from dispatch.geoindex import CourierGeoIndex
-from store import courier_tokens
+from infra.hot_stock import drop_hot_counters, reconcile_hot_counters
+from store import catalogue, courier_tokens, couriers, inventory
 from store.models import Courier, Location, Product
 
 log = logging.getLogger(__name__)
@@ -57,7 +56,7 @@ router = APIRouter(
 async def put_product(
     sku: SkuPath, body: ProductIn, session: SessionDep, state: StateDep
 ) -> dict[str, Any]:
-    row = await queries.upsert_product(
+    row = await catalogue.upsert_product(
         session,
         sku=sku,
         name=body.name,
@@ -90,7 +89,7 @@ async def put_inventory(
     if await session.get(Location, body.location_id) is None:
         await session.rollback()
         raise ApiProblem(404, NOT_FOUND, f"location {body.location_id!r} does not exist")
-    row = await queries.set_available(
+    row = await inventory.set_available(
         session, sku=sku, location_id=body.location_id, available=body.available
     )
     hot = product.hot
@@ -126,7 +125,7 @@ async def _follow_hot_flag(
 async def put_location(
     location_id: IdPath, body: LocationIn, session: SessionDep
 ) -> dict[str, Any]:
-    row = await queries.upsert_location(
+    row = await catalogue.upsert_location(
         session, location_id=location_id, name=body.name, lat=body.lat, lng=body.lng
     )
     await session.commit()
@@ -142,7 +141,7 @@ async def put_location(
 async def put_courier(
     courier_id: IdPath, body: CourierIn, session: SessionDep, state: StateDep
 ) -> dict[str, Any]:
-    row = await queries.upsert_courier(
+    row = await couriers.upsert_courier(
         session, courier_id=courier_id, lat=body.lat, lng=body.lng, available=body.available
     )
     await session.commit()

@@ -6,13 +6,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from api import queries
 from api.auth import CourierViewerDep, OperatorDep
 from api.deps import SessionDep
 from api.errors import NOT_FOUND, ApiProblem
 from api.pagination import MAX_LIMIT
 from api.routes.admin import IdPath
 from api.schemas import CourierList, CourierOut, Problem
+from store import couriers
 from store.models import Courier
 
 router = APIRouter(prefix="/v1/couriers", tags=["couriers"])
@@ -39,7 +39,7 @@ async def list_couriers(
         str | None, Query(max_length=64, description="courier_id to start after")
     ] = None,
 ) -> dict[str, Any]:
-    rows = await queries.list_couriers(session, available=available, after=after, limit=limit)
+    rows = await couriers.list_couriers(session, available=available, after=after, limit=limit)
     await session.commit()
     return {"items": [courier_dict(c) for c in rows]}
 

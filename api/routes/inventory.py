@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api import queries
 from api.deps import SessionDep
 from api.errors import NOT_FOUND, ApiProblem
 from api.routes.products import SkuPath
 from api.schemas import Problem, StockOut
+from store import inventory
 
 router = APIRouter(prefix="/v1/inventory", tags=["catalogue"])
 
@@ -26,7 +26,7 @@ async def get_inventory(
     session: SessionDep,
     location_id: Annotated[str, Query(min_length=1, max_length=64)] = "main",
 ) -> StockOut:
-    stock = await queries.get_stock(session, sku=sku, location_id=location_id)
+    stock = await inventory.get_stock(session, sku=sku, location_id=location_id)
     await session.commit()
     if stock is None:
         raise ApiProblem(404, NOT_FOUND, f"no stock of {sku!r} at location {location_id!r}")

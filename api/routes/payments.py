@@ -26,13 +26,12 @@ import asyncio
 import logging
 import math
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
-from sqlalchemy import Table, select, update
 from temporalio.client import Client, RPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -43,8 +42,8 @@ from api.state import AppState
 from domain.messages import PaymentOutcome
 from domain.names import SIGNAL_PAYMENT_OUTCOME, payment_workflow_id
 from psp.signing import DEFAULT_TOLERANCE_S, SIGNATURE_HEADER, verify
-from store.models import WebhookEvent, utcnow_iso
-from store.sql import insert_ignore
+from store import webhooks
+from store.webhooks import IGNORED, RECEIVED, SIGNALLED
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +60,6 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_SIGNATURE_HEADER = 2048
 SIGNAL_TIMEOUT = timedelta(seconds=10)
 _GRACE_S = 1.0
-
-# Outcomes of a webhook row.
-RECEIVED = "received"
-SIGNALLED = "signalled"
-IGNORED = "ignored"
-
-_EVENTS: Table = WebhookEvent.__table__  # type: ignore[attr-defined]
 
 WEBHOOKS = Counter(
     "tradeflow_psp_webhooks_total",
@@ -164,42 +156,23 @@ def _parse(raw: bytes) -> PspEvent:
 
 
 async def _claim(state: AppState, event: PspEvent, outcome: str, detail: str | None) -> str | None:
-    """Insert the event's row. None when this delivery is the first; else the stored outcome."""
-    values: dict[str, Any] = {
-        "event_id": event.event_id,
-        "type": event.type,
-        "order_id": event.order_id,
-        "payment_id": event.payment_id,
-        "amount_cents": event.amount_cents,
-        "outcome": outcome,
-        "detail": detail,
-        "received_at": utcnow_iso(),
-        "processed_at": None if outcome == RECEIVED else utcnow_iso(),
-    }
+    """Store the event. None when this delivery is the first; else the stored outcome."""
     async with state.sessionmaker() as session, session.begin():
-        inserted = (await session.execute(insert_ignore(session, _EVENTS, values))).first()
-        if inserted is not None:
-            return None
-        row = (
-            await session.execute(
-                select(_EVENTS.c.outcome).where(_EVENTS.c.event_id == event.event_id)
-            )
-        ).first()
-    return str(row[0]) if row is not None else RECEIVED
+        return await webhooks.claim(
+            session,
+            event_id=event.event_id,
+            type=event.type,
+            order_id=event.order_id,
+            payment_id=event.payment_id,
+            amount_cents=event.amount_cents,
+            outcome=outcome,
+            detail=detail,
+        )
 
 
 async def _finish(state: AppState, event_id: str, outcome: str, detail: str | None) -> None:
-    c = _EVENTS.c
-    # Racing deliveries of one event finish in any order; one that found the workflow already
-    # gone says "ignored" even though an earlier signal took effect, so "signalled" may
-    # overwrite "ignored" but never the other way round.
-    settled_from = (RECEIVED, IGNORED) if outcome == SIGNALLED else (RECEIVED,)
     async with state.sessionmaker() as session, session.begin():
-        await session.execute(
-            update(_EVENTS)
-            .where(c.event_id == event_id, c.outcome.in_(settled_from))
-            .values(outcome=outcome, detail=detail, processed_at=utcnow_iso())
-        )
+        await webhooks.finish(session, event_id=event_id, outcome=outcome, detail=detail)
 
 
 async def _signal(client: Client, event: PspEvent) -> tuple[str, str | None]:

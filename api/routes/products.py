@@ -6,12 +6,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
-from api import queries
 from api.catalogue import product_dict
 from api.deps import SessionDep, StateDep
 from api.errors import NOT_FOUND, ApiProblem
 from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
 from api.schemas import Problem, ProductOut, ProductPage
+from store import catalogue
 
 router = APIRouter(prefix="/v1/products", tags=["catalogue"])
 
@@ -25,7 +25,7 @@ async def list_products(
     cursor: Annotated[str | None, Query(max_length=1024)] = None,
 ) -> dict[str, Any]:
     after = decode_cursor(cursor, 1)[0] if cursor is not None else None
-    rows = await queries.list_products(session, after=after, limit=limit + 1)
+    rows = await catalogue.list_products(session, after=after, limit=limit + 1)
     await session.commit()
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1].sku) if len(rows) > limit else None

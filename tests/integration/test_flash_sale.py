@@ -32,10 +32,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from activities.hot_stock import HotStock, claims_key, counter_key
 from api.app import create_app
+from cli.checks import check_stock
+from infra.hot_stock import HotStock, claims_key, counter_key
 from infra.redis import make_redis
-from store.checks import check_stock
 from store.db import make_engine, make_sessionmaker
 from tests.api.helpers import ADMIN_TOKEN, make_settings
 from tests.conftest import REDIS_URL

@@ -23,16 +23,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.hot_stock import (
+from activities.inventory import InventoryActivities
+from domain import errors
+from domain.messages import ReservationKey
+from infra.hot_stock import (
     Claim,
     HotStock,
     claims_key,
     counter_key,
     reconcile_hot_counters,
 )
-from activities.inventory import InventoryActivities
-from domain import errors
-from domain.messages import ReservationKey
 from infra.redis import make_redis
 from store.db import make_engine, make_sessionmaker
 from store.models import Product, Stock
@@ -488,7 +488,7 @@ async def test_racing_hot_tries_and_cancels_end_with_both_sides_agreeing(shop: S
 async def test_worker_start_loads_missing_counters_and_leaves_live_ones_alone(
     shop: Shop,
 ) -> None:
-    from activities.hot_stock import load_hot_counters
+    from infra.hot_stock import load_hot_counters
 
     sessions = make_sessionmaker(shop.engine)
     changes = await load_hot_counters(sessions, shop.redis)

@@ -16,13 +16,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 
+from cli.checks import MoneyReport, check_money
 from cli.main import main as tradeflow
 from domain.messages import CancelRequest, CancelResult
 from domain.money import DELIVERY_FEE_CENTS
 from domain.names import UPDATE_CANCEL
 from psp.app import create_app
 from psp.testing import serve_in_background
-from store.checks import MoneyReport, check_money
 from store.db import make_sessionmaker
 from tests.api.test_webhook import PRICE
 from tests.api.test_webhook import SECRET as WEBHOOK_SECRET

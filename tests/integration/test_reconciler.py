@@ -18,6 +18,7 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.payments import PaymentActivities
 from activities.reconciler import ensure_reconciler_schedule
+from cli.checks import check_money, check_stock
 from domain.messages import (
     AuthorizeInput,
     CancelRequest,
@@ -35,7 +36,6 @@ from domain.names import (
     refund_workflow_id,
 )
 from store import couriers as fleet
-from store.checks import check_money, check_stock
 from store.db import make_sessionmaker
 from store.orders import checkout_input_of
 from tests.api.helpers import assert_problem, order_body

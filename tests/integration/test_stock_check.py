@@ -17,11 +17,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.hot_stock import HotStock, claims_key, counter_key, reconcile_hot_counters
 from activities.inventory import InventoryActivities
+from cli.checks import StockReport, check_stock
 from cli.main import main as tradeflow
 from domain.messages import ReservationKey
-from store.checks import StockReport, check_stock
+from infra.hot_stock import HotStock, claims_key, counter_key, reconcile_hot_counters
 from store.db import make_engine, make_sessionmaker
 from store.models import Order, Product, Stock, utcnow_iso
 from tests.conftest import REDIS_URL

@@ -619,7 +619,6 @@ async def _stored_while_temporal_is_down(stack: Stack, inp: CheckoutInput) -> No
     view as of acceptance and its checkout input, and no workflow."""
     from dataclasses import asdict
 
-    from api.queries import insert_order_if_new
     from domain.messages import (
         AmountsView,
         DeliveryView,
@@ -628,6 +627,7 @@ async def _stored_while_temporal_is_down(stack: Stack, inp: CheckoutInput) -> No
         TimelineEntry,
         checkout_total_cents,
     )
+    from store.orders import insert_order_if_new
 
     total = checkout_total_cents(inp)
     view = OrderView(

@@ -23,6 +23,7 @@ from temporalio.exceptions import CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
+from cli.checks import check_ledger
 from domain.messages import (
     CheckoutInput,
     OrderView,
@@ -32,7 +33,6 @@ from domain.messages import (
 )
 from domain.names import notify_workflow_id, refund_workflow_id
 from store import refunds as book
-from store.checks import check_ledger
 from store.db import make_engine, make_sessionmaker
 from store.inventory import begin_snapshot
 from tests.support import Stack, order_stack, wait_for_view

@@ -1,5 +1,6 @@
-"""Stock conservation, proved from the ledger (``tradeflow check stock``), and money
-conservation against the PSP (``tradeflow check money``, further down).
+"""The checks behind ``tradeflow check``: stock conservation, proved from the ledger
+(``tradeflow check stock``), and money conservation against the PSP (``tradeflow check
+money``, further down). They read the database through ``store/`` and the PSP over HTTP.
 
 For every location and SKU, from one consistent DB snapshot:
 
@@ -23,17 +24,14 @@ from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
-from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from domain.status import TERMINAL_STATUSES, OrderStatus, PaymentStatus, ReservationState
+from infra.hot_stock import verify_hot_counters
 from store import inventory as ledger
-from store.models import Order, Payment, Refund, Reservation, Stock
-
-R: Table = Reservation.__table__  # type: ignore[attr-defined]
-S: Table = Stock.__table__  # type: ignore[attr-defined]
-ORD: Table = Order.__table__  # type: ignore[attr-defined]
+from store import payments as payment_book
+from store import refunds as refund_book
 
 
 @dataclass(frozen=True)
@@ -81,20 +79,10 @@ class StockReport:
 async def check_ledger(s: AsyncSession) -> StockReport:
     """The DB invariants, read in the session's transaction (begin a snapshot first)."""
     report = StockReport()
-    stock = (
-        await s.execute(
-            select(S.c.location_id, S.c.sku, S.c.available, S.c.reserved, S.c.sold, S.c.stocked)
-        )
-    ).all()
+    stock = await ledger.stock_levels(s)
     sums: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
     fence_rows = 0
-    for loc, sku, state, qty, n in (
-        await s.execute(
-            select(
-                R.c.location_id, R.c.sku, R.c.state, func.sum(R.c.quantity), func.count()
-            ).group_by(R.c.location_id, R.c.sku, R.c.state)
-        )
-    ).all():
+    for loc, sku, state, qty, n in await ledger.fence_sums(s):
         sums[(loc, sku)][state] = int(qty or 0)
         fence_rows += int(n)
     report.stock_rows = len(stock)
@@ -154,16 +142,7 @@ async def check_ledger(s: AsyncSession) -> StockReport:
                 )
             )
 
-    stranded = await s.execute(
-        select(R.c.order_id, R.c.location_id, R.c.sku, R.c.quantity, ORD.c.status)
-        .join(ORD, ORD.c.order_id == R.c.order_id)
-        .where(
-            (R.c.state == ReservationState.TRIED.value)
-            & ORD.c.status.in_([st.value for st in TERMINAL_STATUSES])
-        )
-        .order_by(R.c.location_id, R.c.sku, R.c.order_id)
-    )
-    for order_id, loc, sku, qty, status in stranded.all():
+    for order_id, loc, sku, qty, status in await ledger.tried_for_ended_orders(s):
         bad.append(
             Violation(
                 "terminal_order",
@@ -184,10 +163,6 @@ async def check_stock(
         await ledger.begin_snapshot(s)
         report = await check_ledger(s)
     if redis is not None:
-        # The Redis side lives with the flash-sale scripts; imported here so that the rest
-        # of store/ never depends on activities/.
-        from activities.hot_stock import verify_hot_counters
-
         states = await verify_hot_counters(sessionmaker, redis)
         report.hot_counters = len(states)
         for st in states:
@@ -245,9 +220,6 @@ _HOLDS_AUTHORIZATION = frozenset(
 )
 #: Orders that must not hold an open authorization once they are here.
 _NO_OPEN_HOLD = frozenset({OrderStatus.FAILED, OrderStatus.CANCELLED, OrderStatus.DELIVERED})
-
-PAY: Table = Payment.__table__  # type: ignore[attr-defined]
-RF: Table = Refund.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -363,25 +335,8 @@ async def check_money(
     movement tradeflow has not recorded (a note while the order runs)."""
     async with sessionmaker() as s:
         await ledger.begin_snapshot(s)
-        q = select(
-            PAY.c.order_id,
-            PAY.c.status,
-            PAY.c.amount_cents,
-            PAY.c.authorized_cents,
-            PAY.c.captured_cents,
-            PAY.c.refunded_cents,
-            PAY.c.refund_committed_cents,
-            ORD.c.status,
-        ).join(ORD, ORD.c.order_id == PAY.c.order_id, isouter=True)
-        if order_ids is not None:
-            q = q.where(PAY.c.order_id.in_(order_ids))
-        payments = (await s.execute(q.order_by(PAY.c.order_id))).all()
-        pq = select(RF.c.order_id, func.sum(RF.c.amount_cents)).where(RF.c.status == "PENDING")
-        if order_ids is not None:
-            pq = pq.where(RF.c.order_id.in_(order_ids))
-        pending_refunds = {
-            o: int(n or 0) for o, n in (await s.execute(pq.group_by(RF.c.order_id))).all()
-        }
+        payments = await payment_book.with_order_status(s, order_ids=order_ids)
+        pending_refunds = await refund_book.pending_cents(s, order_ids=order_ids)
     psp_sums = await fetch_ledger(psp, order_ids, concurrency=concurrency)
 
     report = MoneyReport(orders=len(payments))
