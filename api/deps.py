@@ -8,10 +8,9 @@ from typing import Annotated
 import redis.asyncio as aioredis
 from fastapi import Depends, Header, Request
 from sqlmodel.ext.asyncio.session import AsyncSession
-from temporalio.client import Client
 
 from api.auth import admin
-from api.errors import TEMPORAL_UNAVAILABLE, ApiProblem, unavailable
+from api.errors import ApiProblem
 from api.state import AppState
 from infra.settings import Settings
 
@@ -46,23 +45,6 @@ def get_redis(state: StateDep) -> aioredis.Redis:
 
 
 RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
-
-
-def get_temporal(state: StateDep) -> Client:
-    client = state.temporal.client
-    if client is None:
-        raise unavailable(TEMPORAL_UNAVAILABLE, "not connected to the workflow service yet")
-    return client
-
-
-TemporalDep = Annotated[Client, Depends(get_temporal)]
-
-
-def get_optional_temporal(state: StateDep) -> Client | None:
-    return state.temporal.client
-
-
-OptionalTemporalDep = Annotated[Client | None, Depends(get_optional_temporal)]
 
 
 AdminDep = Depends(admin)

@@ -8,7 +8,6 @@ workflow's; the API asks it with queries and updates.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -21,32 +20,18 @@ from typing import Any
 
 from redis.exceptions import RedisError
 from sqlmodel.ext.asyncio.session import AsyncSession
-from temporalio.client import (
-    Client,
-    RPCTimeoutOrCancelledError,
-    WorkflowUpdateFailedError,
-)
+from temporalio.client import WorkflowQueryFailedError, WorkflowQueryRejectedError
 from temporalio.common import (
     SearchAttributeKey,
     SearchAttributePair,
     TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
 
-from api.errors import (
-    INTERNAL_UNAVAILABLE,
-    NOT_FOUND,
-    TEMPORAL_UNAVAILABLE,
-    VALIDATION_ERROR,
-    ApiProblem,
-    unavailable,
-)
+from api.errors import NOT_FOUND, VALIDATION_ERROR, ApiProblem
 from api.pagination import decode_cursor, encode_cursor
 from api.schemas import INT32_MAX, MAX_QUANTITY, CheckoutBody, CourierEventIn
 from api.state import AppState
+from api.temporal_calls import TemporalCalls, UpdateRefused, WorkflowNotRunning
 from domain import errors
 from domain.messages import (
     AmountsView,
@@ -107,29 +92,24 @@ NOT_DISPATCHING = "not_dispatching"
 
 NOT_REPAIRABLE = "not_repairable"
 
-# ApplicationError types raised by the workflows' update validators.
-_NOT_CANCELLABLE_TYPE = errors.NOT_CANCELLABLE
+# ApplicationError types of the workflows' update validators with a code of their own.
 _EVENT_REJECTION_CODES = {
     errors.COURIER_MISMATCH: COURIER_MISMATCH,
     errors.OUT_OF_ORDER: OUT_OF_ORDER,
 }
 
-START_TIMEOUT = timedelta(seconds=10)
-QUERY_TIMEOUT = timedelta(seconds=5)
-UPDATE_TIMEOUT = timedelta(seconds=15)
 REPAIR_TIMEOUT = timedelta(seconds=60)
 """A repair waits for the compensations it resumes (each retried while it fails)."""
-_GRACE_S = 1.0
-"""Local deadline on top of the RPC timeout, in case the client retries internally."""
 
 _SA_STATUS = SearchAttributeKey.for_keyword(SA_ORDER_STATUS)
 _SA_CUSTOMER = SearchAttributeKey.for_keyword(SA_CUSTOMER_ID)
 _SA_TOTAL = SearchAttributeKey.for_int(SA_ORDER_TOTAL_CENTS)
 _SA_FAILURE = SearchAttributeKey.for_keyword(SA_FAILURE_REASON)
 
-# Errors that mean "the workflow service did not answer" (a lazily connecting client raises
-# RuntimeError when the server is not there).
-_TEMPORAL_DOWN = (RPCError, RPCTimeoutOrCancelledError, RuntimeError, TimeoutError)
+_STORED_NOT_STARTED = (
+    "the workflow service is not answering; the order is stored and a retry with the "
+    "same Idempotency-Key starts it"
+)
 
 
 @dataclass(frozen=True)
@@ -156,13 +136,9 @@ def snake_case(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
 
-def _application_error_type(exc: WorkflowUpdateFailedError) -> str | None:
-    cause: BaseException | None = exc.cause
-    while cause is not None:
-        if isinstance(cause, ApplicationError):
-            return cause.type
-        cause = cause.__cause__
-    return None
+def _conflict(view: dict[str, Any], code: str, detail: str) -> ApiProblem:
+    """409 ``code``: the workflow refused, or is no longer running; says the order's status."""
+    return ApiProblem(409, code, detail, extra={"order_status": view["status"]})
 
 
 def with_refunds(view: dict[str, Any], refunds: list[RefundView]) -> dict[str, Any]:
@@ -186,13 +162,7 @@ def with_refunds(view: dict[str, Any], refunds: list[RefundView]) -> dict[str, A
 class OrdersService:
     def __init__(self, state: AppState) -> None:
         self._state = state
-
-    @property
-    def _client(self) -> Client:
-        client = self._state.temporal.client
-        if client is None:
-            raise unavailable(TEMPORAL_UNAVAILABLE, "not connected to the workflow service yet")
-        return client
+        self._temporal = TemporalCalls(state)
 
     # ------------------------------------------------------------------------------ place
 
@@ -254,7 +224,7 @@ class OrdersService:
         )
         await session.commit()
         if existing is None:  # pragma: no cover - the conflicting row cannot vanish
-            raise unavailable(INTERNAL_UNAVAILABLE, "the order disappeared while being read")
+            raise RuntimeError(f"order with key {key!r} conflicted on insert but cannot be read")
         return await self._repeat(existing, body, digest)
 
     async def _repeat(self, existing: Order, body: CheckoutBody, digest: str) -> Placed:
@@ -411,34 +381,15 @@ class OrdersService:
                     SearchAttributePair(_SA_FAILURE, ""),
                 ]
             )
-        summary = checkout_summary(inp)
-        unavailable_detail = (
-            "the workflow service is not answering; the order is stored and a retry with the "
-            "same Idempotency-Key starts it"
+        await self._temporal.start(
+            ORDER_WORKFLOW,
+            inp,
+            workflow_id=order_workflow_id(inp.order_id),
+            task_queue=self._state.orders_task_queue,
+            static_summary=checkout_summary(inp),
+            search_attributes=search_attributes,
+            unavailable_detail=_STORED_NOT_STARTED,
         )
-        client = self._state.temporal.client
-        if client is None:
-            raise unavailable(TEMPORAL_UNAVAILABLE, unavailable_detail)
-        try:
-            await asyncio.wait_for(
-                client.start_workflow(
-                    ORDER_WORKFLOW,
-                    inp,
-                    id=order_workflow_id(inp.order_id),
-                    task_queue=self._state.orders_task_queue,
-                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                    static_summary=summary,
-                    search_attributes=search_attributes,
-                    rpc_timeout=START_TIMEOUT,
-                ),
-                timeout=START_TIMEOUT.total_seconds() + _GRACE_S,
-            )
-        except WorkflowAlreadyStartedError:
-            pass  # it ran already and closed: nothing to start
-        except _TEMPORAL_DOWN as exc:
-            log.error("could not start the workflow of order %s: %s", inp.order_id, exc)
-            raise unavailable(TEMPORAL_UNAVAILABLE, unavailable_detail) from exc
 
     # ------------------------------------------------------------------------------- read
 
@@ -453,16 +404,18 @@ class OrdersService:
     async def _order_view(self, order: Order) -> dict[str, Any]:
         """The workflow's own view while it runs, else the read model."""
         stored = dict(order.view)
-        client = self._state.temporal.client
-        if order.status in TERMINAL_STATUSES or client is None:
+        if order.status in TERMINAL_STATUSES or self._state.temporal.client is None:
             return stored
-        handle = client.get_workflow_handle(order_workflow_id(order.order_id))
         try:
-            live = await asyncio.wait_for(
-                handle.query(QUERY_ORDER, result_type=OrderView, rpc_timeout=QUERY_TIMEOUT),
-                timeout=QUERY_TIMEOUT.total_seconds() + _GRACE_S,
+            live = await self._temporal.query(
+                order_workflow_id(order.order_id), QUERY_ORDER, OrderView
             )
-        except Exception as exc:
+        except (
+            ApiProblem,  # the workflow service is unavailable
+            WorkflowNotRunning,
+            WorkflowQueryFailedError,
+            WorkflowQueryRejectedError,
+        ) as exc:
             # The read model is at most one transition behind; better than no answer.
             log.info("query of order %s failed, serving the read model: %s", order.order_id, exc)
             return stored
@@ -510,52 +463,31 @@ class OrdersService:
 
     async def cancel(self, session: AsyncSession, order_id: str, reason: str) -> dict[str, Any]:
         await self._load(session, order_id)
-        handle = self._client.get_workflow_handle(order_workflow_id(order_id))
         try:
-            await asyncio.wait_for(
-                handle.execute_update(
-                    UPDATE_CANCEL,
-                    CancelRequest(reason=reason),
-                    result_type=CancelResult,
-                    rpc_timeout=UPDATE_TIMEOUT,
-                ),
-                timeout=UPDATE_TIMEOUT.total_seconds() + _GRACE_S,
+            await self._temporal.update(
+                order_workflow_id(order_id),
+                UPDATE_CANCEL,
+                CancelRequest(reason=reason),
+                CancelResult,
             )
-        except WorkflowUpdateFailedError as exc:
-            error_type = _application_error_type(exc)
+        except UpdateRefused as exc:
             view = await self.get(session, order_id)
-            if error_type == errors.ALREADY_APPLIED:
+            if exc.error_type == errors.ALREADY_APPLIED:
                 return view  # repeating an accepted cancel: same answer, nothing more happens
-            if error_type == _NOT_CANCELLABLE_TYPE:
+            if exc.error_type == errors.NOT_CANCELLABLE:
                 if view["status"] == OrderStatus.CANCELLED:
                     return view  # repeating an accepted cancel
-                raise ApiProblem(
-                    409,
-                    NOT_CANCELLABLE,
-                    f"order is {view['status']}; it can be cancelled only before pick-up",
-                    extra={"order_status": view["status"]},
-                ) from exc
-            raise ApiProblem(
-                409,
-                snake_case(error_type) if error_type else NOT_CANCELLABLE,
-                f"cancel refused: {exc.cause}",
-                extra={"order_status": view["status"]},
-            ) from exc
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise unavailable(TEMPORAL_UNAVAILABLE, "the workflow service failed") from exc
+                detail = f"order is {view['status']}; it can be cancelled only before pick-up"
+                raise _conflict(view, NOT_CANCELLABLE, detail) from exc
+            code = snake_case(exc.error_type) if exc.error_type else NOT_CANCELLABLE
+            raise _conflict(view, code, f"cancel refused: {exc}") from exc
+        except WorkflowNotRunning as exc:
             # The workflow has closed (or never started): the read model has the last word.
             view = await self.get(session, order_id)
             if view["status"] == OrderStatus.CANCELLED:
                 return view
-            raise ApiProblem(
-                409,
-                NOT_CANCELLABLE,
-                f"order is {view['status']} and no longer running; it cannot be cancelled",
-                extra={"order_status": view["status"]},
-            ) from exc
-        except (RPCTimeoutOrCancelledError, RuntimeError, TimeoutError) as exc:
-            raise unavailable(TEMPORAL_UNAVAILABLE, "the workflow service did not answer") from exc
+            detail = f"order is {view['status']} and no longer running; it cannot be cancelled"
+            raise _conflict(view, NOT_CANCELLABLE, detail) from exc
         return await self.get(session, order_id)
 
     # ---------------------------------------------------------------------- courier events
@@ -577,19 +509,15 @@ class OrdersService:
                 UPDATE_COURIER_EVENT,
                 OUT_OF_ORDER,
             )
-        handle = self._client.get_workflow_handle(workflow_id)
         try:
-            result: CourierEventResult = await asyncio.wait_for(
-                handle.execute_update(
-                    update,
-                    CourierEvent(courier_id=event.courier_id, type=event.type),
-                    result_type=CourierEventResult,
-                    rpc_timeout=UPDATE_TIMEOUT,
-                ),
-                timeout=UPDATE_TIMEOUT.total_seconds() + _GRACE_S,
+            result = await self._temporal.update(
+                workflow_id,
+                update,
+                CourierEvent(courier_id=event.courier_id, type=event.type),
+                CourierEventResult,
             )
-        except WorkflowUpdateFailedError as exc:
-            error_type = _application_error_type(exc)
+        except UpdateRefused as exc:
+            error_type = exc.error_type
             if error_type == errors.ALREADY_APPLIED:
                 return await self._repeated_event(session, order_id, event)
             code = (
@@ -597,10 +525,8 @@ class OrdersService:
                 if error_type
                 else "event_rejected"
             )
-            raise ApiProblem(409, code, f"{event.type.value} refused: {exc.cause}") from exc
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise unavailable(TEMPORAL_UNAVAILABLE, "the workflow service failed") from exc
+            raise ApiProblem(409, code, f"{event.type.value} refused: {exc}") from exc
+        except WorkflowNotRunning as exc:
             if await self._already_recorded(session, order_id, event):
                 return await self._repeated_event(session, order_id, event)
             detail = (
@@ -609,8 +535,6 @@ class OrdersService:
                 else f"the order does not accept {event.type.value} now"
             )
             raise ApiProblem(409, closed_code, detail) from exc
-        except (RPCTimeoutOrCancelledError, RuntimeError, TimeoutError) as exc:
-            raise unavailable(TEMPORAL_UNAVAILABLE, "the workflow service did not answer") from exc
         if event.type in (CourierEventType.ACCEPTED, CourierEventType.DECLINED):
             business_metrics.dispatch_responses.labels(event.type.value).inc()
         return {
@@ -656,41 +580,26 @@ class OrdersService:
     ) -> dict[str, Any]:
         """Resume the compensations of an order parked in NEEDS_ATTENTION (operators)."""
         await self._load(session, order_id)
-        handle = self._client.get_workflow_handle(order_workflow_id(order_id))
         log.warning("repair of order %s by %s: %s", order_id, operator, reason)
         try:
-            result: RepairResult = await asyncio.wait_for(
-                handle.execute_update(
-                    UPDATE_REPAIR,
-                    RepairRequest(reason=reason, operator=operator),
-                    result_type=RepairResult,
-                    rpc_timeout=REPAIR_TIMEOUT,
+            result = await self._temporal.update(
+                order_workflow_id(order_id),
+                UPDATE_REPAIR,
+                RepairRequest(reason=reason, operator=operator),
+                RepairResult,
+                rpc_timeout=REPAIR_TIMEOUT,
+                unavailable_detail=(
+                    "the repair is accepted or under way but did not finish in time; "
+                    "GET the order to follow it"
                 ),
-                timeout=REPAIR_TIMEOUT.total_seconds() + _GRACE_S,
             )
-        except WorkflowUpdateFailedError as exc:
+        except (UpdateRefused, WorkflowNotRunning) as exc:
             view = await self.get(session, order_id)
-            raise ApiProblem(
-                409,
-                NOT_REPAIRABLE,
-                f"repair refused: {exc.cause}",
-                extra={"order_status": view["status"]},
-            ) from exc
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise unavailable(TEMPORAL_UNAVAILABLE, "the workflow service failed") from exc
-            view = await self.get(session, order_id)
-            raise ApiProblem(
-                409,
-                NOT_REPAIRABLE,
-                f"order is {view['status']} and no longer running; nothing to repair",
-                extra={"order_status": view["status"]},
-            ) from exc
-        except (RPCTimeoutOrCancelledError, RuntimeError, TimeoutError) as exc:
-            raise unavailable(
-                TEMPORAL_UNAVAILABLE,
-                "the repair is accepted or under way but did not finish in time; "
-                "GET the order to follow it",
-            ) from exc
+            detail = (
+                f"repair refused: {exc}"
+                if isinstance(exc, UpdateRefused)
+                else f"order is {view['status']} and no longer running; nothing to repair"
+            )
+            raise _conflict(view, NOT_REPAIRABLE, detail) from exc
         view = await self.get(session, order_id)
         return {**view, "repair": {"status": result.status, "remaining": result.remaining}}

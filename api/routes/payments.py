@@ -25,20 +25,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
-from temporalio.client import Client, RPCTimeoutOrCancelledError
-from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import OptionalTemporalDep, StateDep
+from api.deps import StateDep
 from api.errors import TEMPORAL_UNAVAILABLE, VALIDATION_ERROR, ApiProblem, unavailable
 from api.schemas import INT32_MAX, Problem
 from api.state import AppState
+from api.temporal_calls import NOT_CONNECTED, TemporalCalls, WorkflowNotRunning
 from domain.messages import PaymentOutcome
 from domain.names import SIGNAL_PAYMENT_OUTCOME, payment_workflow_id
 from psp.signing import DEFAULT_TOLERANCE_S, SIGNATURE_HEADER, verify
@@ -58,8 +56,6 @@ HANDLED_TYPES = frozenset({SUCCEEDED, FAILED})
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_SIGNATURE_HEADER = 2048
-SIGNAL_TIMEOUT = timedelta(seconds=10)
-_GRACE_S = 1.0
 
 WEBHOOKS = Counter(
     "tradeflow_psp_webhooks_total",
@@ -175,9 +171,8 @@ async def _finish(state: AppState, event_id: str, outcome: str, detail: str | No
         await webhooks.finish(session, event_id=event_id, outcome=outcome, detail=detail)
 
 
-async def _signal(client: Client, event: PspEvent) -> tuple[str, str | None]:
+async def _signal(state: AppState, event: PspEvent) -> tuple[str, str | None]:
     """Hand the event to the payment workflow: (``signalled`` | ``ignored``, why ignored)."""
-    handle = client.get_workflow_handle(payment_workflow_id(event.order_id))
     outcome = PaymentOutcome(
         event_id=event.event_id,
         type=event.type,
@@ -185,17 +180,12 @@ async def _signal(client: Client, event: PspEvent) -> tuple[str, str | None]:
         amount_cents=event.amount_cents,
     )
     try:
-        await asyncio.wait_for(
-            handle.signal(SIGNAL_PAYMENT_OUTCOME, outcome, rpc_timeout=SIGNAL_TIMEOUT),
-            timeout=SIGNAL_TIMEOUT.total_seconds() + _GRACE_S,
+        await TemporalCalls(state).signal(
+            payment_workflow_id(event.order_id), SIGNAL_PAYMENT_OUTCOME, outcome
         )
-    except RPCError as exc:
-        if exc.status != RPCStatusCode.NOT_FOUND:
-            raise unavailable(TEMPORAL_UNAVAILABLE, "the workflow service failed") from exc
+    except WorkflowNotRunning:
         # Closed (the order moved on or finished) or never existed: nobody waits for this.
         return IGNORED, "no running payment workflow (order finished or unknown)"
-    except (RPCTimeoutOrCancelledError, RuntimeError, TimeoutError) as exc:
-        raise unavailable(TEMPORAL_UNAVAILABLE, "the workflow service did not answer") from exc
     return SIGNALLED, None
 
 
@@ -225,7 +215,6 @@ async def _signal(client: Client, event: PspEvent) -> tuple[str, str | None]:
 async def receive_psp_webhook(
     request: Request,
     state: StateDep,
-    temporal: OptionalTemporalDep,
     signature: Annotated[str | None, Header(alias=SIGNATURE_HEADER)] = None,
 ) -> JSONResponse:
     raw = await _raw_body(request)
@@ -249,10 +238,10 @@ async def receive_psp_webhook(
         WEBHOOKS.labels("duplicate").inc()
         log.info("PSP webhook %s is a duplicate (%s before)", event.event_id, earlier)
         return _received(duplicate=True)
-    if temporal is None:
-        raise unavailable(TEMPORAL_UNAVAILABLE, "not connected to the workflow service yet")
+    if state.temporal.client is None:
+        raise unavailable(TEMPORAL_UNAVAILABLE, NOT_CONNECTED)
 
-    outcome, why = await _signal(temporal, event)
+    outcome, why = await _signal(state, event)
     await _finish(state, event.event_id, outcome, why)
     WEBHOOKS.labels(outcome if earlier is None else "duplicate").inc()
     if outcome == IGNORED:

@@ -10,37 +10,25 @@ stays stored (PENDING) and the answer is 503; a retry with the same key starts i
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sqlmodel.ext.asyncio.session import AsyncSession
-from temporalio.client import RPCTimeoutOrCancelledError
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
 
 from api.auth import OrderReaderDep, StaffDep
 from api.deps import IdempotencyKeyDep, SessionDep, StateDep
-from api.errors import (
-    INTERNAL_UNAVAILABLE,
-    NOT_FOUND,
-    TEMPORAL_UNAVAILABLE,
-    VALIDATION_ERROR,
-    ApiProblem,
-    unavailable,
-)
+from api.errors import NOT_FOUND, VALIDATION_ERROR, ApiProblem
 from api.routes.orders import OrderIdPath
 from api.schemas import INT32_MAX, MAX_ORDER_LINES, MAX_QUANTITY, Id, Problem, Text
 from api.state import AppState
+from api.temporal_calls import TemporalCalls
 from domain.messages import RefundInput, RefundView, RestockLine, refund_summary
 from domain.names import REFUND_WORKFLOW, refund_workflow_id
 from store import refunds as book
@@ -55,9 +43,10 @@ NOT_REFUNDABLE = "not_refundable"
 REFUND_EXCEEDS_CAPTURED = "refund_exceeds_captured"
 IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
 
-START_TIMEOUT = timedelta(seconds=10)
-_GRACE_S = 1.0
-_TEMPORAL_DOWN = (RPCError, RPCTimeoutOrCancelledError, RuntimeError, TimeoutError)
+_STORED_NOT_STARTED = (
+    "the workflow service is not answering; the refund is stored and a retry with the"
+    " same Idempotency-Key starts it"
+)
 
 RefundIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
@@ -246,49 +235,26 @@ class RefundsService:
             # Also on a repeat: the first request may have stored the refund while the
             # workflow service was down. USE_EXISTING makes a second start a no-op.
             if admitted.payment_id is None:  # pragma: no cover - a capture always has an id
-                raise unavailable(INTERNAL_UNAVAILABLE, "the captured payment has no PSP id")
-            await self._start(
-                RefundInput(
-                    refund_id=refund.refund_id,
-                    order_id=order_id,
-                    payment_id=admitted.payment_id,
-                    amount_cents=refund.amount_cents,
-                    currency=refund.currency,
-                    location_id=location_id,
-                    restock=list(refund.restock),
-                    notify_merchant=bool(self._state.settings.merchant_webhook_url),
-                )
+                raise RuntimeError(f"the captured payment of order {order_id} has no PSP id")
+            inp = RefundInput(
+                refund_id=refund.refund_id,
+                order_id=order_id,
+                payment_id=admitted.payment_id,
+                amount_cents=refund.amount_cents,
+                currency=refund.currency,
+                location_id=location_id,
+                restock=list(refund.restock),
+                notify_merchant=bool(self._state.settings.merchant_webhook_url),
+            )
+            await TemporalCalls(self._state).start(
+                REFUND_WORKFLOW,
+                inp,
+                workflow_id=refund_workflow_id(inp.refund_id),
+                task_queue=self._state.orders_task_queue,
+                static_summary=refund_summary(inp),
+                unavailable_detail=_STORED_NOT_STARTED,
             )
         return Requested(created=admitted.created, refund=refund_resource(refund))
-
-    async def _start(self, inp: RefundInput) -> None:
-        detail = (
-            "the workflow service is not answering; the refund is stored and a retry with the"
-            " same Idempotency-Key starts it"
-        )
-        client = self._state.temporal.client
-        if client is None:
-            raise unavailable(TEMPORAL_UNAVAILABLE, detail)
-        summary = refund_summary(inp)
-        try:
-            await asyncio.wait_for(
-                client.start_workflow(
-                    REFUND_WORKFLOW,
-                    inp,
-                    id=refund_workflow_id(inp.refund_id),
-                    task_queue=self._state.orders_task_queue,
-                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                    static_summary=summary,
-                    rpc_timeout=START_TIMEOUT,
-                ),
-                timeout=START_TIMEOUT.total_seconds() + _GRACE_S,
-            )
-        except WorkflowAlreadyStartedError:
-            pass  # it ran already and closed
-        except _TEMPORAL_DOWN as exc:
-            log.error("could not start the workflow of refund %s: %s", inp.refund_id, exc)
-            raise unavailable(TEMPORAL_UNAVAILABLE, detail) from exc
 
     async def get(self, session: AsyncSession, order_id: str, refund_id: str) -> dict[str, Any]:
         refund = await book.get(session, refund_id=refund_id)
