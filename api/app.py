@@ -75,9 +75,11 @@ anything written there:
   presenting bad credentials gets 429 `rate_limited` with `Retry-After`; 503
   `auth_unavailable` while the JWKS cannot be fetched.
 * `GET /readyz` 503 body: `{"status": "unavailable", "failing": [...], "reasons": {...}}`.
-* Problems may carry extra members: `errors` (validation details), `skus`, `order_status`.
-  Infrastructure failures are 503 (`temporal_unavailable`, `database_unavailable`,
-  `redis_unavailable`, `internal_unavailable`) with `Retry-After`; nothing answers 500.
+* Problems may carry extra members: `errors` (validation details), `skus`, `order_status`,
+  `trace_id`. A dependency that is down is 503 (`temporal_unavailable`,
+  `database_unavailable`, `redis_unavailable`, `internal_unavailable`) with `Retry-After`. No
+  request, however malformed, gets a 500: only a bug does, as 500 `internal_error` whose
+  `trace_id` is the one logged with its traceback.
 """
 
 

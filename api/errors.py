@@ -1,25 +1,35 @@
 """Every error leaves the API as ``application/problem+json`` with a stable ``code``.
 
-``{"type", "title", "status", "detail", "code"}`` (RFC 9457 plus ``code``). Nothing becomes a
-500: malformed requests are 4xx, failures of the database, Redis or Temporal are 503 with a
-``Retry-After``, and an exception nobody expected is logged with its traceback and answered
-with 503 ``internal_unavailable``.
+``{"type", "title", "status", "detail", "code"}`` (RFC 9457 plus ``code``). Errors say what
+happened:
+
+* a malformed request is a 4xx (validation answers before any handler code runs);
+* a dependency that is really unavailable (the database, Redis, Temporal per the table in
+  ``api/temporal_calls.py``, a connection that fails or times out) is 503 with
+  ``Retry-After``: a retry may succeed;
+* anything else is a bug: 500 ``internal_error``, logged with its traceback and the request's
+  trace id, which the body carries too (``trace_id``) so a report can be matched to the log.
+  A client must not retry it blindly.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from opentelemetry import trace
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.service import RPCError
+
+from infra.temporal import server_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +46,9 @@ TEMPORAL_UNAVAILABLE = "temporal_unavailable"
 DATABASE_UNAVAILABLE = "database_unavailable"
 REDIS_UNAVAILABLE = "redis_unavailable"
 INTERNAL_UNAVAILABLE = "internal_unavailable"
+"""A connection the API needed failed or timed out outside the clients that say which."""
+INTERNAL_ERROR = "internal_error"
+"""A bug: 500, with the trace id in the body and the log."""
 
 _CODE_BY_STATUS = {
     400: "bad_request",
@@ -184,9 +197,37 @@ async def _on_redis_error(_request: Request, exc: Exception) -> JSONResponse:
     return unavailable(REDIS_UNAVAILABLE, "redis is not answering").response()
 
 
-async def _on_temporal_error(_request: Request, exc: Exception) -> JSONResponse:
-    log.error("temporal call failed: %s", exc)
-    return unavailable(TEMPORAL_UNAVAILABLE, "the workflow service is not answering").response()
+async def _on_temporal_error(request: Request, exc: Exception) -> JSONResponse:
+    # Temporal calls go through api/temporal_calls.py; an RPCError that gets here escaped it.
+    if server_unavailable(exc):
+        log.error("temporal call failed: %s", exc)
+        return unavailable(TEMPORAL_UNAVAILABLE, "the workflow service is not answering").response()
+    return internal_error(request.method, request.url.path, exc)
+
+
+def current_trace_id() -> str:
+    """The request's trace id (32 hex digits); a fresh random one when nothing traces it."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else uuid.uuid4().hex
+
+
+def internal_error(method: str | None, path: str | None, exc: BaseException) -> JSONResponse:
+    """A bug: log it with its traceback and trace id, answer 500 ``internal_error``."""
+    trace_id = current_trace_id()
+    log.error(
+        "internal error on %s %s (trace_id %s): %r",
+        method,
+        path,
+        trace_id,
+        exc,
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )
+    return problem_response(
+        500,
+        INTERNAL_ERROR,
+        f"the service failed on an error of its own; quote trace_id {trace_id} when reporting it",
+        extra={"trace_id": trace_id},
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -200,10 +241,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class CatchAllMiddleware:
-    """Turns any exception that escaped the handlers into a 503 problem (never a 500).
+    """Turns any exception that escaped the handlers into a problem: 503 for a connection that
+    failed or timed out, 500 ``internal_error`` for anything else (a bug).
 
-    Starlette's own last-resort handler answers 500 and re-raises; this sits inside it and
-    swallows the exception after logging it, so servers and test transports see a response.
+    Starlette's own last-resort handler answers a bare 500 and re-raises; this sits inside it
+    and swallows the exception after logging it, so servers and test transports see a problem.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -226,9 +268,11 @@ class CatchAllMiddleware:
         except Exception as exc:
             if isinstance(exc, TimeoutError | OSError):
                 log.error("infrastructure failure on %s: %r", scope.get("path"), exc)
+                response = unavailable(
+                    INTERNAL_UNAVAILABLE, "a connection the service needed failed"
+                ).response()
             else:
-                log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+                response = internal_error(scope.get("method"), scope.get("path"), exc)
             if started:
                 return  # the client sees a cut response; nothing better can be done now
-            response = unavailable(INTERNAL_UNAVAILABLE, "the service failed to answer").response()
             await response(scope, receive, send)

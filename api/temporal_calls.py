@@ -7,7 +7,7 @@ not connected to the server yet            (no client)                          
 the server cannot be reached               ``RuntimeError("Failed client connect``   503 (a)
                                            ...")`` from a lazily connecting client
 the service failed or is overloaded        ``RPCError`` with a status in            503 (a)
-                                           :data:`UNAVAILABLE_STATUSES`
+                                           ``infra.temporal.UNAVAILABLE_STATUSES``
 no answer in time                          ``RPCTimeoutOrCancelledError``,          503 (a)
                                            ``TimeoutError`` (our local deadline)
 the workflow is not running (it closed,    ``RPCError(NOT_FOUND)``                  the caller's
@@ -34,11 +34,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from temporalio.client import (
-    Client,
-    RPCTimeoutOrCancelledError,
-    WorkflowUpdateFailedError,
-)
+from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import (
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
@@ -49,6 +45,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.errors import TEMPORAL_UNAVAILABLE, ApiProblem, unavailable
 from api.state import AppState
+from infra.temporal import server_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -63,33 +60,6 @@ GRACE_S = 1.0
 
 NOT_ANSWERING = "the workflow service did not answer"
 NOT_CONNECTED = "not connected to the workflow service yet"
-
-#: RPC statuses that say the workflow service failed or is overloaded: worth a retry later.
-#: The others (``INVALID_ARGUMENT``, ``PERMISSION_DENIED``, ``UNIMPLEMENTED``...) say the
-#: request itself is wrong, which a retry cannot fix: a bug (or a misconfiguration).
-UNAVAILABLE_STATUSES = frozenset(
-    {
-        RPCStatusCode.UNAVAILABLE,
-        RPCStatusCode.DEADLINE_EXCEEDED,
-        RPCStatusCode.RESOURCE_EXHAUSTED,
-        RPCStatusCode.ABORTED,
-        RPCStatusCode.CANCELLED,
-        RPCStatusCode.INTERNAL,
-        RPCStatusCode.UNKNOWN,
-        RPCStatusCode.FAILED_PRECONDITION,
-    }
-)
-_CONNECT_FAILED = "Failed client connect"
-"""How the SDK's lazily connecting client says it could not reach the server."""
-
-
-def is_unavailable(exc: BaseException) -> bool:
-    """True when ``exc`` means the workflow service is unavailable (the table above)."""
-    if isinstance(exc, RPCError):
-        return exc.status in UNAVAILABLE_STATUSES
-    if isinstance(exc, RPCTimeoutOrCancelledError | TimeoutError):
-        return True
-    return type(exc) is RuntimeError and str(exc).startswith(_CONNECT_FAILED)
 
 
 class WorkflowNotRunning(Exception):
@@ -143,14 +113,14 @@ class TemporalCalls:
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 raise WorkflowNotRunning(str(exc)) from exc
-            if not is_unavailable(exc):
+            if not server_unavailable(exc):
                 raise
             log.error("workflow service failed: %s", exc)
             raise unavailable(TEMPORAL_UNAVAILABLE, unavailable_detail) from exc
         except ApiProblem:
             raise
         except Exception as exc:
-            if not is_unavailable(exc):
+            if not server_unavailable(exc):
                 raise
             log.error("workflow service unavailable: %r", exc)
             raise unavailable(TEMPORAL_UNAVAILABLE, unavailable_detail) from exc

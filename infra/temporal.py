@@ -1,4 +1,5 @@
-"""Temporal client factory shared by the API, the worker and the CLI.
+"""Temporal client factory shared by the API, the worker and the CLI, and what the client's
+failures say about the server (``server_unavailable``).
 
 Every client made here carries, unless told otherwise:
 
@@ -29,12 +30,14 @@ from temporalio.client import (
     Client,
     Interceptor,
     OutboundInterceptor,
+    RPCTimeoutOrCancelledError,
     SignalWorkflowInput,
     StartWorkflowUpdateInput,
     WorkflowUpdateHandle,
 )
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.converter import DataConverter, PayloadConverter
+from temporalio.service import RPCError, RPCStatusCode
 
 from infra.settings import Settings
 
@@ -127,6 +130,37 @@ class _LinkingOutbound(OutboundInterceptor):
     ) -> WorkflowUpdateHandle[Any]:
         await self._root.link(input.id)
         return await super().start_workflow_update(input)
+
+
+#: RPC statuses that say the workflow service failed or is overloaded: worth a retry later.
+#: The others (``INVALID_ARGUMENT``, ``PERMISSION_DENIED``, ``UNIMPLEMENTED``...) say the
+#: request itself is wrong, which a retry cannot fix: a bug (or a misconfiguration).
+#: ``NOT_FOUND`` and ``ALREADY_EXISTS`` are answers about a workflow, for the caller.
+UNAVAILABLE_STATUSES = frozenset(
+    {
+        RPCStatusCode.UNAVAILABLE,
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.RESOURCE_EXHAUSTED,
+        RPCStatusCode.ABORTED,
+        RPCStatusCode.CANCELLED,
+        RPCStatusCode.INTERNAL,
+        RPCStatusCode.UNKNOWN,
+        RPCStatusCode.FAILED_PRECONDITION,
+    }
+)
+CONNECT_FAILED = "Failed client connect"
+"""How the SDK's lazily connecting client says it could not reach the server (a
+``RuntimeError``; any other ``RuntimeError`` is not about the server)."""
+
+
+def server_unavailable(exc: BaseException) -> bool:
+    """True when ``exc``, raised by a client call, means the workflow service is unavailable:
+    unreachable, failing, overloaded or not answering in time."""
+    if isinstance(exc, RPCError):
+        return exc.status in UNAVAILABLE_STATUSES
+    if isinstance(exc, RPCTimeoutOrCancelledError | TimeoutError):
+        return True
+    return type(exc) is RuntimeError and str(exc).startswith(CONNECT_FAILED)
 
 
 async def connect(settings: Settings, *, tracing: bool = True) -> Client:

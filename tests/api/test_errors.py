@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
 
 import pytest
@@ -131,10 +133,29 @@ async def test_database_outage_is_a_503_not_a_500(api: Api) -> None:
     assert r.headers["retry-after"] == "1"
 
 
-async def test_an_unexpected_exception_is_a_503_problem_not_a_500(api: Api) -> None:
+@pytest.mark.parametrize("bug", [KeyError("a bug"), RuntimeError("a bug")])
+async def test_a_bug_in_a_handler_is_a_500_internal_error_with_the_trace_id_it_logged(
+    api: Api, caplog: pytest.LogCaptureFixture, bug: Exception
+) -> None:
     async def boom() -> None:
-        raise KeyError("a bug")
+        raise bug
 
     api.app.add_api_route("/test-only/boom", boom)
-    r = await api.http.get("/test-only/boom")
+    with caplog.at_level(logging.ERROR, logger="api.errors"):
+        r = await api.http.get("/test-only/boom")
+    body = assert_problem(r, 500, "internal_error")
+    assert "retry-after" not in r.headers  # a retry would meet the same bug
+    trace_id = body["trace_id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", trace_id), trace_id
+    [record] = [rec for rec in caplog.records if trace_id in rec.getMessage()]
+    assert record.exc_info is not None and record.exc_info[1] is bug
+
+
+async def test_a_connection_failing_outside_the_clients_is_still_a_503(api: Api) -> None:
+    async def unreachable() -> None:
+        raise ConnectionRefusedError("nothing listens there")
+
+    api.app.add_api_route("/test-only/unreachable", unreachable)
+    r = await api.http.get("/test-only/unreachable")
     assert_problem(r, 503, "internal_unavailable")
+    assert r.headers["retry-after"] == "1"

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+from collections.abc import Sequence
 from typing import Any
 
+from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import SearchAttributeKey
+from temporalio.converter import DataConverter, DefaultPayloadConverter
 
 from domain.messages import CheckoutInput
 from domain.money import DELIVERY_FEE_CENTS
@@ -236,6 +240,53 @@ async def test_checkout_fails_open_when_redis_is_down(api_factory: ApiFactory) -
         for _ in range(3):  # burst 1, yet nothing is limited without Redis
             r = await place(api, order_body(customer, [(sku, 1)]))
             assert r.status_code == 202, r.text
+
+
+async def test_temporal_down_answers_503_to_a_cancel_and_reads_from_the_read_model(
+    api_factory: ApiFactory, dev_env: Any
+) -> None:
+    dead = await Client.connect(f"127.0.0.1:{closed_port()}", lazy=True)
+    async with api_factory(temporal=dead) as api:
+        sku = unique("SKU")
+        await api.put_product(sku)
+        body = order_body(unique("c"), [(sku, 1)])
+        assert_problem(await place(api, body), 503, "temporal_unavailable")
+        [(order_id,)] = await api.sql(
+            "SELECT order_id FROM orders WHERE customer_id = :c", c=body["customer_id"]
+        )
+        r = await api.http.post(f"/v1/orders/{order_id}/cancel", json={"reason": "changed mind"})
+        assert_problem(r, 503, "temporal_unavailable")
+        assert r.headers["retry-after"] == "1"
+        r = await api.http.get(f"/v1/orders/{order_id}")  # the query fails: the read model answers
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "PENDING"
+
+
+class _BrokenPayloadConverter(DefaultPayloadConverter):
+    """A bug of tradeflow's own inside a Temporal call: the SDK raises it as it is."""
+
+    def to_payloads(self, values: Sequence[Any]) -> list[Payload]:
+        raise RuntimeError("a bug: this converter cannot encode anything")
+
+
+async def test_a_bug_inside_a_temporal_call_is_a_500_not_temporal_unavailable(
+    api_factory: ApiFactory, dev_env: Any
+) -> None:
+    live = dev_env.client
+    buggy = Client(
+        live.service_client,
+        namespace=live.namespace,
+        data_converter=dataclasses.replace(
+            DataConverter.default, payload_converter_class=_BrokenPayloadConverter
+        ),
+    )
+    async with api_factory(temporal=buggy) as api:
+        sku = unique("SKU")
+        await api.put_product(sku)
+        r = await place(api, order_body(unique("c"), [(sku, 1)]))
+        body = assert_problem(r, 500, "internal_error")
+        assert "retry-after" not in r.headers
+        assert body["trace_id"]
 
 
 async def test_temporal_down_keeps_the_order_and_a_retry_starts_it(
