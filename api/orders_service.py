@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
+from pydantic import TypeAdapter
 from redis.exceptions import RedisError
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import WorkflowQueryFailedError, WorkflowQueryRejectedError
@@ -29,7 +30,16 @@ from temporalio.common import (
 
 from api.errors import NOT_FOUND, VALIDATION_ERROR, ApiProblem
 from api.pagination import decode_cursor, encode_cursor
-from api.schemas import INT32_MAX, MAX_QUANTITY, CheckoutBody, CourierEventIn
+from api.schemas import (
+    INT32_MAX,
+    MAX_QUANTITY,
+    CheckoutBody,
+    CourierEventAccepted,
+    CourierEventIn,
+    OrderPage,
+    RepairedOrder,
+    RepairReport,
+)
 from api.state import AppState
 from api.temporal_calls import TemporalCalls, UpdateRefused, WorkflowNotRunning
 from domain import errors
@@ -116,7 +126,7 @@ _STORED_NOT_STARTED = (
 class Placed:
     created: bool
     """False when the request repeated an earlier one (same customer, key and body)."""
-    order: dict[str, Any]
+    order: OrderView
 
 
 def request_hash(body: CheckoutBody) -> str:
@@ -136,9 +146,17 @@ def snake_case(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
 
-def _conflict(view: dict[str, Any], code: str, detail: str) -> ApiProblem:
+_ORDER_VIEW = TypeAdapter(OrderView)
+
+
+def order_resource(view: dict[str, Any]) -> OrderView:
+    """The ``Order`` resource, validated, from a view as stored or queried (plain JSON)."""
+    return _ORDER_VIEW.validate_python(view)
+
+
+def _conflict(view: OrderView, code: str, detail: str) -> ApiProblem:
     """409 ``code``: the workflow refused, or is no longer running; says the order's status."""
-    return ApiProblem(409, code, detail, extra={"order_status": view["status"]})
+    return ApiProblem(409, code, detail, extra={"order_status": view.status})
 
 
 def with_refunds(view: dict[str, Any], refunds: list[RefundView]) -> dict[str, Any]:
@@ -216,7 +234,7 @@ class OrdersService:
             # same key (or the reconciler), which starts it (USE_EXISTING: safe to repeat).
             await self._start(inp)
             metrics.checkout_latency.observe(time.perf_counter() - started)
-            return Placed(created=True, order=asdict(view))
+            return Placed(created=True, order=view)
 
         # A concurrent first request with this key inserted it in between.
         existing = await orders.order_by_key(
@@ -393,13 +411,13 @@ class OrdersService:
 
     # ------------------------------------------------------------------------------- read
 
-    async def current_view(self, order: Order) -> dict[str, Any]:
+    async def current_view(self, order: Order) -> OrderView:
         """The order as of now, with its refunds from the refunds table."""
         view = await self._order_view(order)
         async with self._state.sessionmaker() as session:
             refunds = await refund_book.of_orders(session, [order.order_id])
             await session.commit()
-        return with_refunds(view, refunds.get(order.order_id, []))
+        return order_resource(with_refunds(view, refunds.get(order.order_id, [])))
 
     async def _order_view(self, order: Order) -> dict[str, Any]:
         """The workflow's own view while it runs, else the read model."""
@@ -421,7 +439,7 @@ class OrdersService:
             return stored
         return asdict(live)
 
-    async def get(self, session: AsyncSession, order_id: str) -> dict[str, Any]:
+    async def get(self, session: AsyncSession, order_id: str) -> OrderView:
         order = await self._load(session, order_id)
         return await self.current_view(order)
 
@@ -442,7 +460,7 @@ class OrdersService:
         status: str | None,
         limit: int,
         cursor: str | None,
-    ) -> dict[str, Any]:
+    ) -> OrderPage:
         before = None
         if cursor is not None:
             created_at, order_id = decode_cursor(cursor, 2)
@@ -456,12 +474,14 @@ class OrdersService:
         next_cursor = None
         if len(rows) > limit:
             next_cursor = encode_cursor(page[-1].created_at, page[-1].order_id)
-        items = [with_refunds(dict(r.view), refunds.get(r.order_id, [])) for r in page]
-        return {"items": items, "next_cursor": next_cursor}
+        items = [
+            order_resource(with_refunds(dict(r.view), refunds.get(r.order_id, []))) for r in page
+        ]
+        return OrderPage(items=items, next_cursor=next_cursor)
 
     # ----------------------------------------------------------------------------- cancel
 
-    async def cancel(self, session: AsyncSession, order_id: str, reason: str) -> dict[str, Any]:
+    async def cancel(self, session: AsyncSession, order_id: str, reason: str) -> OrderView:
         await self._load(session, order_id)
         try:
             await self._temporal.update(
@@ -475,18 +495,18 @@ class OrdersService:
             if exc.error_type == errors.ALREADY_APPLIED:
                 return view  # repeating an accepted cancel: same answer, nothing more happens
             if exc.error_type == errors.NOT_CANCELLABLE:
-                if view["status"] == OrderStatus.CANCELLED:
+                if view.status == OrderStatus.CANCELLED:
                     return view  # repeating an accepted cancel
-                detail = f"order is {view['status']}; it can be cancelled only before pick-up"
+                detail = f"order is {view.status}; it can be cancelled only before pick-up"
                 raise _conflict(view, NOT_CANCELLABLE, detail) from exc
             code = snake_case(exc.error_type) if exc.error_type else NOT_CANCELLABLE
             raise _conflict(view, code, f"cancel refused: {exc}") from exc
         except WorkflowNotRunning as exc:
             # The workflow has closed (or never started): the read model has the last word.
             view = await self.get(session, order_id)
-            if view["status"] == OrderStatus.CANCELLED:
+            if view.status == OrderStatus.CANCELLED:
                 return view
-            detail = f"order is {view['status']} and no longer running; it cannot be cancelled"
+            detail = f"order is {view.status} and no longer running; it cannot be cancelled"
             raise _conflict(view, NOT_CANCELLABLE, detail) from exc
         return await self.get(session, order_id)
 
@@ -494,7 +514,7 @@ class OrdersService:
 
     async def courier_event(
         self, session: AsyncSession, order_id: str, event: CourierEventIn
-    ) -> dict[str, Any]:
+    ) -> CourierEventAccepted:
         await self._load(session, order_id)
         if event.type in (CourierEventType.ACCEPTED, CourierEventType.DECLINED):
             # Offers belong to the delivery workflow; it ends once a courier is assigned.
@@ -537,13 +557,13 @@ class OrdersService:
             raise ApiProblem(409, closed_code, detail) from exc
         if event.type in (CourierEventType.ACCEPTED, CourierEventType.DECLINED):
             business_metrics.dispatch_responses.labels(event.type.value).inc()
-        return {
-            "order_id": order_id,
-            "courier_id": event.courier_id,
-            "type": event.type.value,
-            "status": result.status,
-            "accepted": result.accepted,
-        }
+        return CourierEventAccepted(
+            order_id=order_id,
+            courier_id=event.courier_id,
+            type=event.type.value,
+            status=result.status,
+            accepted=result.accepted,
+        )
 
     async def _already_recorded(
         self, session: AsyncSession, order_id: str, event: CourierEventIn
@@ -551,33 +571,33 @@ class OrdersService:
         """After its workflow has closed: is this event one the order already took from this
         courier (its accept, or its delivery)?"""
         view = await self.get(session, order_id)
-        if view["delivery"].get("courier_id") != event.courier_id:
+        if view.delivery.courier_id != event.courier_id:
             return False
         if event.type == CourierEventType.ACCEPTED:
             return True
         return event.type in (CourierEventType.PICKED_UP, CourierEventType.DELIVERED) and (
-            view["status"] == OrderStatus.DELIVERED
+            view.status == OrderStatus.DELIVERED
         )
 
     async def _repeated_event(
         self, session: AsyncSession, order_id: str, event: CourierEventIn
-    ) -> dict[str, Any]:
+    ) -> CourierEventAccepted:
         """The same event again from the courier that sent it: 202, and no second effect."""
         view = await self.get(session, order_id)
-        return {
-            "order_id": order_id,
-            "courier_id": event.courier_id,
-            "type": event.type.value,
-            "status": view["status"],
-            "accepted": True,
-            "duplicate": True,
-        }
+        return CourierEventAccepted(
+            order_id=order_id,
+            courier_id=event.courier_id,
+            type=event.type.value,
+            status=view.status,
+            accepted=True,
+            duplicate=True,
+        )
 
     # ----------------------------------------------------------------------------- repair
 
     async def repair(
         self, session: AsyncSession, order_id: str, reason: str, operator: str
-    ) -> dict[str, Any]:
+    ) -> RepairedOrder:
         """Resume the compensations of an order parked in NEEDS_ATTENTION (operators)."""
         await self._load(session, order_id)
         log.warning("repair of order %s by %s: %s", order_id, operator, reason)
@@ -598,8 +618,10 @@ class OrdersService:
             detail = (
                 f"repair refused: {exc}"
                 if isinstance(exc, UpdateRefused)
-                else f"order is {view['status']} and no longer running; nothing to repair"
+                else f"order is {view.status} and no longer running; nothing to repair"
             )
             raise _conflict(view, NOT_REPAIRABLE, detail) from exc
         view = await self.get(session, order_id)
-        return {**view, "repair": {"status": result.status, "remaining": result.remaining}}
+        return RepairedOrder.of(
+            view, RepairReport(status=result.status, remaining=list(result.remaining))
+        )

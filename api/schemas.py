@@ -7,10 +7,12 @@ malformed request is a 422 and never reaches the database as a failing statement
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from dataclasses import dataclass, fields
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
 
+from domain.messages import OrderView
 from domain.status import CourierEventType
 
 INT32_MAX = 2_147_483_647
@@ -174,68 +176,37 @@ class CourierEventAccepted(BaseModel):
     """The order's (``picked_up``/``delivered``) or the dispatch's (``accepted``/``declined``)
     status after the event."""
     accepted: bool
+    duplicate: bool | None = None
+    """Present (true) only when the same courier sent this event before: no second effect."""
 
 
-# Documentation-only shapes of the Order resource. Handlers return the workflow's view as is
-# (``dataclasses.asdict(OrderView)``), so these are used in ``responses=`` and never validate.
-
-
-class ItemOut(BaseModel):
-    sku: str
-    quantity: int
-    unit_price_cents: int
-
-
-class AmountsOut(BaseModel):
-    subtotal_cents: int
-    delivery_fee_cents: int
-    total_cents: int
-    authorized_cents: int
-    captured_cents: int
-    refunded_cents: int
-
-
-class PaymentOut(BaseModel):
-    status: str
-    payment_id: str | None
-
-
-class DeliveryOut(BaseModel):
-    status: str
-    offered_to: str | None
-    courier_id: str | None
-
-
-class TimelineOut(BaseModel):
-    status: str
-    at: str
-
-
-class OrderOut(BaseModel):
-    order_id: str
-    workflow_id: str
-    customer_id: str
-    location_id: str
-    status: str
-    failure_reason: str | None = Field(
-        description="When FAILED: OUT_OF_STOCK, PAYMENT_DECLINED, PAYMENT_TIMEOUT, NO_COURIER,"
-        " INVALID_ORDER, or NOT_STARTED (stored while the workflow service was down and not"
-        " retried in time; failed by the reconciler)"
-    )
-    items: list[ItemOut]
-    currency: str
-    amounts: AmountsOut
-    payment: PaymentOut
-    delivery: DeliveryOut
-    refunds: list[dict[str, Any]]
-    timeline: list[TimelineOut]
-    created_at: str
-    updated_at: str
+# The Order resource is ``domain.messages.OrderView`` itself (the workflow's query result and
+# the read model's ``view``), declared as ``response_model`` so every answer is validated
+# against it; the Refund resource is ``domain.messages.RefundView``.
 
 
 class OrderPage(BaseModel):
-    items: list[OrderOut]
+    items: list[OrderView]
     next_cursor: str | None
+
+
+@dataclass
+class RepairReport:
+    status: str
+    """The order's status after the repair: its final outcome, or still NEEDS_ATTENTION."""
+    remaining: list[str]
+    """Compensations that still failed (empty when the repair completed)."""
+
+
+@dataclass
+class RepairedOrder(OrderView):
+    """``POST /v1/admin/orders/{order_id}/repair``: the order, and how the repair went."""
+
+    repair: RepairReport
+
+    @classmethod
+    def of(cls, view: OrderView, repair: RepairReport) -> RepairedOrder:
+        return cls(**{f.name: getattr(view, f.name) for f in fields(OrderView)}, repair=repair)
 
 
 class CourierTokenOut(BaseModel):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
 
 from api.auth import CallerDep
 from api.deps import SessionDep, StateDep
@@ -17,6 +16,8 @@ router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"])
 @router.post(
     "/{order_id}/events",
     status_code=202,
+    response_model=CourierEventAccepted,
+    response_model_exclude_unset=True,
     summary="A courier's event for an order",
     description=(
         "`accepted`/`declined` answer the open offer (409 `not_dispatching` when there is "
@@ -24,7 +25,6 @@ router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"])
         "order (409 `out_of_order`, 409 `courier_mismatch`)."
     ),
     responses={
-        202: {"model": CourierEventAccepted},
         404: {"model": Problem, "description": "No such order"},
         409: {"model": Problem, "description": "Event refused"},
     },
@@ -35,7 +35,6 @@ async def post_delivery_event(
     body: CourierEventIn,
     session: SessionDep,
     state: StateDep,
-) -> JSONResponse:
+) -> CourierEventAccepted:
     caller.must_be_courier(body.courier_id)
-    result = await OrdersService(state).courier_event(session, order_id, body)
-    return JSONResponse(result, status_code=202)
+    return await OrdersService(state).courier_event(session, order_id, body)

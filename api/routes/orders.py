@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Path, Query, Response
 
 from api.auth import CallerDep, OrderReaderDep
 from api.deps import IdempotencyKeyDep, SessionDep, StateDep
 from api.orders_service import OrdersService
 from api.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from api.schemas import CancelBody, CheckoutBody, OrderOut, OrderPage, Problem
+from api.schemas import CancelBody, CheckoutBody, OrderPage, Problem
+from domain.messages import OrderView
 from domain.status import OrderStatus
 
 router = APIRouter(prefix="/v1/orders", tags=["orders"])
@@ -26,6 +26,7 @@ def _problem(description: str) -> dict[str, object]:
 @router.post(
     "",
     status_code=202,
+    response_model=OrderView,
     summary="Place an order",
     description=(
         "Needs an `Idempotency-Key` header (1-255 characters). The first request answers 202 "
@@ -35,8 +36,8 @@ def _problem(description: str) -> dict[str, object]:
         "catalogue; all items must share one currency (422 `currency_mismatch`)."
     ),
     responses={
-        200: {"model": OrderOut, "description": "Repeat of an earlier request"},
-        202: {"model": OrderOut, "description": "Accepted; the workflow runs"},
+        200: {"model": OrderView, "description": "Repeat of an earlier request"},
+        202: {"model": OrderView, "description": "Accepted; the workflow runs"},
         400: _problem("Missing or bad Idempotency-Key"),
         422: _problem(
             "validation_error, unknown_sku, unknown_location, currency_mismatch, "
@@ -52,22 +53,16 @@ async def place_order(
     key: IdempotencyKeyDep,
     session: SessionDep,
     state: StateDep,
-) -> JSONResponse:
+    response: Response,
+) -> OrderView:
     caller.must_be_customer(body.customer_id)
     placed = await OrdersService(state).place(session, body, key)
-    order_id = placed.order["order_id"]
-    return JSONResponse(
-        placed.order,
-        status_code=202 if placed.created else 200,
-        headers={"Location": f"/v1/orders/{order_id}"},
-    )
+    response.status_code = 202 if placed.created else 200
+    response.headers["Location"] = f"/v1/orders/{placed.order.order_id}"
+    return placed.order
 
 
-@router.get(
-    "",
-    summary="List orders, newest first",
-    responses={200: {"model": OrderPage}},
-)
+@router.get("", response_model=OrderPage, summary="List orders, newest first")
 async def list_orders(
     caller: CallerDep,
     session: SessionDep,
@@ -76,33 +71,34 @@ async def list_orders(
     status: OrderStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=1024)] = None,
-) -> JSONResponse:
-    page = await OrdersService(state).list_page(
+) -> OrderPage:
+    return await OrdersService(state).list_page(
         session,
         customer_id=caller.orders_scope(customer_id),
         status=status.value if status is not None else None,
         limit=limit,
         cursor=cursor,
     )
-    return JSONResponse(page)
 
 
 @router.get(
     "/{order_id}",
+    response_model=OrderView,
     summary="One order (reflects every transition that happened before the call)",
-    responses={200: {"model": OrderOut}, 404: _problem("No such order")},
+    responses={404: _problem("No such order")},
 )
 async def get_order(
     order_id: OrderIdPath, reader: OrderReaderDep, session: SessionDep, state: StateDep
-) -> JSONResponse:
-    return JSONResponse(await OrdersService(state).get(session, order_id))
+) -> OrderView:
+    return await OrdersService(state).get(session, order_id)
 
 
 @router.post(
     "/{order_id}/cancel",
+    response_model=OrderView,
     summary="Cancel an order before pick-up",
     responses={
-        200: {"model": OrderOut, "description": "Cancel accepted (or already cancelled)"},
+        200: {"description": "Cancel accepted (or already cancelled)"},
         404: _problem("No such order"),
         409: _problem("not_cancellable: picked up or at a terminal state"),
     },
@@ -113,5 +109,5 @@ async def cancel_order(
     body: CancelBody,
     session: SessionDep,
     state: StateDep,
-) -> JSONResponse:
-    return JSONResponse(await OrdersService(state).cancel(session, order_id, body.reason))
+) -> OrderView:
+    return await OrdersService(state).cancel(session, order_id, body.reason)

@@ -28,7 +28,6 @@ import math
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
@@ -194,6 +193,7 @@ async def _signal(state: AppState, event: PspEvent) -> tuple[str, str | None]:
 
 @router.post(
     "/webhook",
+    response_model=WebhookReceived,
     summary="A signed event from the PSP",
     description=(
         f'`{SIGNATURE_HEADER}: t=<unix>,v1=<hex>`, the HMAC-SHA256 of `"<t>.<raw body>"` '
@@ -206,7 +206,6 @@ async def _signal(state: AppState, event: PspEvent) -> tuple[str, str | None]:
         "handed over; the PSP's retry delivers it."
     ),
     responses={
-        200: {"model": WebhookReceived},
         400: {"model": Problem, "description": "invalid_signature or validation_error"},
         413: {"model": Problem, "description": f"Body over {MAX_BODY_BYTES} bytes"},
         503: {"model": Problem, "description": "temporal_unavailable: retry later"},
@@ -216,7 +215,7 @@ async def receive_psp_webhook(
     request: Request,
     state: StateDep,
     signature: Annotated[str | None, Header(alias=SIGNATURE_HEADER)] = None,
-) -> JSONResponse:
+) -> WebhookReceived:
     raw = await _raw_body(request)
     try:
         _check_signature(await _webhook_secret(request, state), raw, signature)
@@ -231,13 +230,13 @@ async def receive_psp_webhook(
         earlier = await _claim(state, event, IGNORED, unhandled)
         WEBHOOKS.labels("duplicate" if earlier else IGNORED).inc()
         log.info("PSP webhook %s ignored: %s", event.event_id, unhandled)
-        return _received(duplicate=earlier is not None)
+        return WebhookReceived(duplicate=earlier is not None)
 
     earlier = await _claim(state, event, RECEIVED, None)
     if earlier is not None and earlier != RECEIVED:
         WEBHOOKS.labels("duplicate").inc()
         log.info("PSP webhook %s is a duplicate (%s before)", event.event_id, earlier)
-        return _received(duplicate=True)
+        return WebhookReceived(duplicate=True)
     if state.temporal.client is None:
         raise unavailable(TEMPORAL_UNAVAILABLE, NOT_CONNECTED)
 
@@ -259,8 +258,4 @@ async def receive_psp_webhook(
             event.type,
             payment_workflow_id(event.order_id),
         )
-    return _received(duplicate=earlier is not None)
-
-
-def _received(*, duplicate: bool) -> JSONResponse:
-    return JSONResponse(WebhookReceived(duplicate=duplicate).model_dump())
+    return WebhookReceived(duplicate=earlier is not None)

@@ -17,8 +17,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -79,33 +78,10 @@ class RefundBody(BaseModel):
     must be on the order, and an order's refunds together restock at most what was ordered."""
 
 
-class RestockOut(BaseModel):
-    sku: str
-    quantity: int
-
-
-class RefundOut(BaseModel):
-    """Documentation shape of the ``Refund`` resource (handlers return the stored view)."""
-
-    refund_id: str
-    order_id: str
-    amount_cents: int
-    currency: str
-    status: str
-    """``PENDING``, ``SUCCEEDED`` or ``FAILED``."""
-    reason: str
-    restock: list[RestockOut]
-    failure_reason: str | None
-    created_at: str
-    updated_at: str
-
-
 class RefundList(BaseModel):
-    items: list[RefundOut]
+    """The ``Refund`` resource is ``domain.messages.RefundView`` itself."""
 
-
-def refund_resource(refund: RefundView) -> dict[str, Any]:
-    return asdict(refund)
+    items: list[RefundView]
 
 
 # -------------------------------------------------------------------------------- service
@@ -114,7 +90,12 @@ def refund_resource(refund: RefundView) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Requested:
     created: bool
-    refund: dict[str, Any]
+    view: RefundView
+
+    @property
+    def refund(self) -> dict[str, Any]:
+        """The refund as JSON (what the route answers)."""
+        return asdict(self.view)
 
 
 def merge_restock(body: RefundBody) -> list[RestockLine]:
@@ -254,22 +235,22 @@ class RefundsService:
                 static_summary=refund_summary(inp),
                 unavailable_detail=_STORED_NOT_STARTED,
             )
-        return Requested(created=admitted.created, refund=refund_resource(refund))
+        return Requested(created=admitted.created, view=refund)
 
-    async def get(self, session: AsyncSession, order_id: str, refund_id: str) -> dict[str, Any]:
+    async def get(self, session: AsyncSession, order_id: str, refund_id: str) -> RefundView:
         refund = await book.get(session, refund_id=refund_id)
         await session.commit()
         if refund is None or refund.order_id != order_id:
             raise ApiProblem(404, NOT_FOUND, f"order {order_id!r} has no refund {refund_id!r}")
-        return refund_resource(refund)
+        return refund
 
-    async def of_order(self, session: AsyncSession, order_id: str) -> dict[str, Any]:
+    async def of_order(self, session: AsyncSession, order_id: str) -> RefundList:
         order = await session.get(Order, order_id)
         refunds = (await book.of_orders(session, [order_id])).get(order_id, [])
         await session.commit()
         if order is None:
             raise ApiProblem(404, NOT_FOUND, f"order {order_id!r} does not exist")
-        return {"items": [refund_resource(r) for r in refunds]}
+        return RefundList(items=refunds)
 
 
 # --------------------------------------------------------------------------------- routes
@@ -282,6 +263,7 @@ def _problem(description: str) -> dict[str, object]:
 @router.post(
     "/{order_id}/refunds",
     status_code=202,
+    response_model=RefundView,
     summary="Refund an order, fully or partly (after capture)",
     description=(
         "Needs an `Idempotency-Key` header (1-255 characters), scoped to the order. The first "
@@ -293,8 +275,8 @@ def _problem(description: str) -> dict[str, object]:
         "does not change: the money shows in the order's `amounts`, `payment` and `refunds`."
     ),
     responses={
-        200: {"model": RefundOut, "description": "Repeat of an earlier request"},
-        202: {"model": RefundOut, "description": "Accepted; the refund workflow runs"},
+        200: {"model": RefundView, "description": "Repeat of an earlier request"},
+        202: {"model": RefundView, "description": "Accepted; the refund workflow runs"},
         400: _problem("Missing or bad Idempotency-Key"),
         404: _problem("No such order"),
         409: _problem("not_refundable: nothing captured yet"),
@@ -309,31 +291,31 @@ async def request_refund(
     key: IdempotencyKeyDep,
     session: SessionDep,
     state: StateDep,
-) -> JSONResponse:
+    response: Response,
+) -> RefundView:
     requested = await RefundsService(state).request(session, order_id, body, key)
-    refund_id = requested.refund["refund_id"]
-    return JSONResponse(
-        requested.refund,
-        status_code=202 if requested.created else 200,
-        headers={"Location": f"/v1/orders/{order_id}/refunds/{refund_id}"},
-    )
+    response.status_code = 202 if requested.created else 200
+    response.headers["Location"] = f"/v1/orders/{order_id}/refunds/{requested.view.refund_id}"
+    return requested.view
 
 
 @router.get(
     "/{order_id}/refunds",
+    response_model=RefundList,
     summary="Every refund of an order, oldest first",
-    responses={200: {"model": RefundList}, 404: _problem("No such order")},
+    responses={404: _problem("No such order")},
 )
 async def list_refunds(
     order_id: OrderIdPath, reader: OrderReaderDep, session: SessionDep, state: StateDep
-) -> JSONResponse:
-    return JSONResponse(await RefundsService(state).of_order(session, order_id))
+) -> RefundList:
+    return await RefundsService(state).of_order(session, order_id)
 
 
 @router.get(
     "/{order_id}/refunds/{refund_id}",
+    response_model=RefundView,
     summary="One refund",
-    responses={200: {"model": RefundOut}, 404: _problem("No such order or refund")},
+    responses={404: _problem("No such order or refund")},
 )
 async def get_refund(
     order_id: OrderIdPath,
@@ -341,5 +323,5 @@ async def get_refund(
     reader: OrderReaderDep,
     session: SessionDep,
     state: StateDep,
-) -> JSONResponse:
-    return JSONResponse(await RefundsService(state).get(session, order_id, refund_id))
+) -> RefundView:
+    return await RefundsService(state).get(session, order_id, refund_id)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from api.deps import AdminDep, SessionDep, StateDep
 from api.orders_service import OrdersService
 from api.routes.orders import OrderIdPath
-from api.schemas import Id, Problem
+from api.schemas import Id, Problem, RepairedOrder
 
 
 class RepairBody(BaseModel):
@@ -32,6 +30,7 @@ router = APIRouter(
 
 @router.post(
     "/{order_id}/repair",
+    response_model=RepairedOrder,
     summary="Resume the compensations of an order in NEEDS_ATTENTION",
     description=(
         "Runs again every compensation that had failed for good (voiding the authorization, "
@@ -47,5 +46,5 @@ router = APIRouter(
 )
 async def repair_order(
     order_id: OrderIdPath, body: RepairBody, session: SessionDep, state: StateDep
-) -> dict[str, Any]:
+) -> RepairedOrder:
     return await OrdersService(state).repair(session, order_id, body.reason, body.operator)
