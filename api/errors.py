@@ -86,56 +86,26 @@ class ApiProblem(Exception):
         self.headers = headers
         self.extra = extra
 
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": f"urn:tradeflow:problem:{self.code}",
+            "title": self.title or _phrase(self.status),
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+        }
+        if self.extra:
+            body.update({k: v for k, v in self.extra.items() if k not in body})
+        return body
+
     def response(self) -> JSONResponse:
-        return problem_response(
-            self.status,
-            self.code,
-            self.detail,
-            title=self.title,
-            headers=self.headers,
-            extra=self.extra,
+        return JSONResponse(
+            self.body(), status_code=self.status, media_type=PROBLEM_JSON, headers=self.headers
         )
 
 
 def unavailable(code: str, detail: str) -> ApiProblem:
     return ApiProblem(503, code, detail, headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)})
-
-
-def problem_body(
-    status: int,
-    code: str,
-    detail: str,
-    *,
-    title: str | None = None,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "type": f"urn:tradeflow:problem:{code}",
-        "title": title or _phrase(status),
-        "status": status,
-        "detail": detail,
-        "code": code,
-    }
-    if extra:
-        body.update({k: v for k, v in extra.items() if k not in body})
-    return body
-
-
-def problem_response(
-    status: int,
-    code: str,
-    detail: str,
-    *,
-    title: str | None = None,
-    headers: dict[str, str] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> JSONResponse:
-    return JSONResponse(
-        problem_body(status, code, detail, title=title, extra=extra),
-        status_code=status,
-        media_type=PROBLEM_JSON,
-        headers=headers,
-    )
 
 
 def _phrase(status: int) -> str:
@@ -164,9 +134,9 @@ async def _on_validation_error(_request: Request, exc: Exception) -> JSONRespons
     detail = "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in errors[:5]
     )
-    return problem_response(
+    return ApiProblem(
         422, VALIDATION_ERROR, detail or "invalid request", extra={"errors": errors}
-    )
+    ).response()
 
 
 async def _on_http_exception(_request: Request, exc: Exception) -> JSONResponse:
@@ -178,16 +148,16 @@ async def _on_http_exception(_request: Request, exc: Exception) -> JSONResponse:
         status = 503
     code = _CODE_BY_STATUS.get(status, "http_error")
     headers = dict(exc.headers) if exc.headers else None
-    return problem_response(status, code, str(exc.detail), headers=headers)
+    return ApiProblem(status, code, str(exc.detail), headers=headers).response()
 
 
 async def _on_database_error(_request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, IntegrityError):
         log.warning("integrity error: %s", exc)
-        return problem_response(409, CONFLICT, "the request conflicts with the stored data")
+        return ApiProblem(409, CONFLICT, "the request conflicts with the stored data").response()
     if isinstance(exc, DataError):
         log.warning("data error: %s", exc)
-        return problem_response(422, VALIDATION_ERROR, "a value is out of range for storage")
+        return ApiProblem(422, VALIDATION_ERROR, "a value is out of range for storage").response()
     log.error("database unavailable: %s", exc)
     return unavailable(DATABASE_UNAVAILABLE, "the database is not answering").response()
 
@@ -222,12 +192,12 @@ def internal_error(method: str | None, path: str | None, exc: BaseException) -> 
         exc,
         exc_info=(type(exc), exc, exc.__traceback__),
     )
-    return problem_response(
+    return ApiProblem(
         500,
         INTERNAL_ERROR,
         f"the service failed on an error of its own; quote trace_id {trace_id} when reporting it",
         extra={"trace_id": trace_id},
-    )
+    ).response()
 
 
 def install_error_handlers(app: FastAPI) -> None:
