@@ -46,8 +46,8 @@ from domain.messages import OrderTimeouts, ReconcileInput
 from domain.names import ALL_TASK_QUEUES, DISPATCH_TASK_QUEUE, ORDERS_TASK_QUEUE
 from infra.breaker import CircuitBreaker
 from infra.events import run_relay
-from infra.metrics import MetricsInterceptor, poll_gauges, serve_worker_metrics
 from infra.hot_stock import load_hot_counters
+from infra.metrics import MetricsInterceptor, poll_gauges, serve_worker_metrics
 from infra.ratelimit import GcraLimiter
 from infra.redis import make_redis
 from infra.settings import Settings, get_settings
