@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from temporalio.client import Client
 from infra.settings import Settings
 
 ADMIN_TOKEN = "test-admin-token"
-REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_URL = os.environ.get("TRADEFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def closed_port() -> int:

@@ -54,7 +54,7 @@ def chaos_stack(
         TRADEFLOW_PSP_ACTION_DELAY_S="0.5",
         TRADEFLOW_CHECKOUT_RATE="100/s",
         TRADEFLOW_CHECKOUT_BURST="100",
-        TRADEFLOW_SWEEP_INTERVAL_S="20",
+        TRADEFLOW_SWEEP_INTERVAL_S="8",
         # The reconciler restarts or fails orders whose client gave up on a 503 within seconds.
         TRADEFLOW_RECONCILE_INTERVAL_S="5",
         TRADEFLOW_RECONCILE_GRACE_S="5",

@@ -740,11 +740,11 @@ def timed(verdict: Verdict) -> Iterator[None]:
 
 @dataclass
 class RoundConfig:
-    orders: int = 20
+    orders: int = 16
     """Orders per round (``CHAOS_ORDERS``)."""
     times: int = 3
     """Injections of the fault per round."""
-    spread_s: float = 12.0
+    spread_s: float = 8.0
     """Orders start over this many seconds, and the faults strike within them."""
     settle_s: float = 150.0
     """How long orders get to reach a terminal state once the burst is placed."""

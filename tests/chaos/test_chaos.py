@@ -7,8 +7,8 @@ terminal state, no courier is left bound to a finished order, no answer was a 5x
 the round's SKUs and orders. A failure names each order and prints ``CHAOS_SEED``.
 
 Knobs: ``CHAOS_SEED`` (reproduce a run), ``CHAOS_ROUNDS`` [1] (rounds per case, each with its
-own burst and three injections), ``CHAOS_ORDERS`` [20] (orders per round), ``CHAOS_SPREAD_S``
-[16], ``CHAOS_MATRIX`` = ``split`` [default: each fault on one backend, PostgreSQL faults on
+own burst and three injections), ``CHAOS_ORDERS`` [16] (orders per round), ``CHAOS_SPREAD_S``
+[8], ``CHAOS_MATRIX`` = ``split`` [default: each fault on one backend, PostgreSQL faults on
 PostgreSQL; under five minutes] or ``full`` (every fault on SQLite and on PostgreSQL),
 ``CHAOS_REPORT=<file>`` (append each round's figures as JSON lines).
 """
