@@ -23,7 +23,6 @@ from redis.exceptions import RedisError
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import WorkflowQueryFailedError, WorkflowQueryRejectedError
 from temporalio.common import (
-    SearchAttributeKey,
     SearchAttributePair,
     TypedSearchAttributes,
 )
@@ -44,34 +43,29 @@ from api.state import AppState
 from api.temporal_calls import TemporalCalls, UpdateRefused, WorkflowNotRunning
 from domain import errors
 from domain.messages import (
-    AmountsView,
     CancelRequest,
     CancelResult,
     CheckoutInput,
     CourierEvent,
     CourierEventResult,
     DeliveryAddress,
-    DeliveryView,
-    ItemView,
     OrderLine,
     OrderTimeouts,
     OrderView,
-    PaymentView,
     RefundView,
     RepairRequest,
     RepairResult,
-    TimelineEntry,
     checkout_summary,
     checkout_total_cents,
 )
 from domain.money import DELIVERY_FEE_CENTS, line_total
 from domain.names import (
+    CUSTOMER_ID_KEY,
+    FAILURE_REASON_KEY,
+    ORDER_STATUS_KEY,
+    ORDER_TOTAL_CENTS_KEY,
     ORDER_WORKFLOW,
     QUERY_ORDER,
-    SA_CUSTOMER_ID,
-    SA_FAILURE_REASON,
-    SA_ORDER_STATUS,
-    SA_ORDER_TOTAL_CENTS,
     UPDATE_CANCEL,
     UPDATE_COURIER_EVENT,
     UPDATE_COURIER_RESPONSE,
@@ -111,10 +105,6 @@ _EVENT_REJECTION_CODES = {
 REPAIR_TIMEOUT = timedelta(seconds=60)
 """A repair waits for the compensations it resumes (each retried while it fails)."""
 
-_SA_STATUS = SearchAttributeKey.for_keyword(SA_ORDER_STATUS)
-_SA_CUSTOMER = SearchAttributeKey.for_keyword(SA_CUSTOMER_ID)
-_SA_TOTAL = SearchAttributeKey.for_int(SA_ORDER_TOTAL_CENTS)
-_SA_FAILURE = SearchAttributeKey.for_keyword(SA_FAILURE_REASON)
 
 _STORED_NOT_STARTED = (
     "the workflow service is not answering; the order is stored and a retry with the "
@@ -327,28 +317,14 @@ class OrdersService:
     def _initial_view(
         self, body: CheckoutBody, currency: str, lines: list[OrderLine], now: str
     ) -> OrderView:
-        order_id = "o_" + uuid.uuid4().hex
-        subtotal = sum(line_total(li.unit_price_cents, li.quantity) for li in lines)
-        return OrderView(
-            order_id=order_id,
-            workflow_id=order_workflow_id(order_id),
+        return OrderView.placed(
+            order_id="o_" + uuid.uuid4().hex,
             customer_id=body.customer_id,
             location_id=body.location_id,
-            status=OrderStatus.PENDING,
-            failure_reason=None,
-            items=[ItemView(li.sku, li.quantity, li.unit_price_cents) for li in lines],
             currency=currency,
-            amounts=AmountsView(
-                subtotal_cents=subtotal,
-                delivery_fee_cents=DELIVERY_FEE_CENTS,
-                total_cents=subtotal + DELIVERY_FEE_CENTS,
-            ),
-            payment=PaymentView(),
-            delivery=DeliveryView(),
-            refunds=[],
-            timeline=[TimelineEntry(status=OrderStatus.PENDING, at=now)],
-            created_at=now,
-            updated_at=now,
+            lines=lines,
+            delivery_fee_cents=DELIVERY_FEE_CENTS,
+            at=now,
         )
 
     def _checkout_input(
@@ -393,10 +369,10 @@ class OrdersService:
         if self._state.search_attributes:
             search_attributes = TypedSearchAttributes(
                 [
-                    SearchAttributePair(_SA_STATUS, OrderStatus.PENDING.value),
-                    SearchAttributePair(_SA_CUSTOMER, inp.customer_id),
-                    SearchAttributePair(_SA_TOTAL, total),
-                    SearchAttributePair(_SA_FAILURE, ""),
+                    SearchAttributePair(ORDER_STATUS_KEY, OrderStatus.PENDING.value),
+                    SearchAttributePair(CUSTOMER_ID_KEY, inp.customer_id),
+                    SearchAttributePair(ORDER_TOTAL_CENTS_KEY, total),
+                    SearchAttributePair(FAILURE_REASON_KEY, ""),
                 ]
             )
         await self._temporal.start(

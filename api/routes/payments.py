@@ -38,6 +38,7 @@ from api.state import AppState
 from api.temporal_calls import NOT_CONNECTED, TemporalCalls, WorkflowNotRunning
 from domain.messages import PaymentOutcome
 from domain.names import SIGNAL_PAYMENT_OUTCOME, payment_workflow_id
+from domain.status import PspEventType
 from psp.signing import DEFAULT_TOLERANCE_S, SIGNATURE_HEADER, verify
 from store import webhooks
 from store.webhooks import IGNORED, RECEIVED, SIGNALLED
@@ -49,9 +50,7 @@ router = APIRouter(prefix="/v1/payments", tags=["payments"])
 INVALID_SIGNATURE = "invalid_signature"
 PAYLOAD_TOO_LARGE = "payload_too_large"
 
-SUCCEEDED = "payment_intent.succeeded"
-FAILED = "payment_intent.failed"
-HANDLED_TYPES = frozenset({SUCCEEDED, FAILED})
+HANDLED_TYPES = frozenset(PspEventType)
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_SIGNATURE_HEADER = 2048
