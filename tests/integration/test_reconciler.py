@@ -177,6 +177,15 @@ async def test_an_order_nobody_started_in_time_is_failed_and_a_late_start_takes_
         report = await _reconcile(stack, restart_within_s=0.0)
         assert (report.orders_restarted, report.orders_failed) == ([], [order_id])
         assert await _reconciliations(stack, order_id) == ["order_failed"]
+        # Those who follow the order event stream hear of it too.
+        async with stack.engine.connect() as c:
+            events = (
+                await c.execute(
+                    text("SELECT seq, status FROM order_events WHERE order_id = :o ORDER BY seq"),
+                    {"o": order_id},
+                )
+            ).all()
+        assert [tuple(e) for e in events] == [(0, "PENDING"), (1, "FAILED")]
 
         async with shop_api(stack, tmp_path, db_url, dev_env.client) as http:
             shop.http = http
