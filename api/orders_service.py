@@ -14,7 +14,7 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -55,6 +55,7 @@ from domain.messages import (
     RefundView,
     RepairRequest,
     RepairResult,
+    TimelineEntry,
     checkout_summary,
     checkout_total_cents,
 )
@@ -73,13 +74,21 @@ from domain.names import (
     delivery_workflow_id,
     order_workflow_id,
 )
-from domain.status import TERMINAL_STATUSES, CourierEventType, OrderStatus, PaymentStatus
+from domain.status import (
+    TERMINAL_STATUSES,
+    CourierEventType,
+    FailureReason,
+    OrderStatus,
+    PaymentStatus,
+)
 from infra import metrics as business_metrics
+from infra.hot_stock import read_counters
 from infra.telemetry import metrics
 from store import orders
 from store import refunds as refund_book
 from store.models import Location, Order, utcnow_iso
 from store.orders import checkout_input_of
+from store.outbox import appended_events
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +206,16 @@ class OrdersService:
         if location is None:
             await session.rollback()
             raise ApiProblem(422, UNKNOWN_LOCATION, f"location {body.location_id!r} does not exist")
+        sold_out = await self._sold_out_at_the_edge(body.location_id, lines)
+        if sold_out:
+            # A flash sale's loser: the Redis counter that the order's first step would ask
+            # says no, so the answer is given here, with no workflow (docs/inventory.md).
+            view = replace(
+                view,
+                status=OrderStatus.FAILED,
+                failure_reason=FailureReason.OUT_OF_STOCK,
+                timeline=[*view.timeline, TimelineEntry(OrderStatus.FAILED, now)],
+            )
         inserted = await orders.insert_order_if_new(
             session,
             row={
@@ -206,10 +225,11 @@ class OrdersService:
                 "request_hash": digest,
                 "location_id": body.location_id,
                 "status": view.status,
-                "failure_reason": None,
+                "failure_reason": view.failure_reason,
                 "currency": currency,
                 "total_cents": view.amounts.total_cents,
-                "seq": 0,
+                # A final row: no workflow write can follow one that never started.
+                "seq": orders.FINAL_SEQ if sold_out else 0,
                 "view": asdict(view),
                 "created_at": now,
                 "updated_at": now,
@@ -217,6 +237,14 @@ class OrdersService:
                 "checkout_input": asdict(inp),
             },
         )
+        if inserted and sold_out:
+            # Its timeline and order events, in the same transaction, as a workflow's would be.
+            await orders.record_order(session, view=asdict(view), seq=orders.FINAL_SEQ)
+            await session.commit()
+            business_metrics.observe_status_changes(asdict(view), appended_events(session))
+            metrics.orders_created.inc()
+            metrics.checkout_latency.observe(time.perf_counter() - started)
+            return Placed(created=True, order=view)
         if inserted:
             await session.commit()
             metrics.orders_created.inc()
@@ -313,6 +341,20 @@ class OrdersService:
         if total + DELIVERY_FEE_CENTS > INT32_MAX:
             raise ApiProblem(422, VALIDATION_ERROR, "order total is too large")
         return currencies[0], priced
+
+    async def _sold_out_at_the_edge(self, location_id: str, lines: list[OrderLine]) -> bool:
+        """True when a hot line's Redis counter has fewer units than the line wants: the
+        answer the order's reservation would get from the same counter (``Claim.SOLD_OUT``).
+        Unknown (no counter loaded, Redis unreachable) is False: the workflow decides."""
+        hot = [li for li in lines if li.hot]
+        if not hot:
+            return False
+        try:
+            left = await read_counters(self._state.redis, location_id, [li.sku for li in hot])
+        except (RedisError, OSError) as exc:
+            log.info("flash-sale counters unreadable, the workflow decides: %s", exc)
+            return False
+        return any(n is not None and n < li.quantity for li, n in zip(hot, left, strict=True))
 
     def _initial_view(
         self, body: CheckoutBody, currency: str, lines: list[OrderLine], now: str

@@ -233,6 +233,18 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+async def read_counters(
+    redis: aioredis.Redis, location_id: str, skus: list[str]
+) -> list[int | None]:
+    """The counters of ``skus`` at ``location_id`` (None where none is loaded), read only:
+    one pipelined round trip of GETs (the keys may live in different cluster slots)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for sku in skus:
+            pipe.get(counter_key(location_id, sku))
+        raw = await pipe.execute()
+    return [None if r is None else int(r) for r in raw]
+
+
 class HotStock:
     """The flash-sale scripts bound to one Redis client (redis-py ``register_script``:
     EVALSHA, reloading the script on NOSCRIPT)."""

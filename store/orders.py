@@ -17,6 +17,10 @@ from store.models import Order, OrderTimeline
 from store.outbox import append_status_change
 from store.sql import insert_ignore
 
+FINAL_SEQ = 2_000_000_000
+"""``orders.seq`` of a row no workflow will write again (the reconciler's fail, the API's
+sold-out answer): above any transition's ``seq``."""
+
 ORDERS: Table = Order.__table__  # type: ignore[attr-defined]
 TIMELINE: Table = OrderTimeline.__table__  # type: ignore[attr-defined]
 

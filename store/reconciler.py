@@ -20,7 +20,7 @@ from domain.reconcile import Done
 from domain.status import TERMINAL_STATUSES, OrderStatus, PaymentStatus
 from store import refunds as book
 from store.models import Courier, Order, OrderTimeline, Payment, Reconciliation, Refund
-from store.orders import checkout_input_of
+from store.orders import FINAL_SEQ, checkout_input_of
 from store.outbox import append_status_change
 from store.sql import insert_ignore
 from store.sweeper import iso_ago
@@ -32,7 +32,6 @@ PAY: Table = Payment.__table__  # type: ignore[attr-defined]
 C: Table = Courier.__table__  # type: ignore[attr-defined]
 REC: Table = Reconciliation.__table__  # type: ignore[attr-defined]
 
-FINAL_SEQ = 2_000_000_000
 """The ``seq`` a failed orphan's row is written at: above any a workflow reaches (one per
 transition), so a workflow a late retry started anyway cannot overwrite the outcome."""
 

@@ -30,10 +30,12 @@ import redis.asyncio as aioredis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from cli.checks import check_stock
+from domain.names import order_workflow_id
 from infra.hot_stock import HotStock, claims_key, counter_key
 from infra.redis import make_redis
 from store.db import make_engine, make_sessionmaker
@@ -55,6 +57,7 @@ pytestmark = pytest.mark.slow
 
 @dataclass
 class Workers:
+    client: Client
     engine: AsyncEngine
     redis: aioredis.Redis
     writes: StockWrites
@@ -74,7 +77,9 @@ async def flash_workers(client: Client, db_url: str, psp_db: Path) -> AsyncItera
     psp_http = httpx.AsyncClient(transport=httpx.ASGITransport(app=psp), base_url="http://psp")
     deps = Dependencies(engine=engine, http=psp_http, psp_url="http://psp", redis=redis)
     suffix = uuid.uuid4().hex[:8]
-    stack = Workers(engine, redis, StockWrites(engine), f"orders-{suffix}", f"dispatch-{suffix}")
+    stack = Workers(
+        client, engine, redis, StockWrites(engine), f"orders-{suffix}", f"dispatch-{suffix}"
+    )
     workers = build_workers(
         client, deps, roles={"orders": stack.orders_queue, "dispatch": stack.dispatch_queue}
     )
@@ -174,7 +179,9 @@ async def _flash_sale(http: httpx.AsyncClient, stack: Workers, sku: str, db_url:
 
     retried: list[int] = []
 
-    async def place(i: int) -> str:
+    bodies: dict[str, tuple[dict[str, object], str]] = {}
+
+    async def place(i: int) -> tuple[str, str]:
         body = {
             "customer_id": f"c-{i}-{uuid.uuid4().hex[:6]}",
             "location_id": "main",
@@ -191,11 +198,16 @@ async def _flash_sale(http: httpx.AsyncClient, stack: Workers, sku: str, db_url:
             retried.append(i)
             await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
         assert resp.status_code in (200, 202), resp.text
-        return str(resp.json()["order_id"])
+        bodies[str(resp.json()["order_id"])] = (body, f"k-{i}")
+        return str(resp.json()["order_id"]), str(resp.json()["status"])
 
     started = time.monotonic()
-    order_ids = await asyncio.gather(*(place(i) for i in range(orders)))
+    placed = await asyncio.gather(*(place(i) for i in range(orders)))
     accepted_s = time.monotonic() - started
+    order_ids = [o for o, _ in placed]
+    # Once the counter is at 0 the API answers a loser itself: 202 with the order already
+    # FAILED / OUT_OF_STOCK, and no workflow started for it.
+    at_the_edge = [o for o, status in placed if status == "FAILED"]
     assert len(set(order_ids)) == orders
     by = await _settle(
         stack.engine, order_ids, {"DISPATCHING", "FAILED/OUT_OF_STOCK"}, within=max(240, orders / 2)
@@ -208,6 +220,37 @@ async def _flash_sale(http: httpx.AsyncClient, stack: Workers, sku: str, db_url:
         assert (await _timeline(http, order_id))[:3] == ["PENDING", "RESERVED", "PAID"]
     for order_id in losers[:3]:
         assert "RESERVED" not in await _timeline(http, order_id)
+    assert set(at_the_edge) <= set(losers)
+    # Late customers, once the counter is at 0: every one is answered at the edge.
+    late = await asyncio.gather(*(place(orders + i) for i in range(5)))
+    assert [status for _, status in late] == ["FAILED"] * 5
+    at_the_edge += [o for o, _ in late]
+    late_ids = [o for o, _ in late]
+    late_by = await _statuses(stack.engine, late_ids)
+    assert {k: sorted(v) for k, v in late_by.items()} == {"FAILED/OUT_OF_STOCK": sorted(late_ids)}
+    for order_id, _ in late[:3]:
+        assert await _timeline(http, order_id) == ["PENDING", "FAILED"]
+        with pytest.raises(RPCError) as gone:
+            await stack.client.get_workflow_handle(order_workflow_id(order_id)).describe()
+        assert gone.value.status == RPCStatusCode.NOT_FOUND
+    edge = late[0][0]
+    body, key = bodies[edge]
+    again = await http.post("/v1/orders", json=body, headers={"Idempotency-Key": key})
+    assert (again.status_code, again.json()["order_id"], again.json()["status"]) == (
+        200,
+        edge,
+        "FAILED",
+    )
+    refused = await http.post(f"/v1/orders/{edge}/cancel", json={"reason": "too late"})
+    assert (refused.status_code, refused.json()["code"]) == (409, "not_cancellable"), refused.text
+    async with stack.engine.connect() as c:
+        events = (
+            await c.execute(
+                text("SELECT status FROM order_events WHERE order_id = :o ORDER BY seq"),
+                {"o": edge},
+            )
+        ).all()
+    assert [e[0] for e in events] == ["PENDING", "FAILED"]
     r = await http.get(f"/v1/inventory/{sku}", params={"location_id": "main"})
     assert (r.json()["available"], r.json()["reserved"], r.json()["sold"]) == (0, 0, UNITS)
     assert await HotStock(stack.redis).counter("main", sku) == 0
@@ -255,5 +298,6 @@ async def _flash_sale(http: httpx.AsyncClient, stack: Workers, sku: str, db_url:
         f"\nflash sale [{stack.engine.dialect.name}]: {orders} orders accepted in"
         f" {accepted_s:.1f}s, settled in {settled_s:.1f}s; {len(writes.committed)} stock/fence"
         f" writes committed ({len(writes.writes)} sent), all by the {UNITS} winners;"
-        f" losers: 0 writes, {loser_reads} fence reads; {len(retried)} HTTP 503s retried"
+        f" losers: 0 writes, {loser_reads} fence reads, {len(at_the_edge)} answered by the API"
+        f" with no workflow; {len(retried)} HTTP 503s retried"
     )
