@@ -157,6 +157,15 @@ MATRIX: dict[tuple[str, str], tuple[Call, dict[str, int]]] = {
         Call("/v1/couriers/{courier_a}"),
         row(401, 403, 403, 200, 403, 403, 200, 200),
     ),
+    # The Temporal UI's remote codec: operators only (payloads hold customers' addresses).
+    ("POST", "/codec/decode"): (
+        Call("/codec/decode", {"payloads": []}),
+        row(401, 403, 403, 403, 403, 403, 200, 200),
+    ),
+    ("POST", "/codec/encode"): (
+        Call("/codec/encode", {"payloads": []}),
+        row(401, 403, 403, 403, 403, 403, 200, 200),
+    ),
     ("POST", "/v1/payments/webhook"): (
         Call("/v1/payments/webhook", {"event_id": "e"}),
         everyone(400),  # the PSP's signature is the credential; none here
