@@ -1,17 +1,24 @@
-"""Orders per second to PAID, against a baseline of trivial workflows on the same Temporal.
+"""Orders per second to PAID, against a same-shape null baseline on the same Temporal.
 
-    .venv/bin/python -m bench.orders --orders 200 --concurrency 20
+    .venv/bin/python -m bench.orders --orders 120 --concurrency 20 --rounds 3
 
 Starts its own stack with ``tradeflow up`` (free ports, a throwaway data dir, no demo data, no
-courier simulator), or uses the one at ``--api`` / ``--temporal-address``. Each round runs:
+courier simulator), or uses the one at ``--api`` / ``--temporal-address``. First (unless
+``--no-history``) it delivers one order, playing a courier it seeds through the admin API and
+the courier events API, and counts the history events of the order workflow and its children
+against the null shape's. After the warm-up, ``--serial`` orders go one at a time, interleaved
+with as many null shapes one at a time (POST to PAID in the timeline vs start to close). Then
+each round runs:
 
-1. **baseline**: C starters start N workflows ``BenchNoop`` (one no-op activity) on the stack's
-   Temporal server, served by a worker process of its own (``python -m bench.orders
-   --serve-noop-worker``) with the settings of tradeflow's ``worker.py`` (sandboxed, 100
-   activity slots); each workflow counts when the server closes it;
+1. **baseline**: C starters start N workflows ``BenchNullOrder`` on the stack's Temporal
+   server: the null shape of the path to PAID, 5 sequential no-op activities with a child
+   workflow ``BenchNullPayment`` (one no-op activity) after the third. A worker process of
+   its own serves them on its own task queue (``python -m bench.orders --serve-noop-worker``)
+   with the settings of tradeflow's ``worker.py`` (sandboxed, 100 activity slots); each
+   workflow counts when the server closes it;
 2. **tradeflow**: ``tradeflow load`` places N orders through the API, C at a time; each order
-   counts when its timeline says ``PAID`` (price, reserve stock, payment child workflow that
-   authorizes at the PSP simulator, confirm stock; five activities, two workflows).
+   counts when its timeline says ``PAID`` (record, reserve stock, payment child workflow that
+   authorizes at the PSP simulator, confirm stock, record).
 
 Both are open loop (everything is submitted as fast as C submitters can, then the run waits for
 the last one), timed from the first submission to the server-side event, so the ratios compare
@@ -72,18 +79,44 @@ class NoopOutput:
     n: int
 
 
+NULL_PARENT_STEPS_BEFORE_CHILD = 3
+NULL_PARENT_STEPS_AFTER_CHILD = 2
+"""The null shape: as many activities as tradeflow's path to PAID runs in the order workflow
+(5: record, price, reserve before the payment; confirm, record after it), sequential, with the
+payment's child workflow (one activity, the PSP call) between them."""
+
+ACTIVITY_TIMEOUT = timedelta(seconds=30)
+
+
 @activity.defn(name="bench_noop")
 async def noop(inp: NoopInput) -> NoopOutput:
     return NoopOutput(inp.n)
 
 
-@workflow.defn(name="BenchNoop")
-class NoopWorkflow:
+@workflow.defn(name="BenchNullPayment")
+class NullPaymentWorkflow:
+    """The payment child of the null shape: one no-op activity."""
+
     @workflow.run
     async def run(self, inp: NoopInput) -> NoopOutput:
-        return await workflow.execute_activity(
-            noop, inp, start_to_close_timeout=timedelta(seconds=30)
+        return await workflow.execute_activity(noop, inp, start_to_close_timeout=ACTIVITY_TIMEOUT)
+
+
+@workflow.defn(name="BenchNullOrder")
+class NullOrderWorkflow:
+    """The null shape of the path to PAID: 5 sequential no-op activities with a child workflow
+    of one no-op activity after the third."""
+
+    @workflow.run
+    async def run(self, inp: NoopInput) -> NoopOutput:
+        for _ in range(NULL_PARENT_STEPS_BEFORE_CHILD):
+            await workflow.execute_activity(noop, inp, start_to_close_timeout=ACTIVITY_TIMEOUT)
+        await workflow.execute_child_workflow(
+            NullPaymentWorkflow.run, inp, id=f"{workflow.info().workflow_id}-payment"
         )
+        for _ in range(NULL_PARENT_STEPS_AFTER_CHILD):
+            await workflow.execute_activity(noop, inp, start_to_close_timeout=ACTIVITY_TIMEOUT)
+        return NoopOutput(inp.n)
 
 
 @dataclass
@@ -110,7 +143,7 @@ async def run_baseline(
     concurrency: int,
     report: Callable[[str], None],
 ) -> Figures:
-    """Start ``n`` BenchNoop workflows from ``concurrency`` starters; wait until all closed."""
+    """Start ``n`` null shapes (BenchNullOrder) from ``concurrency`` starters; wait until all closed."""
     from temporalio.client import Client, WorkflowHandle
 
     client = await Client.connect(address, namespace=namespace)
@@ -127,7 +160,10 @@ async def run_baseline(
             sent = time.time()
             t0 = time.perf_counter()
             handle = await client.start_workflow(
-                NoopWorkflow.run, NoopInput(i), id=f"bench-noop-{run}-{i}", task_queue=task_queue
+                NullOrderWorkflow.run,
+                NoopInput(i),
+                id=f"bench-null-{run}-{i}",
+                task_queue=task_queue,
             )
             submit_latencies.append(time.perf_counter() - t0)
             handles.append((sent, handle))
@@ -166,7 +202,7 @@ async def serve_noop_worker(address: str, namespace: str, task_queue: str) -> No
     worker = Worker(
         client,
         task_queue=task_queue,
-        workflows=[NoopWorkflow],
+        workflows=[NullOrderWorkflow, NullPaymentWorkflow],
         activities=[noop],
         max_concurrent_activities=100,
         graceful_shutdown_timeout=timedelta(seconds=10),
@@ -246,6 +282,171 @@ async def run_orders(
         complete=result.paid,
         n=n,
     )
+
+
+async def serial_latencies(
+    stack: Stack, task_queue: str, *, n: int, report: Callable[[str], None]
+) -> tuple[list[float], list[float]]:
+    """One at a time, ``n`` times each, interleaved (what loads the machine loads both): a null
+    shape from ``start_workflow`` to its close, and one order from ``POST /v1/orders`` to the
+    PAID entry of its timeline, nothing else in flight."""
+    from temporalio.client import Client
+
+    from cli.load import LoadConfig, run_load
+
+    client = await Client.connect(stack.temporal_address, namespace=stack.namespace)
+    run = uuid.uuid4().hex[:8]
+    null: list[float] = []
+    orders: list[float] = []
+    for i in range(n):
+        sent = time.time()
+        handle = await client.start_workflow(
+            NullOrderWorkflow.run,
+            NoopInput(i),
+            id=f"bench-null-serial-{run}-{i}",
+            task_queue=task_queue,
+        )
+        await handle.result()
+        desc = await handle.describe()
+        assert desc.close_time is not None
+        null.append(max(desc.close_time.timestamp() - sent, 0.0))
+        config = LoadConfig(
+            api_url=stack.api_url,
+            orders=1,
+            concurrency=1,
+            admin_token=stack.admin_token,
+            seed=i == 0,
+            couriers=0,
+            timeout_s=120,
+            poll_interval_s=0.05,
+        )
+        result = await run_load(config)
+        orders.extend(result.paid_latencies_s)
+    report(
+        f"serial: null shape p50 {median(null) * 1000:.0f} ms, "
+        f"order to PAID p50 {median(orders) * 1000:.0f} ms ({n} each)"
+    )
+    return null, orders
+
+
+async def history_counts(client: Any, workflow_id: str) -> dict[str, Any]:
+    """Events in ``workflow_id``'s history and in its child workflows' (recursively), and the
+    activities it scheduled by type."""
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    activities: dict[str, int] = {}
+    children: list[str] = []
+    for event in history.events:
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            name = event.activity_task_scheduled_event_attributes.activity_type.name
+            activities[name] = activities.get(name, 0) + 1
+        if event.HasField("start_child_workflow_execution_initiated_event_attributes"):
+            children.append(
+                event.start_child_workflow_execution_initiated_event_attributes.workflow_id
+            )
+    out: dict[str, Any] = {
+        "workflow_id": workflow_id,
+        "events": len(history.events),
+        "activities": activities,
+        "children": [await history_counts(client, c) for c in children],
+    }
+    out["total_events"] = out["events"] + sum(c["total_events"] for c in out["children"])
+    return out
+
+
+async def delivered_order_history(
+    stack: Stack, task_queue: str, *, report: Callable[[str], None], timeout_s: float = 120.0
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """History events of one delivered order (order workflow and its children: payment,
+    delivery) and of one null shape (workflow and child).
+
+    The bench stack has no couriers: this seeds one (``k-bench-<run>``) next to the store
+    through the admin API, places one order, and plays the courier through the courier events
+    API (accepted, picked_up, delivered), then takes the courier off duty again. Run before the
+    rounds, while no other order waits for a courier."""
+    import httpx
+    from temporalio.client import Client
+
+    from cli.load import MAIN_LAT, MAIN_LNG, LoadConfig, customer_auth, seed
+    from domain.names import order_workflow_id
+
+    run = uuid.uuid4().hex[:8]
+    courier = f"k-bench-{run}"
+    customer = f"bench-history-{run}"
+    admin = {"X-Admin-Token": stack.admin_token}
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
+        await seed(
+            http,
+            LoadConfig(
+                api_url=stack.api_url, orders=1, concurrency=1, admin_token=stack.admin_token
+            ),
+        )
+        spot = {"lat": MAIN_LAT, "lng": MAIN_LNG}
+        r = await http.put(
+            f"/v1/admin/couriers/{courier}", json={**spot, "available": True}, headers=admin
+        )
+        r.raise_for_status()
+        r = await http.post(f"/v1/admin/couriers/{courier}/tokens", headers=admin)
+        r.raise_for_status()
+        courier_auth = {"Authorization": f"Bearer {r.json()['token']}"}
+        body = {
+            "customer_id": customer,
+            "location_id": "main",
+            "items": [{"sku": "BENCH-1", "quantity": 1}],
+            "delivery": {"address": "1 Bench St", **spot},
+            "payment": {"token": "tok_ok"},
+        }
+        r = await http.post(
+            "/v1/orders",
+            json=body,
+            headers={"Idempotency-Key": customer, **customer_auth(customer)},
+        )
+        r.raise_for_status()
+        order_id = r.json()["order_id"]
+
+        async def until(done: Callable[[dict[str, Any]], bool], what: str) -> None:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                r = await http.get(f"/v1/orders/{order_id}", headers=customer_auth(customer))
+                if r.status_code == 200 and done(r.json()):
+                    return
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"order {order_id}: no {what} in {timeout_s:.0f}s: {r.text}")
+                await asyncio.sleep(0.2)
+
+        await until(lambda o: (o.get("delivery") or {}).get("offered_to") == courier, "offer")
+        steps = (
+            ("accepted", lambda o: o["delivery"]["status"] == "ASSIGNED"),
+            ("picked_up", lambda o: o["delivery"]["status"] == "PICKED_UP"),
+            ("delivered", lambda o: o["status"] == "DELIVERED"),
+        )
+        for event, done in steps:
+            r = await http.post(
+                f"/v1/deliveries/{order_id}/events",
+                json={"courier_id": courier, "type": event},
+                headers=courier_auth,
+            )
+            if r.status_code != 202:
+                raise SystemExit(f"courier event {event}: HTTP {r.status_code} {r.text[:300]}")
+            await until(done, event)
+        await http.put(
+            f"/v1/admin/couriers/{courier}", json={**spot, "available": False}, headers=admin
+        )
+    client = await Client.connect(stack.temporal_address, namespace=stack.namespace)
+    # The workflows' last tasks after DELIVERED (read model, notification) land in a moment.
+    await asyncio.sleep(2)
+    order = await history_counts(client, order_workflow_id(order_id))
+    null_id = f"bench-null-history-{run}"
+    await client.execute_workflow(
+        NullOrderWorkflow.run, NoopInput(0), id=null_id, task_queue=task_queue
+    )
+    null = await history_counts(client, null_id)
+    report(
+        f"history: delivered order {order_id} {order['total_events']} events "
+        f"(order {order['events']}, children "
+        + ", ".join(f"{c['workflow_id']} {c['events']}" for c in order["children"])
+        + f"; activities {order['activities']}); null shape {null['total_events']} events"
+    )
+    return null, order
 
 
 # -- the stack ------------------------------------------------------------------------------
@@ -444,6 +645,7 @@ def figures_lines(baselines: list[Figures], orders: list[Figures]) -> list[dict[
         pairs += [
             ("cpu_ms", "order_cpu_ms", "cpu_ms", cpu_ms),
             ("temporal_cpu_ms", "order_temporal_cpu_ms", "cpu_ms", lambda f: cpu_ms(f, "temporal")),
+            ("worker_cpu_ms", "order_worker_cpu_ms", "cpu_ms", lambda f: cpu_ms(f, "worker")),
         ]
     out: list[dict[str, Any]] = []
     for base_name, name, unit, get in pairs:
@@ -454,7 +656,7 @@ def figures_lines(baselines: list[Figures], orders: list[Figures]) -> list[dict[
         ratios = [get(o) / get(b) for b, o in zip(baselines, orders, strict=True) if get(b)]
         out.append(
             {
-                "name": f"baseline_noop_workflow_{base_name}",
+                "name": f"baseline_null_shape_{base_name}",
                 "value": round(base, 2),
                 "unit": {"per_s": "workflows/s", "cpu_ms": "CPU ms/workflow"}.get(unit, unit),
                 "ratio_to_baseline": 1.0,
@@ -471,6 +673,52 @@ def figures_lines(baselines: list[Figures], orders: list[Figures]) -> list[dict[
     return out
 
 
+def _line(name: str, value: float, unit: str, ratio: float | None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "value": round(value, 2),
+        "unit": unit,
+        "ratio_to_baseline": None if ratio is None else round(ratio, 3),
+    }
+
+
+def serial_lines(null: list[float], orders: list[float]) -> list[dict[str, Any]]:
+    """One order alone, POST to PAID, against the null shape's serial end-to-end (p50, p95)."""
+    from cli.load import percentile
+
+    out = []
+    for p in (50, 95):
+        base = percentile(null, p) * 1000
+        value = percentile(orders, p) * 1000
+        out.append(_line(f"baseline_null_shape_serial_p{p}_ms", base, "ms", 1.0))
+        out.append(_line(f"order_alone_to_paid_p{p}_ms", value, "ms", value / base))
+    return out
+
+
+def history_lines(null: dict[str, Any], order: dict[str, Any]) -> list[dict[str, Any]]:
+    """History events of a delivered order (with its child workflows) against the null
+    shape's (which stops at its PAID: it has no delivery)."""
+    base = null["total_events"]
+    out = [
+        _line("baseline_null_shape_history_events", base, "events/workflow", 1.0),
+        _line(
+            "delivered_order_history_events",
+            order["total_events"],
+            "events/order",
+            order["total_events"] / base,
+        ),
+        _line("delivered_order_workflow_history_events", order["events"], "events", None),
+    ]
+    for child in order["children"]:
+        kind = child["workflow_id"].split("-", 1)[0]
+        out.append(
+            _line(f"delivered_order_{kind}_child_history_events", child["events"], "events", None)
+        )
+    for name, count in sorted(order["activities"].items()):
+        out.append(_line(f"delivered_order_activity_{name}", count, "scheduled", None))
+    return out
+
+
 async def measure(
     stack: Stack,
     task_queue: str,
@@ -480,8 +728,9 @@ async def measure(
     concurrency: int,
     rounds: int,
     warmup: int,
+    serial: int = 0,
     report: Callable[[str], None],
-) -> tuple[list[Figures], list[Figures]]:
+) -> tuple[list[Figures], list[Figures], tuple[list[float], list[float]]]:
     # The processes each side keeps busy: Temporal serves both; the baseline's worker is ours.
     server = {k: v for k, v in stack.pids.items() if k == "temporal"}
     sides = {
@@ -515,6 +764,12 @@ async def measure(
         report(f"warm-up: {warmup} workflows and {warmup} orders (not counted)")
         await phase("baseline", warmup)
         await phase("tradeflow", warmup)
+    serial_figures: tuple[list[float], list[float]] = ([], [])
+    if serial:
+        await quiesce(report)
+        report(f"serial: {serial} null shapes and {serial} orders, one at a time, interleaved")
+        serial_figures = await serial_latencies(stack, task_queue, n=serial, report=report)
+        await quiesce(report)
     baselines: list[Figures] = []
     orders: list[Figures] = []
     for r in range(1, rounds + 1):
@@ -536,7 +791,7 @@ async def measure(
             )
             + f"; {load_average()}"
         )
-    return baselines, orders
+    return baselines, orders, serial_figures
 
 
 def cpu_ms(f: Figures, only: str | None = None) -> float:
@@ -562,6 +817,14 @@ def main(argv: list[str] | None = None) -> int:
         "--temporal-address", help="with --api [TEMPORAL_ADDRESS, else 127.0.0.1:7233]"
     )
     parser.add_argument("--namespace", default=os.environ.get("TEMPORAL_NAMESPACE", "default"))
+    parser.add_argument(
+        "--serial", type=int, default=15, help="orders (and null shapes) one at a time [15]"
+    )
+    parser.add_argument(
+        "--no-history",
+        action="store_true",
+        help="skip the delivered order's history count (it seeds a courier)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the started stack's data dir")
     parser.add_argument("--serve-noop-worker", metavar="TASK_QUEUE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -580,21 +843,34 @@ def main(argv: list[str] | None = None) -> int:
         f"bench.orders: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, {load_average()}"
     )
 
+    extra: list[dict[str, Any]] = []
+
+    async def both(stack: Stack, task_queue: str, worker_pid: int) -> Any:
+        if not args.no_history:
+            null, order = await delivered_order_history(stack, task_queue, report=report)
+            extra.extend(history_lines(null, order))
+        baselines, orders, (null_serial, order_serial) = await measure(
+            stack,
+            task_queue,
+            worker_pid,
+            n=args.orders,
+            concurrency=args.concurrency,
+            rounds=args.rounds,
+            warmup=args.warmup,
+            serial=args.serial,
+            report=report,
+        )
+        if null_serial and order_serial:
+            extra.extend(serial_lines(null_serial, order_serial))
+        return baselines, orders
+
     def go(stack: Stack) -> tuple[list[Figures], list[Figures]]:
-        task_queue = f"bench-noop-{uuid.uuid4().hex[:8]}"
+        task_queue = f"bench-null-{uuid.uuid4().hex[:8]}"
         with noop_worker(stack.temporal_address, stack.namespace, task_queue) as worker_pid:
-            return asyncio.run(
-                measure(
-                    stack,
-                    task_queue,
-                    worker_pid,
-                    n=args.orders,
-                    concurrency=args.concurrency,
-                    rounds=args.rounds,
-                    warmup=args.warmup,
-                    report=report,
-                )
+            result: tuple[list[Figures], list[Figures]] = asyncio.run(
+                both(stack, task_queue, worker_pid)
             )
+            return result
 
     if args.api:
         from cli.load import default_admin_token
@@ -620,7 +896,7 @@ def main(argv: list[str] | None = None) -> int:
             names = sorted(runs[0].cpu_s or {})
             split = ", ".join(f"{k} {median([cpu_ms(f, k) for f in runs]):.1f}" for k in names)
             report(f"CPU ms {side}: {split}")
-    for line in figures_lines(baselines, orders):
+    for line in figures_lines(baselines, orders) + extra:
         print(json.dumps(line), flush=True)
     incomplete = [f for f in orders if f.complete < f.n]
     if incomplete:
