@@ -21,6 +21,12 @@ unpaid. Reading each order with ``GET /v1/orders/{id}`` would query its workflow
 N pollers would load the worker being measured. Timeline times are the server's clock: run
 this on the machine that runs the stack, or one with a synchronised clock.
 
+``--report DIR`` writes ``DIR/load.json`` (the summary, and for every status the orders
+reached: count, latency percentiles from sending the order, and both over time in buckets) and
+``DIR/throughput.png`` / ``DIR/latency.png`` (matplotlib) with those series. ``ACCEPTED`` is the
+202 answer; the other statuses are the timeline entries up to ``PAID`` (or the terminal status
+an order ended in before it). A live progress bar (rich) goes to stderr.
+
 ``--seed`` first creates the SKU (``BENCH-1``) with enough stock at ``main`` and ``--couriers``
 couriers ``k-load-<n>`` next to the store (default: as many as the concurrency; the courier
 simulator plays ``k-*``), through the admin API.
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import math
@@ -37,7 +44,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -48,6 +55,8 @@ import httpx
 HELP = "place N orders through the API at concurrency C; report orders/s and latencies"
 
 PAID = "PAID"
+ACCEPTED = "ACCEPTED"
+"""Not an order status: the 202 answer to ``POST /v1/orders``, in the report's series."""
 TERMINAL = frozenset({"DELIVERED", "CANCELLED", "FAILED", "NEEDS_ATTENTION"})
 MAIN_LAT, MAIN_LNG = 31.2304, 121.4737
 PAGE = 200
@@ -98,6 +107,14 @@ class LoadResult:
     """First request sent -> last PAID."""
     checkout_latencies_s: list[float] = field(default_factory=list, repr=False)
     paid_latencies_s: list[float] = field(default_factory=list, repr=False)
+    started_at: float = 0.0
+    """Unix time the first request was sent."""
+    reached: dict[str, list[tuple[float, float]]] = field(default_factory=dict, repr=False)
+    """Status -> (Unix time the order reached it, seconds since the order was sent), for
+    ``ACCEPTED`` (the 202) and each timeline status up to PAID or the end."""
+
+    def reach(self, status: str, at: float, latency_s: float) -> None:
+        self.reached.setdefault(status, []).append((at, latency_s))
 
     @property
     def accepted_per_s(self) -> float:
@@ -168,8 +185,12 @@ class LoadRun:
         http: httpx.AsyncClient,
         report: Callable[[str], None] | None = None,
         progress_every_s: float = 1.0,
+        on_progress: Callable[[LoadResult, int], None] | None = None,
     ) -> None:
         self.config = config
+        self._on_progress = on_progress
+        """Called with the result so far and the orders still waiting, a few times a second
+        (the live progress bar)."""
         self._http = http
         self._staff = {"X-Admin-Token": config.admin_token} if config.admin_token else {}
         """The poller lists every customer's orders: an operator's view when auth is on."""
@@ -187,8 +208,11 @@ class LoadRun:
         if c.seed:
             await seed(self._http, c)
         self._started = time.time()
+        self.result.started_at = self._started
         poller = asyncio.create_task(self._watch())
-        progress = asyncio.create_task(self._progress()) if self._report else None
+        progress = (
+            asyncio.create_task(self._progress()) if self._report or self._on_progress else None
+        )
         try:
             await asyncio.gather(*(self._submitter() for _ in range(c.concurrency)))
             self.result.submit_s = time.time() - self._started
@@ -201,6 +225,8 @@ class LoadRun:
         r = self.result
         r.unfinished = len(self._unpaid)
         r.paid_s = max(self._last_paid_at - self._started, 0.0)
+        if self._on_progress:
+            self._on_progress(r, r.unfinished)
         if self._report:
             self._report(self._line())
         return r
@@ -236,7 +262,9 @@ class LoadRun:
             else:
                 status = r.status_code
             if status in (200, 202):
-                self.result.checkout_latencies_s.append(time.perf_counter() - t0)
+                latency = time.perf_counter() - t0
+                self.result.checkout_latencies_s.append(latency)
+                self.result.reach(ACCEPTED, time.time(), time.time() - sent_at)
                 order = r.json()
                 self.result.accepted += 1
                 self._unpaid[order["order_id"]] = _Sent(sent_at, order["created_at"])
@@ -301,14 +329,29 @@ class LoadRun:
             self.result.failed[reason] = self.result.failed.get(reason, 0) + 1
         else:
             return
+        seen: set[str] = set()
+        for entry in order["timeline"]:
+            status = entry["status"]
+            if status in seen:
+                continue
+            seen.add(status)
+            at = parse_time(entry["at"])
+            self.result.reach(status, at, max(at - sent.sent_at, 0.0))
+            if status == PAID:
+                break
         del self._unpaid[order["order_id"]]
 
     # -- progress -------------------------------------------------------------------------
 
     async def _progress(self) -> None:
+        every = min(self._progress_every_s, 0.25) if self._on_progress else self._progress_every_s
+        last_line = time.monotonic()
         while True:
-            await asyncio.sleep(self._progress_every_s)
-            if self._report:
+            await asyncio.sleep(every)
+            if self._on_progress:
+                self._on_progress(self.result, len(self._unpaid))
+            if self._report and time.monotonic() - last_line >= self._progress_every_s - 0.01:
+                last_line = time.monotonic()
                 self._report(self._line())
 
     def _line(self) -> str:
@@ -377,8 +420,10 @@ async def run_load(
     config: LoadConfig,
     report: Callable[[str], None] | None = None,
     progress_every_s: float = 1.0,
+    on_progress: Callable[[LoadResult, int], None] | None = None,
 ) -> LoadResult:
-    """Run one load against ``config.api_url``; ``report`` gets the progress lines."""
+    """Run one load against ``config.api_url``; ``report`` gets the progress lines,
+    ``on_progress`` the result so far and the orders waiting, a few times a second."""
     limits = httpx.Limits(
         max_connections=config.concurrency + 4, max_keepalive_connections=config.concurrency + 4
     )
@@ -390,7 +435,7 @@ async def run_load(
             raise LoadError(f"the API does not answer at {config.api_url}: {exc!r}") from exc
         if ready.status_code != 200:
             raise LoadError(f"the API at {config.api_url} is not ready: {ready.text[:300]}")
-        return await LoadRun(config, http, report, progress_every_s).run()
+        return await LoadRun(config, http, report, progress_every_s, on_progress).run()
 
 
 # -- the command --------------------------------------------------------------------------
@@ -440,6 +485,49 @@ def _positive(text: str) -> int:
     return value
 
 
+@contextlib.contextmanager
+def progress_bar(config: LoadConfig) -> Iterator[Callable[[LoadResult, int], None]]:
+    """A live progress bar on stderr (rich): orders accepted and orders PAID out of N."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    progress = Progress(
+        TextColumn("{task.description:>8}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[extra]}"),
+        console=Console(stderr=True),
+        transient=False,
+    )
+    accepted = progress.add_task("accepted", total=config.orders, rate="", extra="")
+    paid = progress.add_task("PAID", total=config.orders, rate="", extra="")
+    started = time.time()
+
+    def update(result: LoadResult, waiting: int) -> None:
+        elapsed = max(time.time() - started, 1e-9)
+        ended = sum(result.failed.values()) + sum(result.rejected.values())
+        progress.update(
+            accepted, completed=result.accepted, rate=f"{result.accepted / elapsed:.1f}/s"
+        )
+        progress.update(
+            paid,
+            completed=result.paid,
+            rate=f"{result.paid / elapsed:.1f}/s",
+            extra=f"waiting {waiting}" + (f", ended/rejected {ended}" if ended else ""),
+        )
+
+    with progress:
+        yield update
+
+
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "load",
@@ -477,6 +565,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="after the last order is accepted, how long to wait for PAID [300]",
     )
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write DIR/load.json and PNG plots of throughput and latency over time",
+    )
+    p.add_argument(
+        "--no-progress", action="store_true", help="progress as plain lines, no progress bar"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -501,12 +599,28 @@ def run(args: argparse.Namespace) -> int:
         f"concurrency {config.concurrency}, against {config.api_url} (run {config.run_id})"
     )
     try:
-        result = asyncio.run(run_load(config, report))
+        if args.no_progress:
+            result = asyncio.run(run_load(config, report))
+        else:
+            with progress_bar(config) as on_progress:
+                # The bar is the live view; the plain line comes once, at the end.
+                result = asyncio.run(
+                    run_load(config, report, progress_every_s=math.inf, on_progress=on_progress)
+                )
     except LoadError as exc:
         report(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
         return 130
+    if args.report is not None:
+        from cli.load_report import write_report
+
+        try:
+            paths = write_report(result, config, args.report)
+        except (RuntimeError, OSError) as exc:
+            report(f"error: the report was not written: {exc}")
+            return 2
+        report("report: " + ", ".join(str(p) for p in paths))
     summary = result.summary()
     if args.json:
         print(json.dumps(summary), flush=True)

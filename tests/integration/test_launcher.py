@@ -375,3 +375,62 @@ def test_load_generator_places_orders_that_all_reach_paid(running_stack: Running
     with httpx.Client(base_url=running_stack.api_url, timeout=5) as http:
         stock = http.get("/v1/inventory/LOAD-SMOKE", params={"location_id": "main"}).json()
     assert stock["reserved"] + stock["sold"] == 12
+
+
+def test_load_report_writes_json_and_png_plots_per_status(
+    running_stack: RunningStack, tmp_path: Path
+) -> None:
+    """`tradeflow load --report DIR`: load.json with every status the orders reached (counts,
+    latency percentiles, series over time) and the two plots as real PNG files."""
+    out = tmp_path / "report"
+    done = subprocess.run(
+        [
+            *tradeflow_command(),
+            "load",
+            "--api",
+            running_stack.api_url,
+            "--admin-token",
+            running_stack.admin_token,
+            "--seed",
+            "--couriers",
+            "0",
+            "--sku",
+            "LOAD-REPORT",
+            "--orders",
+            "6",
+            "--concurrency",
+            "3",
+            "--timeout-s",
+            "60",
+            "--json",
+            "--report",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{running_stack.transcript()}"
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["paid"] == 6, summary
+    assert "PAID" in done.stderr and "6/6" in done.stderr, "the progress bar goes to stderr"
+    report = json.loads((out / "load.json").read_text())
+    assert report["summary"] == summary
+    assert report["orders"] == 6 and report["bucket_s"] >= 1
+    statuses = report["statuses"]
+    names = list(statuses)
+    assert names[0] == "ACCEPTED" and names[-1] == "PAID", names
+    for status in ("ACCEPTED", "PAID"):
+        data = statuses[status]
+        assert data["count"] == 6, (status, data)
+        assert 0 < data["p50_ms"] <= data["p95_ms"] <= data["p99_ms"]
+        assert sum(b["count"] for b in data["series"]) == 6
+        times = [b["t_s"] for b in data["series"]]
+        assert times == sorted(times) and times[0] == 0
+    # PAID comes after the 202, for the same orders.
+    assert statuses["PAID"]["p50_ms"] > statuses["ACCEPTED"]["p50_ms"]
+    for name in report["plots"]:
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, name
+    assert {"throughput.png", "latency.png"} <= set(report["plots"])
