@@ -64,6 +64,10 @@ from temporalio import activity, workflow
 
 READY_LINE = re.compile(r"^tradeflow ready: api=(http://\S+) ui=(http://\S+)$")
 READY_TIMEOUT_S = 180.0
+QUIET_WAIT_S = 120.0
+"""How long a phase waits for a quiet machine before it measures anyway (``--quiet-wait-s``)."""
+_quiet_wait_s = [QUIET_WAIT_S]
+"""This run's value of it (set by ``main``)."""
 
 
 # -- the baseline workflow ----------------------------------------------------------------
@@ -577,13 +581,13 @@ async def quiesce(
     *,
     busy_below: float = 0.25,
     quiet_s: int = 3,
-    max_wait_s: float = 120.0,
+    max_wait_s: float | None = None,
 ) -> None:
     """Wait until the machine has been nearly idle for ``quiet_s`` seconds in a row.
 
     Each phase must start on a quiet machine: orders keep the worker busy for a few seconds
     after their PAID (dispatch starts), and that tail must not land in the next baseline."""
-    deadline = time.monotonic() + max_wait_s
+    deadline = time.monotonic() + (_quiet_wait_s[0] if max_wait_s is None else max_wait_s)
     quiet = 0
     busy: float | None = None
     while quiet < quiet_s:
@@ -825,6 +829,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the delivered order's history count (it seeds a courier)",
     )
+    parser.add_argument(
+        "--quiet-wait-s",
+        type=float,
+        default=QUIET_WAIT_S,
+        help=f"longest wait for a quiet machine before each phase [{QUIET_WAIT_S:.0f}]",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the started stack's data dir")
     parser.add_argument("--serve-noop-worker", metavar="TASK_QUEUE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -839,6 +849,7 @@ def main(argv: list[str] | None = None) -> int:
     def report(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    _quiet_wait_s[0] = args.quiet_wait_s
     report(
         f"bench.orders: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, {load_average()}"
     )
