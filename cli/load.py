@@ -514,8 +514,9 @@ def progress_bar(config: LoadConfig) -> Iterator[Callable[[LoadResult, int], Non
     def update(result: LoadResult, waiting: int) -> None:
         elapsed = max(time.time() - started, 1e-9)
         ended = sum(result.failed.values()) + sum(result.rejected.values())
+        submit_s = result.submit_s or elapsed  # set once the last order is answered
         progress.update(
-            accepted, completed=result.accepted, rate=f"{result.accepted / elapsed:.1f}/s"
+            accepted, completed=result.accepted, rate=f"{result.accepted / submit_s:.1f}/s"
         )
         progress.update(
             paid,
