@@ -354,7 +354,10 @@ class OrdersService:
         except (RedisError, OSError) as exc:
             log.info("flash-sale counters unreadable, the workflow decides: %s", exc)
             return False
-        return any(n is not None and n < li.quantity for li, n in zip(hot, left, strict=True))
+        short = [li for li, n in zip(hot, left, strict=True) if n is not None and n < li.quantity]
+        for _ in short:
+            business_metrics.flash_sale_claims.labels("sold_out").inc()
+        return bool(short)
 
     def _initial_view(
         self, body: CheckoutBody, currency: str, lines: list[OrderLine], now: str

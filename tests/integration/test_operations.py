@@ -88,6 +88,13 @@ def value(samples: dict, name: str, **labels: str) -> float:  # type: ignore[typ
     return float(samples[key])
 
 
+def either(worker: dict, api: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
+    """A series that the worker or the API (or both) may serve: the sum of what they serve."""
+    key = (name, tuple(sorted(labels.items())))
+    assert key in worker or key in api, f"no series {name}{labels} on the worker or the API"
+    return float(worker.get(key, 0.0)) + float(api.get(key, 0.0))
+
+
 def names_of(samples: dict) -> set[str]:  # type: ignore[type-arg]
     return {name for name, _ in samples}
 
@@ -103,8 +110,9 @@ def orders(stack: tuple[RunningStack, dict[str, str]]) -> dict[str, str]:
             "delivered-2": place(http, [{"sku": "SKU-3", "quantity": 1}]),
             "hot": place(http, [{"sku": "SKU-6", "quantity": 1}]),
             "sold-out": place(http, [{"sku": "SKU-6", "quantity": 50}]),
+            # SKU-3 (not hot, 50 stocked) runs out in the database after SKU-2 is reserved.
             "partial": place(
-                http, [{"sku": "SKU-2", "quantity": 1}, {"sku": "SKU-6", "quantity": 60}]
+                http, [{"sku": "SKU-2", "quantity": 1}, {"sku": "SKU-3", "quantity": 5000}]
             ),
         }
         for key in ("delivered-1", "delivered-2", "hot"):
@@ -130,7 +138,12 @@ def test_worker_and_api_serve_every_series(
     assert value(w, "tradeflow_order_status_total", status="DELIVERED") >= 3
     assert value(w, "tradeflow_order_status_total", status="PAID") >= 3
     assert value(w, "tradeflow_order_status_total", status="NEEDS_ATTENTION") >= 0
-    assert value(w, "tradeflow_order_failures_total", status="FAILED", reason="OUT_OF_STOCK") >= 2
+    a = scrape(f"{running.api_url}/metrics")
+    # Sell-outs of a hot SKU are answered by the API from the Redis counter (no workflow),
+    # the others by the order's reservation on the worker: the two here, together.
+    assert (
+        either(w, a, "tradeflow_order_failures_total", status="FAILED", reason="OUT_OF_STOCK") >= 2
+    )
     assert value(w, "tradeflow_checkout_to_paid_seconds_count") >= 3
     assert value(w, "tradeflow_checkout_to_delivered_seconds_count") >= 3
     assert value(w, "tradeflow_checkout_to_delivered_seconds_sum") > 0
@@ -143,7 +156,7 @@ def test_worker_and_api_serve_every_series(
     value(w, "tradeflow_rate_limit_refusals_total", limiter="ratelimit:psp")
     # Flash sale and dispatch.
     assert value(w, "tradeflow_flash_sale_claims_total", result="claimed") >= 1
-    assert value(w, "tradeflow_flash_sale_claims_total", result="sold_out") >= 2
+    assert either(w, a, "tradeflow_flash_sale_claims_total", result="sold_out") >= 1
     assert value(w, "tradeflow_dispatch_offers_total") >= 3
     assert value(w, "tradeflow_dispatch_time_to_assign_seconds_count") >= 3
     value(w, "tradeflow_events_outbox_backlog")
@@ -157,7 +170,6 @@ def test_worker_and_api_serve_every_series(
     ):
         assert any(n.startswith(wanted) for n in sdk), f"{wanted} not in {sorted(sdk)[:40]}"
 
-    a = scrape(f"{running.api_url}/metrics")
     assert value(a, "tradeflow_dispatch_responses_total", answer="accepted") >= 3
     value(a, "tradeflow_dispatch_responses_total", answer="declined")
     value(a, "tradeflow_rate_limit_refusals_total", limiter="ratelimit:checkout")
