@@ -239,7 +239,7 @@ class OrdersService:
         )
         if inserted and sold_out:
             # Its timeline and order events, in the same transaction, as a workflow's would be.
-            await orders.record_order(session, view=asdict(view), seq=orders.FINAL_SEQ)
+            await orders.append_timeline(session, asdict(view))
             await session.commit()
             business_metrics.observe_status_changes(asdict(view), appended_events(session))
             metrics.orders_created.inc()
@@ -355,8 +355,7 @@ class OrdersService:
             log.info("flash-sale counters unreadable, the workflow decides: %s", exc)
             return False
         short = [li for li, n in zip(hot, left, strict=True) if n is not None and n < li.quantity]
-        for _ in short:
-            business_metrics.flash_sale_claims.labels("sold_out").inc()
+        business_metrics.flash_sale_claims.labels("sold_out").inc(len(short))
         return bool(short)
 
     def _initial_view(

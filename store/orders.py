@@ -134,6 +134,14 @@ async def record_order(
                 )
             )
             written = ins.first() is not None
+    await append_timeline(s, view, outbox=outbox)
+    return written
+
+
+async def append_timeline(s: AsyncSession, view: dict[str, Any], *, outbox: bool = True) -> None:
+    """The timeline rows of ``view`` not written yet, each new one also to the event outbox
+    (``store.outbox``), in the caller's transaction."""
+    order_id = view["order_id"]
     for i, entry in enumerate(view["timeline"]):
         new = await s.execute(
             insert_ignore(
@@ -142,4 +150,3 @@ async def record_order(
         )
         if outbox and new.first() is not None:
             await append_status_change(s, view, i)
-    return written

@@ -20,8 +20,7 @@ from domain.reconcile import Done
 from domain.status import TERMINAL_STATUSES, OrderStatus, PaymentStatus
 from store import refunds as book
 from store.models import Courier, Order, OrderTimeline, Payment, Reconciliation, Refund
-from store.orders import FINAL_SEQ, checkout_input_of
-from store.outbox import append_status_change
+from store.orders import FINAL_SEQ, append_timeline, checkout_input_of
 from store.sql import insert_ignore
 from store.sweeper import iso_ago
 
@@ -135,14 +134,7 @@ async def fail_pending_order(
     )
     if moved.first() is None:
         return False
-    for i, entry in enumerate(timeline):
-        new = await s.execute(
-            insert_ignore(
-                s, T, dict(order_id=order_id, seq=i, status=entry["status"], at=entry["at"])
-            )
-        )
-        if new.first() is not None:  # the order event stream hears of it, as of any change
-            await append_status_change(s, view, i)
+    await append_timeline(s, view)
     return True
 
 
