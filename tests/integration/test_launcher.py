@@ -28,6 +28,7 @@ import pytest
 
 from domain.names import SEARCH_ATTRIBUTE_TYPES
 from infra.settings import Settings
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -36,12 +37,6 @@ READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
 READY_LINE = re.compile(r"^tradeflow ready: api=(http://\S+) ui=(http://\S+)$")
 CONFIG_VARIABLES = set(Settings.variables().values())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def alive(pid: int) -> bool:
@@ -159,9 +154,10 @@ def launched(env: dict[str, str]) -> Iterator[RunningStack]:
             )
             pytest.fail(f"`tradeflow up` {reason}:\n" + "\n".join(output) + "\n" + logs)
         ready_match = next(m for m in map(READY_LINE.match, output) if m)
-        # The admin token and webhook secret lines follow the ready line.
+        # The rest of the banner (tokens, secret, auth, codec, ...) follows the ready line and
+        # ends with the "stop:" line; tests read any of it, so wait for all of it.
         deadline = time.monotonic() + 10
-        while not any("webhook secret:" in line for line in output):
+        while not any(line.strip().startswith("stop:") for line in output):
             assert time.monotonic() < deadline, "\n".join(output)
             time.sleep(0.05)
         text = "\n".join(output)

@@ -35,6 +35,7 @@ from store.db import make_engine, make_sessionmaker
 from store.orders import record_order
 from store.outbox import EVENTS, event_payload, unpublished_count
 from tests.conftest import REDIS_URL
+from tests.support.ports import free_port
 
 RABBIT_URL = os.environ.get("TRADEFLOW_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,12 +181,6 @@ async def read_rabbit_queue(queue_name: str, exchange: str) -> list[dict[str, An
     finally:
         await conn.close()
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def bulk_events(sessions: Any, orders: int, per_order: int) -> dict[str, int]:
