@@ -53,7 +53,18 @@ AdminDep = Depends(admin)
 
 
 def idempotency_key(
-    key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            # Documented, not enforced by FastAPI (that would answer 422; the contract says 400).
+            json_schema_extra={
+                "minLength": 1,
+                "maxLength": MAX_IDEMPOTENCY_KEY,
+                "pattern": r"\S",
+            },
+        ),
+    ] = None,
 ) -> str:
     # A 400 (not FastAPI's 422): the contract calls a missing key a bad request.
     if key is None or not key.strip():

@@ -15,6 +15,7 @@ happened:
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from http import HTTPStatus
 from typing import Any
@@ -39,6 +40,7 @@ PROBLEM_JSON = "application/problem+json"
 VALIDATION_ERROR = "validation_error"
 NOT_FOUND = "not_found"
 METHOD_NOT_ALLOWED = "method_not_allowed"
+_HTTP_METHODS = {"GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE"}
 UNAUTHORIZED = "unauthorized"
 FORBIDDEN = "forbidden"
 CONFLICT = "conflict"
@@ -139,7 +141,31 @@ async def _on_validation_error(_request: Request, exc: Exception) -> JSONRespons
     ).response()
 
 
-async def _on_http_exception(_request: Request, exc: Exception) -> JSONResponse:
+def _allow_table(app: Any) -> list[tuple[re.Pattern[str], list[str]]]:
+    table: list[tuple[re.Pattern[str], list[str]]] | None = getattr(app.state, "allow_table", None)
+    if table is None:
+        table = []
+        for template, operations in app.openapi().get("paths", {}).items():
+            regex = re.compile(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)))
+            methods = {m.upper() for m in operations if m.upper() in _HTTP_METHODS}
+            if "GET" in methods:
+                methods.add("HEAD")  # Starlette answers HEAD wherever it answers GET
+            table.append((regex, sorted(methods)))
+        app.state.allow_table = table
+    return table
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the API documents at this request's path. Starlette's 405 lists only the
+    methods of the first route that matched the path (one route per method here), but
+    ``Allow`` must list all of them (RFC 9110 §15.5.6)."""
+    for regex, methods in _allow_table(request.app):
+        if regex.fullmatch(request.url.path):
+            return methods
+    return []
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
     if status >= 500:
@@ -147,8 +173,10 @@ async def _on_http_exception(_request: Request, exc: Exception) -> JSONResponse:
         # other than "unavailable".
         status = 503
     code = _CODE_BY_STATUS.get(status, "http_error")
-    headers = dict(exc.headers) if exc.headers else None
-    return ApiProblem(status, code, str(exc.detail), headers=headers).response()
+    headers = dict(exc.headers) if exc.headers else {}
+    if status == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
+    return ApiProblem(status, code, str(exc.detail), headers=headers or None).response()
 
 
 async def _on_database_error(_request: Request, exc: Exception) -> JSONResponse:

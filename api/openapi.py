@@ -53,6 +53,14 @@ def _fix_operation(op: dict[str, Any]) -> None:
     for param in op.get("parameters", []):
         if param.get("in") == "header" and param.get("name", "").lower() in _CHECKED_HEADERS:
             param["required"] = True
+            # Declared `str | None` so the handler can answer a missing one itself; the
+            # document says what a client must send: a string, never null.
+            schema = param.setdefault("schema", {})
+            branches = [b for b in schema.pop("anyOf", []) if b.get("type") != "null"]
+            if len(branches) == 1:
+                schema.update(branches[0])
+            elif branches:
+                schema["anyOf"] = branches
             responses.setdefault("400", {"description": f"Missing or bad {param['name']}"})
     if "requestBody" in op:
         responses.setdefault("400", {"description": "The body is not readable JSON"})

@@ -10,7 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+)
 
 from domain.messages import OrderView
 from domain.status import CourierEventType
@@ -31,8 +40,30 @@ CustomerId = Annotated[str, StringConstraints(min_length=1, max_length=128, patt
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_NO_CONTROL)]
 Text = Annotated[str, StringConstraints(max_length=1000, pattern=r"^[^\x00]*$")]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
-Lat = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
-Lng = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
+Lat = Annotated[float, Strict(), Field(ge=-90, le=90, allow_inf_nan=False)]
+Lng = Annotated[float, Strict(), Field(ge=-180, le=180, allow_inf_nan=False)]
+"""JSON numbers only: ``false`` or ``"31.2"`` is a 422, not a coordinate."""
+
+
+def _integral(value: object) -> object:
+    """JSON Schema's ``integer`` includes ``1.0`` (a number with a zero fraction), so that is
+    accepted as 1; ``1.5``, ``true`` and ``"1"`` stay refused by the strict check after this."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+_AS_INTEGER = BeforeValidator(_integral)
+# Integers as JSON Schema means them (``3`` or ``3.0``; never a bool, a string or ``3.5``),
+# within bounds. The bounds sit on the strict integer, inside the coercion, so the OpenAPI
+# document states them as ``minimum``/``maximum``.
+PriceCents = Annotated[StrictInt, Field(ge=0, le=MAX_PRICE_CENTS), _AS_INTEGER]
+StockUnits = Annotated[StrictInt, Field(ge=0, le=MAX_STOCK), _AS_INTEGER]
+Quantity = Annotated[StrictInt, Field(ge=1, le=MAX_QUANTITY), _AS_INTEGER]
+AmountCents = Annotated[StrictInt, Field(gt=0, le=INT32_MAX), _AS_INTEGER]
+"""A refund's amount: positive, within the 32-bit money columns."""
+EventAmountCents = Annotated[StrictInt, Field(ge=0, le=INT32_MAX), _AS_INTEGER]
+"""An amount the PSP reports (0 allowed)."""
 
 
 # --------------------------------------------------------------------------------- problems
@@ -66,7 +97,7 @@ class ProductPage(BaseModel):
 
 class ProductIn(BaseModel):
     name: Name
-    price_cents: Annotated[StrictInt, Field(ge=0, le=MAX_PRICE_CENTS)]
+    price_cents: PriceCents
     currency: Currency
     hot: StrictBool | None = None
     """Omitted on an update: the product keeps its current flag (False for a new product)."""
@@ -82,7 +113,7 @@ class StockOut(BaseModel):
 
 class StockIn(BaseModel):
     location_id: Id = "main"
-    available: Annotated[StrictInt, Field(ge=0, le=MAX_STOCK)]
+    available: StockUnits
 
 
 class LocationIn(BaseModel):
@@ -124,7 +155,7 @@ class CourierList(BaseModel):
 
 class OrderItemIn(BaseModel):
     sku: Id
-    quantity: Annotated[StrictInt, Field(ge=1, le=MAX_QUANTITY)]
+    quantity: Quantity
 
 
 class DeliveryIn(BaseModel):

@@ -17,11 +17,11 @@ is accepted and ignored (one ring for the namespace tradeflow runs in).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Request
 from google.protobuf import json_format
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.api.common.v1 import Payload, Payloads
@@ -39,14 +39,24 @@ CORS_HEADERS = ["content-type", "x-namespace", "authorization", "x-admin-token"]
 router = APIRouter(prefix=PREFIX, tags=["codec"])
 
 
+_BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+Base64 = Annotated[str, StringConstraints(pattern=_BASE64)]
+
+
 class CodecPayload(BaseModel):
-    metadata: dict[str, str] = Field(
+    """A ``temporal.api.common.v1.Payload`` in protobuf's JSON form (what the UI sends)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metadata: dict[str, Base64] = Field(
         default_factory=dict, description="metadata values, base64 (protobuf JSON form)"
     )
-    data: str = Field(default="", description="the payload's bytes, base64")
+    data: Base64 = Field(default="", description="the payload's bytes, base64")
 
 
 class CodecPayloads(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     payloads: list[CodecPayload] = Field(default_factory=list, max_length=MAX_PAYLOADS)
 
 

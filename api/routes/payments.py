@@ -29,11 +29,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 from prometheus_client import Counter
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.deps import StateDep
 from api.errors import TEMPORAL_UNAVAILABLE, VALIDATION_ERROR, ApiProblem, unavailable
-from api.schemas import INT32_MAX, Problem
+from api.schemas import EventAmountCents, Problem
 from api.state import AppState
 from api.temporal_calls import NOT_CONNECTED, TemporalCalls, WorkflowNotRunning
 from domain.messages import PaymentOutcome
@@ -68,11 +68,11 @@ class PspEvent(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     event_id: str = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
-    type: str = Field(min_length=1, max_length=64)
+    type: str = Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")
     """``payment_intent.succeeded`` or ``payment_intent.failed``; others are acknowledged."""
-    payment_id: str = Field(min_length=1, max_length=64)
+    payment_id: str = Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")
     order_id: str = Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")
-    amount_cents: StrictInt = Field(ge=0, le=INT32_MAX)
+    amount_cents: EventAmountCents
 
 
 class WebhookReceived(BaseModel):
@@ -204,6 +204,14 @@ async def _signal(state: AppState, event: PspEvent) -> tuple[str, str | None]:
         "acknowledged and ignored). 503 `temporal_unavailable` when the event could not be "
         "handed over; the PSP's retry delivers it."
     ),
+    openapi_extra={
+        # The handler reads the raw bytes (the signature covers them), so FastAPI cannot infer
+        # the body: document it.
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": PspEvent.model_json_schema()}},
+        }
+    },
     responses={
         400: {"model": Problem, "description": "invalid_signature or validation_error"},
         413: {"model": Problem, "description": f"Body over {MAX_BODY_BYTES} bytes"},

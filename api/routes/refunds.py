@@ -18,14 +18,14 @@ from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.auth import OrderReaderDep, StaffDep
 from api.deps import IdempotencyKeyDep, SessionDep, StateDep
 from api.errors import NOT_FOUND, VALIDATION_ERROR, ApiProblem
 from api.routes.orders import OrderIdPath
-from api.schemas import INT32_MAX, MAX_ORDER_LINES, MAX_QUANTITY, Id, Problem, Text
+from api.schemas import MAX_ORDER_LINES, AmountCents, Id, Problem, Quantity, Text
 from api.state import AppState
 from api.temporal_calls import TemporalCalls
 from domain.messages import RefundInput, RefundView, RestockLine, refund_summary
@@ -55,7 +55,7 @@ RefundIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^\x0
 
 class RestockLineIn(BaseModel):
     sku: Id
-    quantity: Annotated[StrictInt, Field(ge=1, le=MAX_QUANTITY)]
+    quantity: Quantity
 
 
 class RefundBody(BaseModel):
@@ -71,7 +71,7 @@ class RefundBody(BaseModel):
         }
     )
 
-    amount_cents: Annotated[StrictInt, Field(gt=0, le=INT32_MAX)]
+    amount_cents: AmountCents
     reason: Text
     restock: Annotated[list[RestockLineIn], Field(max_length=MAX_ORDER_LINES)] | None = None
     """Units to put back on sale at the order's location once the money is back; each SKU

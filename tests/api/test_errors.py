@@ -21,6 +21,52 @@ async def test_wrong_method_is_a_405_problem(api: Api) -> None:
     assert "GET" in r.headers.get("allow", "")
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        # Each method of these paths is its own route: Starlette's own 405 named only one.
+        ("OPTIONS", "/v1/orders/o-1/refunds", "GET, HEAD, POST"),
+        ("PUT", "/v1/admin/couriers/k-1/tokens", "DELETE, POST"),
+        ("DELETE", "/v1/orders", "GET, HEAD, POST"),
+    ],
+)
+async def test_a_405_allows_every_method_of_the_path(
+    api: Api, method: str, path: str, allow: str
+) -> None:
+    r = await api.http.request(method, path, headers=api.admin)
+    assert_problem(r, 405, "method_not_allowed")
+    assert r.headers["allow"] == allow
+
+
+@pytest.mark.parametrize(
+    ("price", "accepted"),
+    [(1299, True), (1299.0, True), (1299.5, False), (True, False), ("1299", False)],
+)
+async def test_integers_are_json_schema_integers(api: Api, price: Any, accepted: bool) -> None:
+    """``1299.0`` is an integer to JSON Schema (the OpenAPI says ``integer``); a fraction, a
+    bool or a string is not, and pydantic's lax coercion must not turn them into one."""
+    r = await api.http.put(
+        f"/v1/admin/products/{unique('sku')}",
+        json={"name": "x", "price_cents": price, "currency": "USD"},
+        headers=api.admin,
+    )
+    if accepted:
+        assert r.status_code == 200, r.text
+        assert r.json()["price_cents"] == 1299
+    else:
+        assert_problem(r, 422, "validation_error")
+
+
+@pytest.mark.parametrize("lng", [False, "121.47", None])
+async def test_a_coordinate_is_a_json_number(api: Api, lng: Any) -> None:
+    r = await api.http.put(
+        "/v1/admin/locations/main",
+        json={"name": "Main", "lat": 31.23, "lng": lng},
+        headers=api.admin,
+    )
+    assert_problem(r, 422, "validation_error")
+
+
 async def test_malformed_json_is_a_422_validation_error(api: Api) -> None:
     r = await api.http.post(
         "/v1/orders",
