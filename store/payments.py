@@ -82,6 +82,31 @@ async def set_status(
     return result.first() is not None
 
 
+async def note_webhook_outcome(
+    s: AsyncSession, *, order_id: str, payment_id: str, succeeded: bool, amount_cents: int
+) -> bool:
+    """A signed PSP event settled the customer's action: the row says so at once (AUTHORIZED
+    with the amount, or DECLINED) instead of REQUIRES_ACTION until the capture or void.
+
+    Only a row still waiting moves (PENDING, when the webhook overtook the authorize call's
+    answer, or REQUIRES_ACTION), and only for this intent (or a row that has none yet); a row
+    the workflow already moved on (captured, voided, ...) is left as it is. True if it moved."""
+    c = PAYMENTS.c
+    status = _S.AUTHORIZED if succeeded else _S.DECLINED
+    values: dict[str, Any] = {"authorized_cents": amount_cents} if succeeded else {}
+    result = await s.execute(
+        update(PAYMENTS)
+        .where(
+            c.order_id == order_id,
+            c.status.in_([_S.PENDING.value, _S.REQUIRES_ACTION.value]),
+            (c.payment_id == payment_id) | c.payment_id.is_(None),
+        )
+        .values(status=status.value, payment_id=payment_id, updated_at=utcnow_iso(), **values)
+        .returning(c.order_id)
+    )
+    return result.first() is not None
+
+
 PaymentAudit = tuple[str, str, int, int, int, int, int, str | None]
 """(order_id, status, amount_cents, authorized_cents, captured_cents, refunded_cents,
 refund_committed_cents, the order's status or None when it has no order row)."""

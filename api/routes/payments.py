@@ -40,6 +40,7 @@ from domain.messages import PaymentOutcome
 from domain.names import SIGNAL_PAYMENT_OUTCOME, payment_workflow_id
 from domain.status import PspEventType
 from psp.signing import DEFAULT_TOLERANCE_S, SIGNATURE_HEADER, verify
+from store import payments as payment_book
 from store import webhooks
 from store.webhooks import IGNORED, RECEIVED, SIGNALLED
 
@@ -169,6 +170,18 @@ async def _finish(state: AppState, event_id: str, outcome: str, detail: str | No
         await webhooks.finish(session, event_id=event_id, outcome=outcome, detail=detail)
 
 
+async def _note_outcome(state: AppState, event: PspEvent) -> None:
+    """The payment row follows the PSP's word now; the workflow acts on the signal."""
+    async with state.sessionmaker() as session, session.begin():
+        await payment_book.note_webhook_outcome(
+            session,
+            order_id=event.order_id,
+            payment_id=event.payment_id,
+            succeeded=event.type == PspEventType.SUCCEEDED,
+            amount_cents=event.amount_cents,
+        )
+
+
 async def _signal(state: AppState, event: PspEvent) -> tuple[str, str | None]:
     """Hand the event to the payment workflow: (``signalled`` | ``ignored``, why ignored)."""
     outcome = PaymentOutcome(
@@ -247,6 +260,7 @@ async def receive_psp_webhook(
     if state.temporal.client is None:
         raise unavailable(TEMPORAL_UNAVAILABLE, NOT_CONNECTED)
 
+    await _note_outcome(state, event)
     outcome, why = await _signal(state, event)
     await _finish(state, event.event_id, outcome, why)
     WEBHOOKS.labels(outcome if earlier is None else "duplicate").inc()

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 from temporalio import activity
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
@@ -40,6 +41,7 @@ from domain.messages import (
 from domain.names import ACT_AUTHORIZE_PAYMENT, UPDATE_CANCEL, payment_workflow_id
 from domain.status import PaymentStatus
 from psp.signing import sign
+from store.models import Payment
 from tests.api.conftest import ApiFactory
 from tests.api.helpers import Api, assert_problem, unique
 from tests.support import wait_for_view
@@ -389,6 +391,18 @@ async def test_concurrent_deliveries_take_effect_once_on_postgres(
 # ------------------------------------------------------------------- the whole path
 
 
+async def payment_row(stack: Any, order_id: str) -> tuple[str, int, int]:
+    """(status, authorized_cents, captured_cents) of the order's ``payments`` row."""
+    p = Payment.__table__.c  # type: ignore[attr-defined]
+    async with stack.engine.connect() as c:
+        row = (
+            await c.execute(
+                select(p.status, p.authorized_cents, p.captured_cents).where(p.order_id == order_id)
+            )
+        ).one()
+    return (row[0], row[1], row[2])
+
+
 @pytest.fixture
 async def world(
     dev_env: WorkflowEnvironment, sqlite_url: str, tmp_path: Path
@@ -420,6 +434,9 @@ async def test_a_card_needing_action_is_paid_by_the_psps_webhook_and_delivered(
     assert statuses[:4] == ["PENDING", "RESERVED", "AWAITING_PAYMENT", "PAID"], statuses
     assert [r.status_code for r in world.sender.responses] == [200]
     assert world.sender.responses[0].json() == {"received": True, "duplicate": False}
+    # The payment row says what the PSP said at once, long before the capture at pick-up.
+    total = 2 * PRICE + FEE
+    assert await payment_row(stack, inp.order_id) == ("AUTHORIZED", total, 0)
 
     # Out of order: a contrary word for the same intent after the first final one changes
     # nothing (the payment has moved on; the event is acknowledged and ignored).
@@ -428,8 +445,8 @@ async def test_a_card_needing_action_is_paid_by_the_psps_webhook_and_delivered(
     assert late.status_code == 200
 
     final = await deliver_to_the_door(stack, handle, inp.order_id)
-    total = 2 * PRICE + FEE
     assert (final.status, final.amounts.captured_cents) == ("DELIVERED", total)
+    assert await payment_row(stack, inp.order_id) == ("CAPTURED", total, total)
     assert await stack.ledger(inp.order_id) == [("authorize", total), ("capture", total)]
     assert sorted(await world.outcomes(inp.order_id)) == ["ignored", "signalled"]
 
@@ -443,6 +460,7 @@ async def test_a_failed_customer_action_fails_the_order_and_returns_the_stock(
 
     assert (final.status, final.failure_reason) == ("FAILED", "PAYMENT_DECLINED")
     assert "AWAITING_PAYMENT" in [t.status for t in final.timeline]
+    assert await payment_row(stack, inp.order_id) == ("DECLINED", 0, 0)
     assert await stack.stock("SKU-1") == (10, 0, 0)
     assert await stack.ledger(inp.order_id) == []  # the card never held money
     assert await world.outcomes(inp.order_id) == ["signalled"]
