@@ -1,20 +1,11 @@
-"""refunds: the refunds table and the refund cap on payments
-
-Revision ID: 0004
-Revises: 0003
-Create Date: 2026-11-27 12:00:00
-"""
-
-from collections.abc import Sequence
+"""refunds: the refunds table and the refund cap on payments"""
 
 import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision: str = "0004"
-down_revision: str | None = "0003"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0004"
+down_revision = "0003"
 
 
 def upgrade() -> None:

@@ -1,20 +1,11 @@
-"""reconciler: the order's checkout input, and the reconciler's record of what it did
-
-Revision ID: 0005
-Revises: 0004
-Create Date: 2026-12-01 21:00:00
-"""
-
-from collections.abc import Sequence
+"""reconciler: the order's checkout input, and the reconciler's record of what it did"""
 
 import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision: str = "0005"
-down_revision: str | None = "0004"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0005"
+down_revision = "0004"
 
 
 def upgrade() -> None:

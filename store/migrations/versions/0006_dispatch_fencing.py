@@ -1,20 +1,11 @@
-"""dispatch fencing: lease token counters, the highest token per zone, the token on offers
-
-Revision ID: 0006
-Revises: 0005
-Create Date: 2026-12-01 21:00:00
-"""
-
-from collections.abc import Sequence
+"""dispatch fencing: lease token counters, the highest token per zone, the token on offers"""
 
 import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision: str = "0006"
-down_revision: str | None = "0005"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0006"
+down_revision = "0005"
 
 
 def upgrade() -> None:

@@ -1,20 +1,11 @@
-"""courier tokens: per-courier API credentials, stored as SHA-256 hashes
-
-Revision ID: 0007
-Revises: 0006
-Create Date: 2026-12-01 21:00:00
-"""
-
-from collections.abc import Sequence
+"""courier tokens: per-courier API credentials, stored as SHA-256 hashes"""
 
 import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision: str = "0007"
-down_revision: str | None = "0006"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0007"
+down_revision = "0006"
 
 
 def upgrade() -> None:

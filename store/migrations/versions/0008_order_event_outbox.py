@@ -1,20 +1,11 @@
-"""order event outbox: one row per status change, written with the read model, relayed to a broker
-
-Revision ID: 0008
-Revises: 0007
-Create Date: 2026-12-02 04:02:30.255714
-"""
-
-from collections.abc import Sequence
+"""order event outbox: one row per status change, written with the read model, relayed to a broker"""
 
 import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision: str = "0008"
-down_revision: str | None = "0007"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0008"
+down_revision = "0007"
 
 
 def upgrade() -> None:
