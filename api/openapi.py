@@ -10,7 +10,7 @@ adds what is true of every route.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -34,6 +34,17 @@ _UNAVAILABLE = {
     "`internal_unavailable`; retry after `Retry-After`",
     "headers": _RETRY_AFTER,
 }
+
+
+def problems(descriptions: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
+    """A route's (or a router's) ``responses=`` for its error statuses: each answers a
+    ``Problem``, described by what it means there (``install_problem_openapi`` gives them the
+    problem media type)."""
+    return {status: {"model": Problem, "description": d} for status, d in descriptions.items()}
+
+
+ADMIN_PROBLEMS = problems({401: "No X-Admin-Token header", 403: "Wrong admin token"})
+"""What every admin router (``dependencies=[AdminDep]``) answers without the right token."""
 
 
 def _problem_content() -> dict[str, Any]:

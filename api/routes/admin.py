@@ -17,6 +17,7 @@ from api.auth import new_courier_token
 from api.catalogue import product_dict
 from api.deps import AdminDep, SessionDep, StateDep
 from api.errors import NOT_FOUND, ApiProblem
+from api.openapi import ADMIN_PROBLEMS, problems
 from api.routes.products import SkuPath
 from api.schemas import (
     CourierIn,
@@ -25,7 +26,6 @@ from api.schemas import (
     CourierTokensRevoked,
     LocationIn,
     LocationOut,
-    Problem,
     ProductIn,
     ProductOut,
     StockIn,
@@ -42,13 +42,7 @@ log = logging.getLogger(__name__)
 IdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 router = APIRouter(
-    prefix="/v1/admin",
-    tags=["admin"],
-    dependencies=[AdminDep],
-    responses={
-        401: {"model": Problem, "description": "No X-Admin-Token header"},
-        403: {"model": Problem, "description": "Wrong admin token"},
-    },
+    prefix="/v1/admin", tags=["admin"], dependencies=[AdminDep], responses=ADMIN_PROBLEMS
 )
 
 
@@ -76,7 +70,7 @@ async def put_product(
 @router.put(
     "/inventory/{sku}",
     response_model=StockOut,
-    responses={404: {"model": Problem, "description": "Unknown product or location"}},
+    responses=problems({404: "Unknown product or location"}),
     summary="Set the sellable quantity (reserved and sold are untouched)",
 )
 async def put_inventory(
@@ -155,7 +149,7 @@ async def put_courier(
     "/couriers/{courier_id}/tokens",
     status_code=201,
     response_model=CourierTokenOut,
-    responses={404: {"model": Problem, "description": "No such courier"}},
+    responses=problems({404: "No such courier"}),
     summary="Issue a courier token (shown once; only its hash is stored)",
     description=(
         "The courier app sends it as `Authorization: Bearer <token>`: it may post delivery "

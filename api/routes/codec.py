@@ -17,7 +17,7 @@ is accepted and ignored (one ring for the namespace tradeflow runs in).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Request
 from google.protobuf import json_format
@@ -28,7 +28,7 @@ from temporalio.api.common.v1 import Payload, Payloads
 
 from api.auth import OperatorDep
 from api.errors import VALIDATION_ERROR, ApiProblem
-from api.schemas import Problem
+from api.openapi import problems
 from infra.codec import CodecKeyError, EncryptionCodec, codec_for
 from infra.settings import Settings
 
@@ -36,7 +36,17 @@ PREFIX = "/codec"
 MAX_PAYLOADS = 1000
 CORS_HEADERS = ["content-type", "x-namespace", "authorization", "x-admin-token"]
 
-router = APIRouter(prefix=PREFIX, tags=["codec"])
+router = APIRouter(
+    prefix=PREFIX,
+    tags=["codec"],
+    responses=problems(
+        {
+            401: "No credentials (authentication on)",
+            403: "Not an operator",
+            422: "Not payloads, or encrypted with an unknown key",
+        }
+    ),
+)
 
 
 _BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
@@ -60,13 +70,6 @@ class CodecPayloads(BaseModel):
     payloads: list[CodecPayload] = Field(default_factory=list, max_length=MAX_PAYLOADS)
 
 
-_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": Problem, "description": "No credentials (authentication on)"},
-    403: {"model": Problem, "description": "Not an operator"},
-    422: {"model": Problem, "description": "Not payloads, or encrypted with an unknown key"},
-}
-
-
 def _codec(request: Request) -> EncryptionCodec:
     settings: Settings = request.app.state.codec_settings
     return codec_for(settings.resolved_codec_key_file)
@@ -86,8 +89,6 @@ def _apply(body: CodecPayloads, fn: Callable[[Payload], Payload]) -> CodecPayloa
 
 @router.post(
     "/decode",
-    response_model=CodecPayloads,
-    responses=_RESPONSES,
     summary="Decrypt payloads (Temporal remote codec; payloads not encrypted pass through)",
 )
 async def decode(body: CodecPayloads, request: Request, _: OperatorDep) -> CodecPayloads:
@@ -96,8 +97,6 @@ async def decode(body: CodecPayloads, request: Request, _: OperatorDep) -> Codec
 
 @router.post(
     "/encode",
-    response_model=CodecPayloads,
-    responses=_RESPONSES,
     summary="Encrypt payloads with the current key (Temporal remote codec)",
 )
 async def encode(body: CodecPayloads, request: Request, _: OperatorDep) -> CodecPayloads:

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Query
 from api.auth import CourierViewerDep, OperatorDep
 from api.deps import SessionDep
 from api.errors import NOT_FOUND, ApiProblem
+from api.openapi import problems
 from api.pagination import MAX_LIMIT
 from api.routes.admin import IdPath
-from api.schemas import CourierList, CourierOut, Problem
+from api.schemas import CourierList, CourierOut
 from store import couriers
 from store.models import Courier
 
@@ -47,7 +48,7 @@ async def list_couriers(
 @router.get(
     "/{courier_id}",
     response_model=CourierOut,
-    responses={404: {"model": Problem, "description": "No such courier"}},
+    responses=problems({404: "No such courier"}),
     summary="One courier, with the order it is offered or assigned",
 )
 async def get_courier(

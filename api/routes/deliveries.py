@@ -6,9 +6,10 @@ from fastapi import APIRouter
 
 from api.auth import CallerDep
 from api.deps import SessionDep, StateDep
+from api.openapi import problems
 from api.orders_service import OrdersService
 from api.routes.orders import OrderIdPath
-from api.schemas import CourierEventAccepted, CourierEventIn, Problem
+from api.schemas import CourierEventAccepted, CourierEventIn
 
 router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"])
 
@@ -16,7 +17,6 @@ router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"])
 @router.post(
     "/{order_id}/events",
     status_code=202,
-    response_model=CourierEventAccepted,
     response_model_exclude_unset=True,
     summary="A courier's event for an order",
     description=(
@@ -24,10 +24,7 @@ router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"])
         "none, 409 `courier_mismatch` from another courier); `picked_up`/`delivered` move the "
         "order (409 `out_of_order`, 409 `courier_mismatch`)."
     ),
-    responses={
-        404: {"model": Problem, "description": "No such order"},
-        409: {"model": Problem, "description": "Event refused"},
-    },
+    responses=problems({404: "No such order", 409: "Event refused"}),
 )
 async def post_delivery_event(
     order_id: OrderIdPath,

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Query
 
 from api.deps import SessionDep
 from api.errors import NOT_FOUND, ApiProblem
+from api.openapi import problems
 from api.routes.products import SkuPath
-from api.schemas import Problem, StockOut
+from api.schemas import StockOut
 from store import inventory
 
 router = APIRouter(prefix="/v1/inventory", tags=["catalogue"])
@@ -17,8 +18,7 @@ router = APIRouter(prefix="/v1/inventory", tags=["catalogue"])
 
 @router.get(
     "/{sku}",
-    response_model=StockOut,
-    responses={404: {"model": Problem, "description": "No stock row for this SKU here"}},
+    responses=problems({404: "No stock row for this SKU here"}),
     summary="Available, reserved and sold units of a SKU at a location",
 )
 async def get_inventory(
@@ -30,10 +30,4 @@ async def get_inventory(
     await session.commit()
     if stock is None:
         raise ApiProblem(404, NOT_FOUND, f"no stock of {sku!r} at location {location_id!r}")
-    return StockOut(
-        sku=stock.sku,
-        location_id=stock.location_id,
-        available=stock.available,
-        reserved=stock.reserved,
-        sold=stock.sold,
-    )
+    return StockOut.model_validate(stock, from_attributes=True)

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Path, Query, Response
 
 from api.auth import CallerDep, OrderReaderDep
 from api.deps import IdempotencyKeyDep, SessionDep, StateDep
+from api.openapi import problems
 from api.orders_service import OrdersService
 from api.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from api.schemas import CancelBody, CheckoutBody, OrderPage, Problem
+from api.schemas import CancelBody, CheckoutBody, OrderPage
 from domain.messages import OrderView
 from domain.status import OrderStatus
 
@@ -19,14 +20,9 @@ router = APIRouter(prefix="/v1/orders", tags=["orders"])
 OrderIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
-def _problem(description: str) -> dict[str, object]:
-    return {"model": Problem, "description": description}
-
-
 @router.post(
     "",
     status_code=202,
-    response_model=OrderView,
     summary="Place an order",
     description=(
         "Needs an `Idempotency-Key` header (1-255 characters). The first request answers 202 "
@@ -38,13 +34,15 @@ def _problem(description: str) -> dict[str, object]:
     responses={
         200: {"model": OrderView, "description": "Repeat of an earlier request"},
         202: {"model": OrderView, "description": "Accepted; the workflow runs"},
-        400: _problem("Missing or bad Idempotency-Key"),
-        422: _problem(
-            "validation_error, unknown_sku, unknown_location, currency_mismatch, "
-            "idempotency_key_reused"
+        **problems(
+            {
+                400: "Missing or bad Idempotency-Key",
+                422: "validation_error, unknown_sku, unknown_location, currency_mismatch, "
+                "idempotency_key_reused",
+                429: "rate_limited (see Retry-After)",
+                503: "temporal_unavailable: the order is stored; retry with the same key",
+            }
         ),
-        429: _problem("rate_limited (see Retry-After)"),
-        503: _problem("temporal_unavailable: the order is stored; retry with the same key"),
     },
 )
 async def place_order(
@@ -62,7 +60,7 @@ async def place_order(
     return placed.order
 
 
-@router.get("", response_model=OrderPage, summary="List orders, newest first")
+@router.get("", summary="List orders, newest first")
 async def list_orders(
     caller: CallerDep,
     session: SessionDep,
@@ -83,9 +81,8 @@ async def list_orders(
 
 @router.get(
     "/{order_id}",
-    response_model=OrderView,
     summary="One order (reflects every transition that happened before the call)",
-    responses={404: _problem("No such order")},
+    responses=problems({404: "No such order"}),
 )
 async def get_order(
     order_id: OrderIdPath, reader: OrderReaderDep, session: SessionDep, state: StateDep
@@ -95,12 +92,12 @@ async def get_order(
 
 @router.post(
     "/{order_id}/cancel",
-    response_model=OrderView,
     summary="Cancel an order before pick-up",
     responses={
         200: {"description": "Cancel accepted (or already cancelled)"},
-        404: _problem("No such order"),
-        409: _problem("not_cancellable: picked up or at a terminal state"),
+        **problems(
+            {404: "No such order", 409: "not_cancellable: picked up or at a terminal state"}
+        ),
     },
 )
 async def cancel_order(

@@ -33,7 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.deps import StateDep
 from api.errors import TEMPORAL_UNAVAILABLE, VALIDATION_ERROR, ApiProblem, unavailable
-from api.schemas import EventAmountCents, Problem
+from api.openapi import problems
+from api.schemas import EventAmountCents
 from api.state import AppState
 from api.temporal_calls import NOT_CONNECTED, TemporalCalls, WorkflowNotRunning
 from domain.messages import PaymentOutcome
@@ -205,7 +206,6 @@ async def _signal(state: AppState, event: PspEvent) -> tuple[str, str | None]:
 
 @router.post(
     "/webhook",
-    response_model=WebhookReceived,
     summary="A signed event from the PSP",
     description=(
         f'`{SIGNATURE_HEADER}: t=<unix>,v1=<hex>`, the HMAC-SHA256 of `"<t>.<raw body>"` '
@@ -225,11 +225,13 @@ async def _signal(state: AppState, event: PspEvent) -> tuple[str, str | None]:
             "content": {"application/json": {"schema": PspEvent.model_json_schema()}},
         }
     },
-    responses={
-        400: {"model": Problem, "description": "invalid_signature or validation_error"},
-        413: {"model": Problem, "description": f"Body over {MAX_BODY_BYTES} bytes"},
-        503: {"model": Problem, "description": "temporal_unavailable: retry later"},
-    },
+    responses=problems(
+        {
+            400: "invalid_signature or validation_error",
+            413: f"Body over {MAX_BODY_BYTES} bytes",
+            503: "temporal_unavailable: retry later",
+        }
+    ),
 )
 async def receive_psp_webhook(
     request: Request,

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Path, Query
 from api.catalogue import product_dict
 from api.deps import SessionDep, StateDep
 from api.errors import NOT_FOUND, ApiProblem
+from api.openapi import problems
 from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
-from api.schemas import Problem, ProductOut, ProductPage
+from api.schemas import ProductOut, ProductPage
 from store import catalogue
 
 router = APIRouter(prefix="/v1/products", tags=["catalogue"])
@@ -35,7 +36,7 @@ async def list_products(
 @router.get(
     "/{sku}",
     response_model=ProductOut,
-    responses={404: {"model": Problem, "description": "No such SKU"}},
+    responses=problems({404: "No such SKU"}),
     summary="One product (cached; a price change shows at once)",
 )
 async def get_product(sku: SkuPath, state: StateDep) -> dict[str, Any]:

@@ -24,8 +24,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from api.auth import OrderReaderDep, StaffDep
 from api.deps import IdempotencyKeyDep, SessionDep, StateDep
 from api.errors import NOT_FOUND, VALIDATION_ERROR, ApiProblem
+from api.openapi import problems
 from api.routes.orders import OrderIdPath
-from api.schemas import MAX_ORDER_LINES, AmountCents, Id, Problem, Quantity, Text
+from api.schemas import MAX_ORDER_LINES, AmountCents, Id, Quantity, Text
 from api.state import AppState
 from api.temporal_calls import TemporalCalls
 from domain.messages import RefundInput, RefundView, RestockLine, refund_summary
@@ -256,14 +257,9 @@ class RefundsService:
 # --------------------------------------------------------------------------------- routes
 
 
-def _problem(description: str) -> dict[str, object]:
-    return {"model": Problem, "description": description}
-
-
 @router.post(
     "/{order_id}/refunds",
     status_code=202,
-    response_model=RefundView,
     summary="Refund an order, fully or partly (after capture)",
     description=(
         "Needs an `Idempotency-Key` header (1-255 characters), scoped to the order. The first "
@@ -277,11 +273,15 @@ def _problem(description: str) -> dict[str, object]:
     responses={
         200: {"model": RefundView, "description": "Repeat of an earlier request"},
         202: {"model": RefundView, "description": "Accepted; the refund workflow runs"},
-        400: _problem("Missing or bad Idempotency-Key"),
-        404: _problem("No such order"),
-        409: _problem("not_refundable: nothing captured yet"),
-        422: _problem("validation_error, refund_exceeds_captured, idempotency_key_reused"),
-        503: _problem("temporal_unavailable: the refund is stored; retry with the same key"),
+        **problems(
+            {
+                400: "Missing or bad Idempotency-Key",
+                404: "No such order",
+                409: "not_refundable: nothing captured yet",
+                422: "validation_error, refund_exceeds_captured, idempotency_key_reused",
+                503: "temporal_unavailable: the refund is stored; retry with the same key",
+            }
+        ),
     },
 )
 async def request_refund(
@@ -301,9 +301,8 @@ async def request_refund(
 
 @router.get(
     "/{order_id}/refunds",
-    response_model=RefundList,
     summary="Every refund of an order, oldest first",
-    responses={404: _problem("No such order")},
+    responses=problems({404: "No such order"}),
 )
 async def list_refunds(
     order_id: OrderIdPath, reader: OrderReaderDep, session: SessionDep, state: StateDep
@@ -313,9 +312,8 @@ async def list_refunds(
 
 @router.get(
     "/{order_id}/refunds/{refund_id}",
-    response_model=RefundView,
     summary="One refund",
-    responses={404: _problem("No such order or refund")},
+    responses=problems({404: "No such order or refund"}),
 )
 async def get_refund(
     order_id: OrderIdPath,

@@ -6,9 +6,10 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from api.deps import AdminDep, SessionDep, StateDep
+from api.openapi import ADMIN_PROBLEMS, problems
 from api.orders_service import OrdersService
 from api.routes.orders import OrderIdPath
-from api.schemas import Id, Problem, RepairedOrder
+from api.schemas import Id, RepairedOrder
 
 
 class RepairBody(BaseModel):
@@ -18,19 +19,12 @@ class RepairBody(BaseModel):
 
 
 router = APIRouter(
-    prefix="/v1/admin/orders",
-    tags=["admin"],
-    dependencies=[AdminDep],
-    responses={
-        401: {"model": Problem, "description": "No X-Admin-Token header"},
-        403: {"model": Problem, "description": "Wrong admin token"},
-    },
+    prefix="/v1/admin/orders", tags=["admin"], dependencies=[AdminDep], responses=ADMIN_PROBLEMS
 )
 
 
 @router.post(
     "/{order_id}/repair",
-    response_model=RepairedOrder,
     summary="Resume the compensations of an order in NEEDS_ATTENTION",
     description=(
         "Runs again every compensation that had failed for good (voiding the authorization, "
@@ -39,10 +33,7 @@ router = APIRouter(
         "otherwise it stays `NEEDS_ATTENTION` and `repair.remaining` names what is left. "
         "409 `not_repairable` when the order is not parked."
     ),
-    responses={
-        404: {"model": Problem, "description": "No such order"},
-        409: {"model": Problem, "description": "The order is not in NEEDS_ATTENTION"},
-    },
+    responses=problems({404: "No such order", 409: "The order is not in NEEDS_ATTENTION"}),
 )
 async def repair_order(
     order_id: OrderIdPath, body: RepairBody, session: SessionDep, state: StateDep
