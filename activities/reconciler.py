@@ -9,27 +9,16 @@ money and courier steps are the saga's own activities, keyed as the saga keys th
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
-from temporalio.client import (
-    Client,
-    Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
-    ScheduleIntervalSpec,
-    SchedulePolicy,
-    ScheduleSpec,
-    ScheduleUpdate,
-    ScheduleUpdateInput,
-    WorkflowExecutionStatus,
-)
-from temporalio.client import ScheduleOverlapPolicy as Overlap
+from temporalio.client import Client, Schedule, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
 
 from activities.payments import PaymentActivities
 from domain.messages import (
@@ -70,8 +59,11 @@ from domain.names import (
 )
 from domain.reconcile import WORKFLOW_CLOSED, WORKFLOW_MISSING
 from domain.status import FailureReason
+from infra.temporal import describe_or_none, ensure_schedule, interval_schedule
 from store import reconciler as queries
 from store.models import utcnow_iso
+
+Row = TypeVar("Row")
 
 #: PSP intent statuses under which money is held, or may yet be (a customer action pending).
 HOLDING_INTENT_STATUSES = frozenset({"requires_capture", "requires_action"})
@@ -105,11 +97,7 @@ class ReconcilerActivities:
         async with self._sessions() as s:
             rows = await queries.pending_orders(s, older_than_s=inp.grace_s, limit=inp.limit)
         items: list[OrphanedOrder] = []
-        for i, row in enumerate(rows):
-            activity.heartbeat(i)
-            state = await self._workflow_state(order_workflow_id(row.order_id))
-            if state is None:
-                continue  # running: its own saga decides
+        for row, state in await self._not_running(rows, lambda r: order_workflow_id(r.order_id)):
             stored = row.checkout_input
             lines = (
                 list(stored.lines)
@@ -137,23 +125,10 @@ class ReconcilerActivities:
             inp = await queries.pending_order_input(s, order_id=req.subject_id)
         if inp is None:
             return RestartResult(False, "no longer PENDING, or no stored input")
-        try:
-            await self._client.start_workflow(
-                ORDER_WORKFLOW,
-                inp,
-                id=order_workflow_id(inp.order_id),
-                task_queue=req.task_queue,
-                # FAIL, not the API's USE_EXISTING: a run that exists by now (a client's retry,
-                # or the API's own start landing late) is not reported as restarted by us. A
-                # retry racing this start joins whichever run won.
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                static_summary=checkout_summary(inp),
-            )
-        except WorkflowAlreadyStartedError:
-            return RestartResult(False, "its workflow was started meanwhile (or ran and closed)")
-        activity.logger.warning("restarted order %s (its workflow never started)", inp.order_id)
-        return RestartResult(True, "started with its stored input")
+        summary = checkout_summary(inp)
+        return await self._restart(
+            ORDER_WORKFLOW, inp, order_workflow_id(inp.order_id), summary, req
+        )
 
     @activity.defn(name=ACT_FAIL_ORPHANED_ORDER)
     async def fail_orphaned_order(self, req: FailOrphanedOrder) -> FailResult:
@@ -174,13 +149,9 @@ class ReconcilerActivities:
     async def find_orphaned_refunds(self, inp: ReconcileInput) -> OrphanedRefunds:
         async with self._sessions() as s:
             rows = await queries.pending_refunds(s, older_than_s=inp.grace_s, limit=inp.limit)
-        items: list[OrphanedRefund] = []
-        for i, row in enumerate(rows):
-            activity.heartbeat(i)
-            state = await self._workflow_state(refund_workflow_id(row.refund_id))
-            if state is None:
-                continue
-            items.append(
+        orphans = await self._not_running(rows, lambda r: refund_workflow_id(r.refund_id))
+        return OrphanedRefunds(
+            items=[
                 OrphanedRefund(
                     refund_id=row.refund_id,
                     order_id=row.order_id,
@@ -188,8 +159,9 @@ class ReconcilerActivities:
                     workflow=state,
                     restartable=row.location_id is not None and row.payment_id is not None,
                 )
-            )
-        return OrphanedRefunds(items=items)
+                for row, state in orphans
+            ]
+        )
 
     @activity.defn(name=ACT_RESTART_REFUND)
     async def restart_refund(self, req: RestartRequest) -> RestartResult:
@@ -209,20 +181,10 @@ class ReconcilerActivities:
             restock=[RestockLine(str(i["sku"]), int(i["quantity"])) for i in row.restock],
             notify_merchant=self._notify_merchant,
         )
-        try:
-            await self._client.start_workflow(
-                REFUND_WORKFLOW,
-                inp,
-                id=refund_workflow_id(inp.refund_id),
-                task_queue=req.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                static_summary=refund_summary(inp),
-            )
-        except WorkflowAlreadyStartedError:
-            return RestartResult(False, "its workflow was started meanwhile (or ran and closed)")
-        activity.logger.warning("restarted refund %s (its workflow never started)", inp.refund_id)
-        return RestartResult(True, "started with its stored amount and restock")
+        summary = refund_summary(inp)
+        return await self._restart(
+            REFUND_WORKFLOW, inp, refund_workflow_id(inp.refund_id), summary, req
+        )
 
     # ---------------------------------------------------------------- finished orders
 
@@ -265,29 +227,56 @@ class ReconcilerActivities:
 
     # ------------------------------------------------------------------------- helpers
 
+    async def _restart(
+        self, workflow: str, inp: object, workflow_id: str, summary: str, req: RestartRequest
+    ) -> RestartResult:
+        """Start the workflow of a PENDING row that has none, with the input stored with it
+        (an order's ``CheckoutInput``; a refund's amount and restock)."""
+        try:
+            await self._client.start_workflow(
+                workflow,
+                inp,
+                id=workflow_id,
+                task_queue=req.task_queue,
+                # FAIL, not the API's USE_EXISTING: a run that exists by now (a client's retry,
+                # or the API's own start landing late) is not reported as restarted by us. A
+                # retry racing this start joins whichever run won.
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                static_summary=summary,
+            )
+        except WorkflowAlreadyStartedError:
+            return RestartResult(False, "its workflow was started meanwhile (or ran and closed)")
+        activity.logger.warning("restarted %s (its workflow never started)", workflow_id)
+        return RestartResult(True, "started with its stored input")
+
+    async def _not_running(
+        self, rows: Sequence[Row], workflow_id: Callable[[Row], str]
+    ) -> list[tuple[Row, str]]:
+        """The rows whose workflow does not run, each with its ``_workflow_state``; the others'
+        own sagas decide. Heartbeats once a row (one Temporal call each)."""
+        found: list[tuple[Row, str]] = []
+        for i, row in enumerate(rows):
+            activity.heartbeat(i)
+            state = await self._workflow_state(workflow_id(row))
+            if state is not None:
+                found.append((row, state))
+        return found
+
     async def _workflow_state(self, workflow_id: str) -> str | None:
         """``missing``, ``closed``, or None while it runs."""
-        try:
-            desc = await self._client.get_workflow_handle(workflow_id).describe()
-        except RPCError as e:
-            if e.status == RPCStatusCode.NOT_FOUND:
-                return WORKFLOW_MISSING
-            raise
+        desc = await describe_or_none(self._client, workflow_id)
+        if desc is None:
+            return WORKFLOW_MISSING
         if desc.status == WorkflowExecutionStatus.RUNNING:
             return None
         return WORKFLOW_CLOSED
 
 
 def reconciler_schedule(*, task_queue: str, every_s: float, inp: ReconcileInput) -> Schedule:
-    """Every ``every_s``; a run still going when the next is due is not doubled."""
-    from datetime import timedelta
-
-    return Schedule(
-        action=ScheduleActionStartWorkflow(
-            RECONCILE_WORKFLOW, inp, id="reconcile", task_queue=task_queue
-        ),
-        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(seconds=every_s))]),
-        policy=SchedulePolicy(overlap=Overlap.SKIP),
+    """The ``reconciler`` schedule: a ``reconcile`` run every ``every_s``."""
+    return interval_schedule(
+        RECONCILE_WORKFLOW, inp, workflow_id="reconcile", task_queue=task_queue, every_s=every_s
     )
 
 
@@ -298,13 +287,4 @@ async def ensure_reconciler_schedule(
     changed interval or grace takes effect at the next worker start): ``created`` or
     ``updated``."""
     wanted = reconciler_schedule(task_queue=task_queue, every_s=every_s, inp=inp)
-    try:
-        await client.create_schedule(RECONCILER_SCHEDULE_ID, wanted)
-    except ScheduleAlreadyRunningError:
-
-        def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
-            return ScheduleUpdate(schedule=wanted)
-
-        await client.get_schedule_handle(RECONCILER_SCHEDULE_ID).update(replace)
-        return "updated"
-    return "created"
+    return await ensure_schedule(client, RECONCILER_SCHEDULE_ID, wanted)

@@ -9,6 +9,9 @@ twice and needs no look-up first.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import httpx
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -113,23 +116,17 @@ class RefundActivities(PaymentActivities):
 
     @activity.defn(name=ACT_MARK_REFUND_SUCCEEDED)
     async def mark_refund_succeeded(self, inp: SettleRefund) -> RefundView:
-        try:
-            async with self._sessions() as s, s.begin():
-                return await book.mark_succeeded(
-                    s, refund_id=inp.refund_id, psp_refund_id=inp.psp_refund_id or ""
-                )
-        except book.LedgerInconsistent as e:
-            raise ApplicationError(str(e), type=LEDGER_INCONSISTENT, non_retryable=True) from e
+        async with self._booking() as s:
+            return await book.mark_succeeded(
+                s, refund_id=inp.refund_id, psp_refund_id=inp.psp_refund_id or ""
+            )
 
     @activity.defn(name=ACT_MARK_REFUND_FAILED)
     async def mark_refund_failed(self, inp: SettleRefund) -> RefundView:
-        try:
-            async with self._sessions() as s, s.begin():
-                return await book.mark_failed(
-                    s, refund_id=inp.refund_id, failure_reason=inp.failure_reason or "failed"
-                )
-        except book.LedgerInconsistent as e:
-            raise ApplicationError(str(e), type=LEDGER_INCONSISTENT, non_retryable=True) from e
+        async with self._booking() as s:
+            return await book.mark_failed(
+                s, refund_id=inp.refund_id, failure_reason=inp.failure_reason or "failed"
+            )
 
     @activity.defn(name=ACT_RESTOCK_REFUNDED_ITEMS)
     async def restock_refunded_items(self, req: RestockRequest) -> RestockReport:
@@ -166,6 +163,16 @@ class RefundActivities(PaymentActivities):
             refused,
         )
         return RestockReport(returned=returned, refused=refused)
+
+    @asynccontextmanager
+    async def _booking(self) -> AsyncIterator[AsyncSession]:
+        """One transaction on the refunds book; a ledger that no longer adds up is for a
+        person to look at, not for a retry."""
+        try:
+            async with self._sessions() as s, s.begin():
+                yield s
+        except book.LedgerInconsistent as e:
+            raise ApplicationError(str(e), type=LEDGER_INCONSISTENT, non_retryable=True) from e
 
     async def _follow_hot_counters(self, location_id: str, skus: list[str]) -> None:
         """Flash-sale SKUs sell through a Redis counter: let it see the returned units. The

@@ -12,7 +12,6 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError, RPCStatusCode
 
 from activities.inventory import InventoryActivities
 from domain.messages import ReleaseReport, ReservationKey, StaleReservations, SweepInput
@@ -20,9 +19,12 @@ from domain.names import (
     ACT_FIND_STALE_RESERVATIONS,
     ACT_RECONCILE_HOT_STOCK,
     ACT_RELEASE_ORPHANED_RESERVATIONS,
+    SWEEP_WORKFLOW,
+    SWEEPER_SCHEDULE_ID,
     order_workflow_id,
 )
 from infra.hot_stock import reconcile_hot_counters
+from infra.temporal import describe_or_none, ensure_schedule, interval_schedule
 from store import sweeper as queries
 
 
@@ -87,13 +89,8 @@ class SweeperActivities:
         return ReleaseReport(released_orders=released, released_units=units, still_running=running)
 
     async def _order_is_running(self, order_id: str) -> bool:
-        try:
-            desc = await self._client.get_workflow_handle(order_workflow_id(order_id)).describe()
-        except RPCError as e:
-            if e.status == RPCStatusCode.NOT_FOUND:
-                return False
-            raise
-        return desc.status == WorkflowExecutionStatus.RUNNING
+        desc = await describe_or_none(self._client, order_workflow_id(order_id))
+        return desc is not None and desc.status == WorkflowExecutionStatus.RUNNING
 
 
 async def ensure_sweeper_schedule(
@@ -105,39 +102,11 @@ async def ensure_sweeper_schedule(
 
     Overlapping runs are skipped: a sweep that takes longer than the interval is not doubled.
     """
-    from datetime import timedelta
-
-    from temporalio.client import (
-        Schedule,
-        ScheduleActionStartWorkflow,
-        ScheduleAlreadyRunningError,
-        ScheduleIntervalSpec,
-        SchedulePolicy,
-        ScheduleSpec,
-        ScheduleUpdate,
-        ScheduleUpdateInput,
+    wanted = interval_schedule(
+        SWEEP_WORKFLOW,
+        SweepInput(ttl_s=ttl_s),
+        workflow_id="inventory-sweep",
+        task_queue=task_queue,
+        every_s=every_s,
     )
-    from temporalio.client import ScheduleOverlapPolicy as Overlap
-
-    from domain.names import SWEEP_WORKFLOW, SWEEPER_SCHEDULE_ID
-
-    wanted = Schedule(
-        action=ScheduleActionStartWorkflow(
-            SWEEP_WORKFLOW,
-            SweepInput(ttl_s=ttl_s),
-            id="inventory-sweep",
-            task_queue=task_queue,
-        ),
-        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(seconds=every_s))]),
-        policy=SchedulePolicy(overlap=Overlap.SKIP),
-    )
-    try:
-        await client.create_schedule(SWEEPER_SCHEDULE_ID, wanted)
-    except ScheduleAlreadyRunningError:
-
-        def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
-            return ScheduleUpdate(schedule=wanted)
-
-        await client.get_schedule_handle(SWEEPER_SCHEDULE_ID).update(replace)
-        return "updated"
-    return "created"
+    return await ensure_schedule(client, SWEEPER_SCHEDULE_ID, wanted)

@@ -31,8 +31,18 @@ from temporalio.client import (
     Interceptor,
     OutboundInterceptor,
     RPCTimeoutOrCancelledError,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
     SignalWorkflowInput,
     StartWorkflowUpdateInput,
+    WorkflowExecutionDescription,
     WorkflowUpdateHandle,
 )
 from temporalio.contrib.opentelemetry import TracingInterceptor
@@ -179,3 +189,41 @@ async def connect(settings: Settings, *, tracing: bool = True) -> Client:
     )
     linker.client = client
     return client
+
+
+async def describe_or_none(client: Client, workflow_id: str) -> WorkflowExecutionDescription | None:
+    """The workflow's latest run as the server describes it, or None when it has no such
+    workflow (never started, or its history is gone)."""
+    try:
+        return await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+
+
+def interval_schedule(
+    workflow: str, arg: Any, *, workflow_id: str, task_queue: str, every_s: float
+) -> Schedule:
+    """Start ``workflow(arg)`` every ``every_s``; a run still going when the next is due is
+    not doubled (overlap SKIP)."""
+    return Schedule(
+        action=ScheduleActionStartWorkflow(workflow, arg, id=workflow_id, task_queue=task_queue),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(seconds=every_s))]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+
+
+async def ensure_schedule(client: Client, schedule_id: str, wanted: Schedule) -> str:
+    """Create the schedule, or bring an existing one to ``wanted`` (changed settings take
+    effect at the next worker start): ``created`` or ``updated``."""
+    try:
+        await client.create_schedule(schedule_id, wanted)
+    except ScheduleAlreadyRunningError:
+
+        def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
+            return ScheduleUpdate(schedule=wanted)
+
+        await client.get_schedule_handle(schedule_id).update(replace)
+        return "updated"
+    return "created"
