@@ -14,6 +14,10 @@ import argparse
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cli.checks import CheckReport
 
 HELP = "prove an invariant from the ledgers (exit 1 and name the rows when it fails)"
 
@@ -36,6 +40,19 @@ def _connection_arguments(parser: argparse.ArgumentParser, *, redis: bool) -> No
         parser.add_argument(
             "--no-redis", action="store_true", help="check the database only, not the hot counters"
         )
+
+
+def _outcome(name: str, report: CheckReport[Any]) -> int:
+    """Print what the check found; the exit status: 0 passed, 1 failed."""
+    for note in report.notes:
+        print(f"note: {note}")
+    if report.ok:
+        print(f"{name} check OK: {report.summary()}")
+        return 0
+    for v in report.violations:
+        print(f"FAIL {v}")
+    print(f"{name} check FAILED: {report.problems()} in {report.summary()}")
+    return 1
 
 
 # ------------------------------------------------------------------------------------ stock
@@ -75,15 +92,7 @@ async def _stock(args: argparse.Namespace) -> int:
         if redis is not None:
             await redis.aclose()
         await engine.dispose()
-    for note in report.notes:
-        print(f"note: {note}")
-    if report.ok:
-        print(f"stock check OK: {report.summary()}")
-        return 0
-    for v in report.violations:
-        print(f"FAIL {v}")
-    print(f"stock check FAILED: {len(report.violations)} problems in {report.summary()}")
-    return 1
+    return _outcome("stock", report)
 
 
 # ------------------------------------------------------------------------------------ money
@@ -132,18 +141,7 @@ async def _money(args: argparse.Namespace) -> int:
     finally:
         await psp.aclose()
         await engine.dispose()
-    for note in report.notes:
-        print(f"note: {note}")
-    if report.ok:
-        print(f"money check OK: {report.summary()}")
-        return 0
-    for v in report.violations:
-        print(f"FAIL {v}")
-    print(
-        f"money check FAILED: {len(report.violations)} problems on"
-        f" {len(report.offenders())} orders in {report.summary()}"
-    )
-    return 1
+    return _outcome("money", report)
 
 
 CHECKS: dict[str, Check] = {

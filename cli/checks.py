@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 import redis.asyncio as aioredis
@@ -32,6 +32,28 @@ from infra.hot_stock import verify_hot_counters
 from store import inventory as ledger
 from store import payments as payment_book
 from store import refunds as refund_book
+
+V = TypeVar("V")
+
+
+@dataclass
+class CheckReport(Generic[V]):
+    """What a check found: the rules it saw broken (none: the check passed) and notes that are
+    not violations but worth knowing (a hot counter not loaded yet...)."""
+
+    violations: list[V] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def summary(self) -> str:
+        """What was checked."""
+        raise NotImplementedError
+
+    def problems(self) -> str:
+        return f"{len(self.violations)} problems"
 
 
 @dataclass(frozen=True)
@@ -51,20 +73,13 @@ class Violation:
 
 
 @dataclass
-class StockReport:
+class StockReport(CheckReport[Violation]):
     stock_rows: int = 0
     locations: int = 0
     skus: int = 0
     fence_rows: int = 0
     hot_counters: int | None = None
     """Hot counters compared with the DB; None when Redis was not checked."""
-    violations: list[Violation] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    """Not violations, worth knowing (a hot counter not loaded yet...)."""
-
-    @property
-    def ok(self) -> bool:
-        return not self.violations
 
     def summary(self) -> str:
         text = (
@@ -267,18 +282,12 @@ class LedgerSums:
 
 
 @dataclass
-class MoneyReport:
+class MoneyReport(CheckReport[MoneyViolation]):
     orders: int = 0
     ledger_entries: int = 0
     authorized_cents: int = 0
     captured_cents: int = 0
     refunded_cents: int = 0
-    violations: list[MoneyViolation] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.violations
 
     def summary(self) -> str:
         return (
@@ -289,6 +298,9 @@ class MoneyReport:
 
     def offenders(self) -> list[str]:
         return sorted({v.order_id for v in self.violations})
+
+    def problems(self) -> str:
+        return f"{len(self.violations)} problems on {len(self.offenders())} orders"
 
 
 async def fetch_ledger(

@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import argparse
 
+from cli.main import action_parsers, command_parser
 from cli.procs import say
 from infra.codec import ensure_key_file, rotate_key_file
 from infra.settings import Settings
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = subparsers.add_parser(
-        "codec",
-        help="list or rotate the payload encryption keys",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = command_parser(
+        subparsers, "codec", help="list or rotate the payload encryption keys", doc=__doc__
     )
-    actions = parser.add_subparsers(dest="codec_command", metavar="<action>", required=True)
+    actions = action_parsers(parser, "codec")
     actions.add_parser("keys", help="list the key ids (current one marked)")
     actions.add_parser("rotate", help="add a new current key (old ones still decode)")
 

@@ -20,19 +20,14 @@ import signal
 import sys
 from typing import Any
 
+from cli.main import action_parsers, command_parser
 from infra.settings import Settings
 
 HELP = "follow the order event stream (tail), show the outbox backlog (status), run a relay"
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser(
-        "events",
-        help=HELP,
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = p.add_subparsers(dest="events_command", metavar="<action>", required=True)
+    sub = action_parsers(command_parser(subparsers, "events", help=HELP, doc=__doc__), "events")
     tail = sub.add_parser("tail", help="print order events as they are published")
     tail.add_argument(
         "--from-start", action="store_true", help="begin with the oldest event still held"

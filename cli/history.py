@@ -24,6 +24,7 @@ from types import ModuleType
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
+from cli.main import action_parsers, command_parser
 from cli.procs import say
 from worker import WORKFLOWS_BY_QUEUE
 
@@ -34,14 +35,11 @@ CHECKOUT = Path(__file__).resolve().parents[1]
 """The source checkout this package runs from (site-packages, once installed from a wheel)."""
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = subparsers.add_parser(
-        "history",
-        help="record workflow histories off real runs, or replay them",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    what = "record workflow histories off real runs, or replay them"
+    actions = action_parsers(
+        command_parser(subparsers, "history", help=what, doc=__doc__), "history"
     )
-    actions = parser.add_subparsers(dest="history_command", metavar="<action>", required=True)
     record = actions.add_parser(
         "record", help="run every scenario on a throwaway dev server and keep the histories"
     )

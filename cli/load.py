@@ -52,6 +52,8 @@ from typing import Any
 
 import httpx
 
+from cli.main import command_parser
+
 HELP = "place N orders through the API at concurrency C; report orders/s and latencies"
 
 PAID = "PAID"
@@ -530,13 +532,8 @@ def progress_bar(config: LoadConfig) -> Iterator[Callable[[LoadResult, int], Non
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser(
-        "load",
-        help=HELP,
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example: tradeflow load --seed --orders 200 --concurrency 20",
-    )
+    example = "example: tradeflow load --seed --orders 200 --concurrency 20"
+    p = command_parser(subparsers, "load", help=HELP, doc=__doc__, epilog=example)
     p.add_argument("--orders", "-n", type=_positive, default=100, help="orders to place [100]")
     p.add_argument(
         "--concurrency", "-c", type=_positive, default=10, help="requests in flight [10]"

@@ -2,7 +2,8 @@
 
 To add a subcommand, write ``cli/<name>.py`` with
 
-- ``add_parser(subparsers)``: add its parser (``subparsers.add_parser("<name>", help=...)``);
+- ``add_parser(subparsers)``: add its parser (``subparsers.add_parser("<name>", help=...)``,
+  or ``command_parser`` for one whose ``--help`` shows the module's docstring);
 - ``run(args) -> int``: do the work and return the exit code,
 
 and list it in ``SUBCOMMANDS``. Modules are imported only when their command runs (``--help``
@@ -15,6 +16,10 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 #: subcommand name -> module that implements it.
 SUBCOMMANDS: dict[str, str] = {
@@ -30,6 +35,25 @@ SUBCOMMANDS: dict[str, str] = {
     "events": "cli.events",
     "codec": "cli.codec",
 }
+
+
+def command_parser(
+    subparsers: Subparsers, name: str, *, help: str, doc: str | None, **kwargs: Any
+) -> argparse.ArgumentParser:
+    """``tradeflow <name>``: listed with ``help``; its ``--help`` shows ``doc`` (the module's
+    docstring) as it is written."""
+    return subparsers.add_parser(
+        name,
+        help=help,
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kwargs,
+    )
+
+
+def action_parsers(parser: argparse.ArgumentParser, name: str) -> Subparsers:
+    """``tradeflow <name> <action>``: the chosen action lands in ``args.<name>_command``."""
+    return parser.add_subparsers(dest=f"{name}_command", metavar="<action>", required=True)
 
 
 def build_parser(names: Sequence[str] = tuple(SUBCOMMANDS)) -> argparse.ArgumentParser:
