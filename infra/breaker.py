@@ -37,6 +37,8 @@ import redis.asyncio as aioredis
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 
+from infra.redis import lua_with_now
+
 log = logging.getLogger(__name__)
 
 DAY_MS = 24 * 3600 * 1000
@@ -46,15 +48,36 @@ DAY_MS = 24 * 3600 * 1000
 # start, us), probes (permits handed out this round), ok / bad (probe successes / failures),
 # and the window ring t<i>/c<i>/f<i>/s<i> (bucket number, calls, failures, slow calls).
 
+# The calls, failures and slow calls in the live buckets of the window ring of ``key``.
+_WINDOW_SUMS_LUA = """
+local function window_sums(key, n, bucket)
+  local calls, failures, slows = 0, 0, 0
+  for j = 0, n - 1 do
+    local v = redis.call('HMGET', key, 't' .. j, 'c' .. j, 'f' .. j, 's' .. j)
+    local b = tonumber(v[1])
+    if b ~= nil and b > bucket - n then
+      calls = calls + (tonumber(v[2]) or 0)
+      failures = failures + (tonumber(v[3]) or 0)
+      slows = slows + (tonumber(v[4]) or 0)
+    end
+  end
+  return calls, failures, slows
+end
+"""
+
+
+def _script(body: str) -> str:
+    """A breaker script: ``now`` (the Redis clock, in us) and ``window_sums`` come first."""
+    return lua_with_now(_WINDOW_SUMS_LUA + body)
+
+
 # ARGV: max_probes, probe_timeout_us, ttl_ms
 # -> {allowed 0|1, gen, probe 0|1, retry_after_us, state}
-_ALLOW_LUA = """
+_ALLOW_LUA = _script("""
 local key = KEYS[1]
 local max_probes = tonumber(ARGV[1])
 local probe_timeout = tonumber(ARGV[2])
 local ttl_ms = tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local f = redis.call('HMGET', key, 'st', 'gen', 'until', 'hsince', 'probes')
 local state = f[1] or 'closed'
 local gen = tonumber(f[2]) or 0
@@ -85,12 +108,12 @@ if probes < max_probes then
   return {1, gen, 1, 0, 'half_open'}
 end
 return {0, gen, 0, since + probe_timeout - now, 'half_open'}
-"""
+""")
 
 # ARGV: gen, probe 0|1, kind (outcome|release), failed 0|1, slow 0|1, bucket_us, buckets,
 #       min_calls, failure_rate, slow_call_rate, open_us, probe_successes, ttl_ms, max_probes
 # -> {state, transitioned 0|1}
-_RECORD_LUA = """
+_RECORD_LUA = _script("""
 local key = KEYS[1]
 local gen = tonumber(ARGV[1])
 local probe = ARGV[2] == '1'
@@ -106,8 +129,6 @@ local open_us = tonumber(ARGV[11])
 local to_close = tonumber(ARGV[12])
 local ttl_ms = tonumber(ARGV[13])
 local max_probes = tonumber(ARGV[14])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local f = redis.call('HMGET', key, 'st', 'gen')
 local state = f[1] or 'closed'
 local cur = tonumber(f[2]) or 0
@@ -158,29 +179,18 @@ if failed then redis.call('HINCRBY', key, 'f' .. i, 1) end
 if slow then redis.call('HINCRBY', key, 's' .. i, 1) end
 redis.call('PEXPIRE', key, ttl_ms)
 
-local calls, failures, slows = 0, 0, 0
-for j = 0, n - 1 do
-  local v = redis.call('HMGET', key, 't' .. j, 'c' .. j, 'f' .. j, 's' .. j)
-  local b = tonumber(v[1])
-  if b ~= nil and b > bucket - n then
-    calls = calls + (tonumber(v[2]) or 0)
-    failures = failures + (tonumber(v[3]) or 0)
-    slows = slows + (tonumber(v[4]) or 0)
-  end
-end
+local calls, failures, slows = window_sums(key, n, bucket)
 if calls >= min_calls and (failures >= failure_rate * calls or slows >= slow_rate * calls) then
   return become('open', {'until', now + open_us})
 end
 return {state, 0}
-"""
+""")
 
 # ARGV: bucket_us, buckets -> {state, open_for_us, calls, failures, slows}
-_SNAPSHOT_LUA = """
+_SNAPSHOT_LUA = _script("""
 local key = KEYS[1]
 local bucket_us = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local f = redis.call('HMGET', key, 'st', 'until')
 local state = f[1] or 'closed'
 local open_for = 0
@@ -192,18 +202,9 @@ if state == 'open' then
   end
 end
 local bucket = math.floor(now / bucket_us)
-local calls, failures, slows = 0, 0, 0
-for j = 0, n - 1 do
-  local v = redis.call('HMGET', key, 't' .. j, 'c' .. j, 'f' .. j, 's' .. j)
-  local b = tonumber(v[1])
-  if b ~= nil and b > bucket - n then
-    calls = calls + (tonumber(v[2]) or 0)
-    failures = failures + (tonumber(v[3]) or 0)
-    slows = slows + (tonumber(v[4]) or 0)
-  end
-end
+local calls, failures, slows = window_sums(key, n, bucket)
 return {state, open_for, calls, failures, slows}
-"""
+""")
 
 # ARGV: ttl_ms. Closed with an empty window, under a new generation so no permit handed out
 # before the reset can count after it.

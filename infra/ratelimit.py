@@ -15,19 +15,16 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from infra.metrics import limiter_refusals
+from infra.redis import lua_with_now
 
 # KEYS[1] = bucket key
 # ARGV[1] = emission interval in microseconds (1e6 / rate), ARGV[2] = burst, ARGV[3] = cost
 # Returns {allowed (0/1), retry_after_us, remaining}.
-_GCRA_LUA = """
+_GCRA_LUA = lua_with_now("""
 local key = KEYS[1]
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
-
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-
 local tat = tonumber(redis.call('GET', key))
 if tat == nil or tat < now then
   tat = now
@@ -47,7 +44,7 @@ if ttl_ms < 1 then
 end
 redis.call('SET', key, string.format('%d', new_tat), 'PX', ttl_ms)
 return {1, 0, math.floor(diff / interval)}
-"""
+""")
 
 
 @dataclass(frozen=True)
