@@ -243,6 +243,22 @@ def _check_idempotency(rec: sqlite3.Row | None, req_hash: str) -> Reply | None:
     return None
 
 
+def _money_call(
+    conn: sqlite3.Connection, scope: str, key: str, *, payment_id: str, amount_cents: int | None
+) -> tuple[str, sqlite3.Row] | Reply:
+    """How an idempotent call that moves money on an intent begins: a repeated key gets the
+    answer owed to it (``_check_idempotency``), an unknown intent 404; otherwise the call runs,
+    with its request hash (to remember the answer under) and the intent."""
+    req_hash = request_hash({"payment_id": payment_id, "amount_cents": amount_cents})
+    owed = _check_idempotency(_idempotency_record(conn, scope, key), req_hash)
+    if owed is not None:
+        return owed
+    intent = _intent_row(conn, payment_id)
+    if intent is None:
+        return Reply(404, error_body("not_found", "no such payment intent"))
+    return req_hash, intent
+
+
 def _remember(ctx: _Ctx, scope: str, key: str, req_hash: str, reply: Reply) -> None:
     ctx.conn.execute(
         "INSERT INTO idempotency (scope, key, request_hash, status_code, body, created_at)"
@@ -410,13 +426,10 @@ def capture(
 ) -> Reply:
     """``POST /v1/payment_intents/{id}/capture``: at most one capture per intent, ever."""
     ctx = _Ctx(conn)
-    req_hash = request_hash({"payment_id": intent_id, "amount_cents": amount_cents})
-    owed = _check_idempotency(_idempotency_record(conn, SCOPE_CAPTURE, key), req_hash)
-    if owed is not None:
-        return owed
-    intent = _intent_row(conn, intent_id)
-    if intent is None:
-        return Reply(404, error_body("not_found", "no such payment intent"))
+    begun = _money_call(conn, SCOPE_CAPTURE, key, payment_id=intent_id, amount_cents=amount_cents)
+    if isinstance(begun, Reply):
+        return begun
+    req_hash, intent = begun
     if intent["status"] != REQUIRES_CAPTURE:
         return Reply(
             409,
@@ -482,13 +495,10 @@ def cancel(conn: sqlite3.Connection, *, intent_id: str) -> Reply:
 def refund(conn: sqlite3.Connection, *, key: str, payment_id: str, amount_cents: int) -> Reply:
     """``POST /v1/refunds``: the sum of refunds never exceeds what was captured."""
     ctx = _Ctx(conn)
-    req_hash = request_hash({"payment_id": payment_id, "amount_cents": amount_cents})
-    owed = _check_idempotency(_idempotency_record(conn, SCOPE_REFUND, key), req_hash)
-    if owed is not None:
-        return owed
-    intent = _intent_row(conn, payment_id)
-    if intent is None:
-        return Reply(404, error_body("not_found", "no such payment intent"))
+    begun = _money_call(conn, SCOPE_REFUND, key, payment_id=payment_id, amount_cents=amount_cents)
+    if isinstance(begun, Reply):
+        return begun
+    req_hash, intent = begun
     refundable = intent["amount_received"] - intent["amount_refunded"]
     if amount_cents > refundable:
         return Reply(
