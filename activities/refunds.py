@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Required, TypedDict
 
 import httpx
 import redis.asyncio as aioredis
@@ -45,29 +46,28 @@ from infra.hot_stock import reconcile_hot_counters
 from infra.ratelimit import GcraLimiter
 from store import refunds as book
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+
+class PaymentActivitiesArgs(TypedDict, total=False):
+    """``PaymentActivities``' keyword arguments (its PSP client), which a subclass passes on."""
+
+    http: Required[httpx.AsyncClient]
+    sessionmaker: Required[async_sessionmaker[AsyncSession]]
+    psp_url: Required[str]
+    timeout_s: float
+    breaker: CircuitBreaker | None
+    limiter: GcraLimiter | None
+
 
 class RefundActivities(PaymentActivities):
     """``PaymentActivities``' PSP client plus the refunds book and, for hot SKUs, Redis."""
 
     def __init__(
-        self,
-        *,
-        http: httpx.AsyncClient,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        psp_url: str,
-        timeout_s: float = 3.0,
-        breaker: CircuitBreaker | None = None,
-        limiter: GcraLimiter | None = None,
-        redis: aioredis.Redis | None = None,
+        self, *, redis: aioredis.Redis | None = None, **psp: Unpack[PaymentActivitiesArgs]
     ) -> None:
-        super().__init__(
-            http=http,
-            sessionmaker=sessionmaker,
-            psp_url=psp_url,
-            timeout_s=timeout_s,
-            breaker=breaker,
-            limiter=limiter,
-        )
+        super().__init__(**psp)
         self._redis = redis
 
     @activity.defn(name=ACT_CHECK_REFUNDABLE_AT_PSP)
