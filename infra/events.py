@@ -31,6 +31,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -192,30 +193,21 @@ def make_publisher(settings: Settings) -> Publisher | None:
     return None
 
 
+@dataclass(eq=False)
 class OutboxRelay:
-    def __init__(
-        self,
-        sessions: async_sessionmaker[AsyncSession],
-        publisher: Publisher,
-        *,
-        batch: int = 200,
-        poll_s: float = 0.2,
-        lease: Redlock | None = None,
-        lease_resource: str = LEASE_RESOURCE,
-        retention: timedelta | None = None,
-    ) -> None:
-        self.sessions = sessions
-        self.publisher = publisher
-        self.batch = batch
-        self.poll_s = poll_s
-        self.lease = lease
-        self.lease_resource = lease_resource
-        self.owns_lease_nodes = False
-        """Close the lease's Redis clients when the relay stops (``make_relay`` made them)."""
-        self.retention = retention
-        self.published = 0
-        self._connected = False
-        self._last_prune = 0.0
+    sessions: async_sessionmaker[AsyncSession]
+    publisher: Publisher
+    _: KW_ONLY
+    batch: int = 200
+    poll_s: float = 0.2
+    lease: Redlock | None = None
+    lease_resource: str = LEASE_RESOURCE
+    retention: timedelta | None = None
+    owns_lease_nodes: bool = field(default=False, init=False)
+    """Close the lease's Redis clients when the relay stops (``make_relay`` made them)."""
+    published: int = field(default=0, init=False)
+    _connected: bool = field(default=False, init=False)
+    _last_prune: float = field(default=0.0, init=False)
 
     def _standby_s(self) -> float:
         return 1.0 if self.lease is None else self.lease.config.ttl_ms / 3000
