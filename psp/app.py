@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -43,39 +44,35 @@ class PspError(Exception):
         self.message = message
 
 
+@dataclass(eq=False)
 class Simulator:
     """Everything one simulator instance owns: its store, knobs and background deliveries."""
 
-    def __init__(
-        self,
-        store: PspStore,
-        *,
-        webhook_url: str | None,
-        webhook_secret: str,
-        action_delay_s: float,
-        slow_s: float,
-        faults: Faults,
-        rng: random.Random,
-        sender: WebhookSender | None,
-        webhook_backoff_s: Sequence[float],
-    ) -> None:
-        self.store = store
-        self.webhook_url = webhook_url
-        self.webhook_secret = webhook_secret
-        self.action_delay_s = action_delay_s
-        self.slow_s = slow_s
-        self.faults = faults
-        self.rng = rng
-        http_sender = HttpWebhookSender()  # opens no connection until first used
-        self._owned_sender = http_sender if sender is None else None
-        self._send: WebhookSender = sender or http_sender
-        self._backoff_s = tuple(webhook_backoff_s)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._started = False
+    store: PspStore
+    _: KW_ONLY
+    webhook_url: str | None
+    webhook_secret: str
+    action_delay_s: float
+    slow_s: float
+    faults: Faults
+    rng: random.Random
+    sender: InitVar[WebhookSender | None]
+    """Delivers the webhooks; None: real HTTP, which the simulator opens and closes."""
+    webhook_backoff_s: Sequence[float]
+    _owned_sender: HttpWebhookSender | None = field(default=None, init=False)
+    _send: WebhookSender = field(init=False)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    _started: bool = field(default=False, init=False)
+
+    def __post_init__(self, sender: WebhookSender | None) -> None:
+        if sender is None:
+            sender = self._owned_sender = HttpWebhookSender()  # no connection until first used
+        self._send = sender
+        self.webhook_backoff_s = tuple(self.webhook_backoff_s)
 
     @property
     def max_delivery_attempts(self) -> int:
-        return len(self._backoff_s) + 1
+        return len(self.webhook_backoff_s) + 1
 
     async def start(self) -> None:
         """Pick up work a previous run left: actions still to resolve, webhooks not delivered."""
@@ -140,7 +137,9 @@ class Simulator:
             await asyncio.sleep(self.rng.uniform(0, self.faults.webhook_reorder_ms) / 1000)
         while self.webhook_url is not None and attempts < self.max_delivery_attempts:
             if attempts > 0:
-                await asyncio.sleep(self._backoff_s[min(attempts, len(self._backoff_s)) - 1])
+                await asyncio.sleep(
+                    self.webhook_backoff_s[min(attempts, len(self.webhook_backoff_s)) - 1]
+                )
             if await self._attempt(event):
                 # Fault knob: at-least-once delivery, sent again as real PSPs sometimes do.
                 for _ in range(self.faults.webhook_duplicates):
