@@ -69,13 +69,12 @@ async def put_product(
 
 @router.put(
     "/inventory/{sku}",
-    response_model=StockOut,
     responses=problems({404: "Unknown product or location"}),
     summary="Set the sellable quantity (reserved and sold are untouched)",
 )
 async def put_inventory(
     sku: SkuPath, body: StockIn, session: SessionDep, state: StateDep
-) -> dict[str, Any]:
+) -> StockOut:
     product = await session.get(Product, sku)
     if product is None:
         await session.rollback()
@@ -90,7 +89,7 @@ async def put_inventory(
     await session.commit()
     if hot:
         await _follow_hot_flag(state, sku, hot=True, location_id=body.location_id)
-    return {k: row[k] for k in ("sku", "location_id", "available", "reserved", "sold")}
+    return StockOut.model_validate(row)
 
 
 async def _follow_hot_flag(
