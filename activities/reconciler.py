@@ -36,10 +36,11 @@ from domain.messages import (
     RestartRequest,
     RestartResult,
     RestockLine,
+    SagaStart,
     StrandedCouriers,
     UnreleasedAuthorizations,
-    checkout_summary,
-    refund_summary,
+    order_start,
+    refund_start,
 )
 from domain.names import (
     ACT_FAIL_ORPHANED_ORDER,
@@ -50,10 +51,8 @@ from domain.names import (
     ACT_RECORD_RECONCILIATION,
     ACT_RESTART_ORDER,
     ACT_RESTART_REFUND,
-    ORDER_WORKFLOW,
     RECONCILE_WORKFLOW,
     RECONCILER_SCHEDULE_ID,
-    REFUND_WORKFLOW,
     order_workflow_id,
     refund_workflow_id,
 )
@@ -125,10 +124,7 @@ class ReconcilerActivities:
             inp = await queries.pending_order_input(s, order_id=req.subject_id)
         if inp is None:
             return RestartResult(False, "no longer PENDING, or no stored input")
-        summary = checkout_summary(inp)
-        return await self._restart(
-            ORDER_WORKFLOW, inp, order_workflow_id(inp.order_id), summary, req
-        )
+        return await self._restart(order_start(inp), req)
 
     @activity.defn(name=ACT_FAIL_ORPHANED_ORDER)
     async def fail_orphaned_order(self, req: FailOrphanedOrder) -> FailResult:
@@ -181,10 +177,7 @@ class ReconcilerActivities:
             restock=[RestockLine(str(i["sku"]), int(i["quantity"])) for i in row.restock],
             notify_merchant=self._notify_merchant,
         )
-        summary = refund_summary(inp)
-        return await self._restart(
-            REFUND_WORKFLOW, inp, refund_workflow_id(inp.refund_id), summary, req
-        )
+        return await self._restart(refund_start(inp), req)
 
     # ---------------------------------------------------------------- finished orders
 
@@ -227,27 +220,25 @@ class ReconcilerActivities:
 
     # ------------------------------------------------------------------------- helpers
 
-    async def _restart(
-        self, workflow: str, inp: object, workflow_id: str, summary: str, req: RestartRequest
-    ) -> RestartResult:
+    async def _restart(self, saga: SagaStart, req: RestartRequest) -> RestartResult:
         """Start the workflow of a PENDING row that has none, with the input stored with it
         (an order's ``CheckoutInput``; a refund's amount and restock)."""
         try:
             await self._client.start_workflow(
-                workflow,
-                inp,
-                id=workflow_id,
+                saga.workflow,
+                saga.arg,
+                id=saga.workflow_id,
                 task_queue=req.task_queue,
                 # FAIL, not the API's USE_EXISTING: a run that exists by now (a client's retry,
                 # or the API's own start landing late) is not reported as restarted by us. A
                 # retry racing this start joins whichever run won.
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                static_summary=summary,
+                static_summary=saga.summary,
             )
         except WorkflowAlreadyStartedError:
             return RestartResult(False, "its workflow was started meanwhile (or ran and closed)")
-        activity.logger.warning("restarted %s (its workflow never started)", workflow_id)
+        activity.logger.warning("restarted %s (its workflow never started)", saga.workflow_id)
         return RestartResult(True, "started with its stored input")
 
     async def _not_running(

@@ -56,8 +56,8 @@ from domain.messages import (
     RepairRequest,
     RepairResult,
     TimelineEntry,
-    checkout_summary,
     checkout_total_cents,
+    order_start,
 )
 from domain.money import DELIVERY_FEE_CENTS, line_total
 from domain.names import (
@@ -65,7 +65,6 @@ from domain.names import (
     FAILURE_REASON_KEY,
     ORDER_STATUS_KEY,
     ORDER_TOTAL_CENTS_KEY,
-    ORDER_WORKFLOW,
     QUERY_ORDER,
     UPDATE_CANCEL,
     UPDATE_COURIER_EVENT,
@@ -420,11 +419,8 @@ class OrdersService:
                 ]
             )
         await self._temporal.start(
-            ORDER_WORKFLOW,
-            inp,
-            workflow_id=order_workflow_id(inp.order_id),
+            order_start(inp),
             task_queue=self._state.orders_task_queue,
-            static_summary=checkout_summary(inp),
             search_attributes=search_attributes,
             unavailable_detail=_STORED_NOT_STARTED,
         )

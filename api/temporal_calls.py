@@ -45,6 +45,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.errors import TEMPORAL_UNAVAILABLE, ApiProblem, unavailable
 from api.state import AppState
+from domain.messages import SagaStart
 from infra.temporal import server_unavailable
 
 log = logging.getLogger(__name__)
@@ -127,27 +128,24 @@ class TemporalCalls:
 
     async def start(
         self,
-        workflow: str,
-        arg: Any,
+        saga: SagaStart,
         *,
-        workflow_id: str,
         task_queue: str,
-        static_summary: str,
         unavailable_detail: str,
         search_attributes: TypedSearchAttributes | None = None,
     ) -> None:
-        """Start ``workflow`` unless it runs or ran: safe to repeat (``USE_EXISTING`` while it
+        """Start the saga unless it runs or ran: safe to repeat (``USE_EXISTING`` while it
         runs, nothing once it has closed), so a retried request starts it at most once."""
         try:
             await self._call(
                 lambda client: client.start_workflow(
-                    workflow,
-                    arg,
-                    id=workflow_id,
+                    saga.workflow,
+                    saga.arg,
+                    id=saga.workflow_id,
                     task_queue=task_queue,
                     id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                     id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                    static_summary=static_summary,
+                    static_summary=saga.summary,
                     search_attributes=search_attributes,
                     rpc_timeout=START_TIMEOUT,
                 ),

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from domain.names import order_workflow_id
+from domain.names import ORDER_WORKFLOW, REFUND_WORKFLOW, order_workflow_id, refund_workflow_id
 from domain.status import (
     AuthorizationOutcome,
     CourierEventType,
@@ -93,8 +93,7 @@ def checkout_total_cents(inp: CheckoutInput) -> int:
 
 
 def checkout_summary(inp: CheckoutInput) -> str:
-    """The order workflow's static summary in the Temporal UI (the API and the reconciler
-    start it with the same)."""
+    """The order workflow's static summary in the Temporal UI (``order_start``)."""
     total = inp.total_cents
     return (
         f"Order {inp.order_id} for {inp.customer_id}: {len(inp.lines)} lines, "
@@ -551,6 +550,26 @@ def refund_summary(inp: RefundInput) -> str:
     if inp.restock:
         summary += ", restocking " + ", ".join(f"{li.quantity} x {li.sku}" for li in inp.restock)
     return summary
+
+
+@dataclass(frozen=True)
+class SagaStart:
+    """What starting a saga for its input takes: the workflow type, the input, the workflow id
+    and the static summary in the Temporal UI. The API and the reconciler start both sagas
+    from these (``order_start``, ``refund_start``), so a restarted run looks like the first."""
+
+    workflow: str
+    arg: CheckoutInput | RefundInput
+    workflow_id: str
+    summary: str
+
+
+def order_start(inp: CheckoutInput) -> SagaStart:
+    return SagaStart(ORDER_WORKFLOW, inp, order_workflow_id(inp.order_id), checkout_summary(inp))
+
+
+def refund_start(inp: RefundInput) -> SagaStart:
+    return SagaStart(REFUND_WORKFLOW, inp, refund_workflow_id(inp.refund_id), refund_summary(inp))
 
 
 @dataclass(frozen=True)

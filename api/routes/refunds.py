@@ -29,8 +29,7 @@ from api.routes.orders import OrderIdPath
 from api.schemas import MAX_ORDER_LINES, AmountCents, Id, Quantity, Text
 from api.state import AppState
 from api.temporal_calls import TemporalCalls
-from domain.messages import RefundInput, RefundView, RestockLine, refund_summary
-from domain.names import REFUND_WORKFLOW, refund_workflow_id
+from domain.messages import RefundInput, RefundView, RestockLine, refund_start
 from store import refunds as book
 from store.models import Order
 
@@ -229,11 +228,8 @@ class RefundsService:
                 notify_merchant=bool(self._state.settings.merchant_webhook_url),
             )
             await TemporalCalls(self._state).start(
-                REFUND_WORKFLOW,
-                inp,
-                workflow_id=refund_workflow_id(inp.refund_id),
+                refund_start(inp),
                 task_queue=self._state.orders_task_queue,
-                static_summary=refund_summary(inp),
                 unavailable_detail=_STORED_NOT_STARTED,
             )
         return Requested(created=admitted.created, view=refund)
