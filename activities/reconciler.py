@@ -35,7 +35,6 @@ from domain.messages import (
     RefundInput,
     RestartRequest,
     RestartResult,
-    RestockLine,
     SagaStart,
     StrandedCouriers,
     UnreleasedAuthorizations,
@@ -145,13 +144,13 @@ class ReconcilerActivities:
     async def find_orphaned_refunds(self, inp: ReconcileInput) -> OrphanedRefunds:
         async with self._sessions() as s:
             rows = await queries.pending_refunds(s, older_than_s=inp.grace_s, limit=inp.limit)
-        orphans = await self._not_running(rows, lambda r: refund_workflow_id(r.refund_id))
+        orphans = await self._not_running(rows, lambda r: refund_workflow_id(r.refund.refund_id))
         return OrphanedRefunds(
             items=[
                 OrphanedRefund(
-                    refund_id=row.refund_id,
-                    order_id=row.order_id,
-                    amount_cents=row.amount_cents,
+                    refund_id=row.refund.refund_id,
+                    order_id=row.refund.order_id,
+                    amount_cents=row.refund.amount_cents,
                     workflow=state,
                     restartable=row.location_id is not None and row.payment_id is not None,
                 )
@@ -167,14 +166,10 @@ class ReconcilerActivities:
             return RestartResult(False, "no longer PENDING")
         if row.location_id is None or row.payment_id is None:
             return RestartResult(False, "its order or captured payment is gone")
-        inp = RefundInput(
-            refund_id=row.refund_id,
-            order_id=row.order_id,
+        inp = RefundInput.of(
+            row.refund,
             payment_id=row.payment_id,
-            amount_cents=row.amount_cents,
-            currency=row.currency,
             location_id=row.location_id,
-            restock=[RestockLine(str(i["sku"]), int(i["quantity"])) for i in row.restock],
             notify_merchant=self._notify_merchant,
         )
         return await self._restart(refund_start(inp), req)

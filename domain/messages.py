@@ -543,6 +543,23 @@ class RefundInput:
     """Tell the merchant (max effort) once the refund SUCCEEDED: set when a merchant webhook
     URL is configured."""
 
+    @classmethod
+    def of(
+        cls, refund: RefundView, *, payment_id: str, location_id: str, notify_merchant: bool
+    ) -> RefundInput:
+        """The input of a stored refund's workflow: the API's start and the reconciler's
+        restart build it alike."""
+        return cls(
+            refund.refund_id,
+            refund.order_id,
+            payment_id,
+            refund.amount_cents,
+            refund.currency,
+            location_id,
+            list(refund.restock),
+            notify_merchant,
+        )
+
 
 def refund_summary(inp: RefundInput) -> str:
     """The refund workflow's static summary in the Temporal UI."""

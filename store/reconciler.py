@@ -8,14 +8,13 @@ another run changes a row at most once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, and_, exists, select, update
+from sqlalchemy import RowMapping, Table, and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from domain.messages import CheckoutInput
+from domain.messages import CheckoutInput, RefundView
 from domain.reconcile import Done
 from domain.status import TERMINAL_STATUSES, OrderStatus, PaymentStatus
 from store import refunds as book
@@ -143,28 +142,16 @@ async def fail_pending_order(
 
 @dataclass(frozen=True)
 class PendingRefund:
-    refund_id: str
-    order_id: str
-    amount_cents: int
+    refund: RefundView
     location_id: str | None
     """The order's location; None when the order row is gone."""
     payment_id: str | None
     """The captured intent the money goes back through; None when unknown."""
-    restock: list[dict[str, Any]]
-    currency: str
 
 
 def _pending_refunds_query() -> Any:
     return (
-        select(
-            RF.c.refund_id,
-            RF.c.order_id,
-            RF.c.amount_cents,
-            ORD.c.location_id,
-            PAY.c.payment_id,
-            RF.c.restock,
-            RF.c.currency,
-        )
+        select(RF, ORD.c.location_id, PAY.c.payment_id)
         .select_from(RF)
         .join(ORD, ORD.c.order_id == RF.c.order_id, isouter=True)
         .join(PAY, PAY.c.order_id == RF.c.order_id, isouter=True)
@@ -172,16 +159,8 @@ def _pending_refunds_query() -> Any:
     )
 
 
-def _pending_refund(r: Sequence[Any]) -> PendingRefund:
-    return PendingRefund(
-        refund_id=r[0],
-        order_id=r[1],
-        amount_cents=int(r[2]),
-        location_id=r[3],
-        payment_id=r[4],
-        restock=list(r[5] or []),
-        currency=r[6],
-    )
+def _pending_refund(r: RowMapping) -> PendingRefund:
+    return PendingRefund(book.view_of(r), location_id=r["location_id"], payment_id=r["payment_id"])
 
 
 async def pending_refunds(
@@ -194,11 +173,12 @@ async def pending_refunds(
         .order_by(RF.c.created_at, RF.c.refund_id)
         .limit(limit)
     )
-    return [_pending_refund(r) for r in rows.all()]
+    return [_pending_refund(r) for r in rows.mappings().all()]
 
 
 async def pending_refund(s: AsyncSession, *, refund_id: str) -> PendingRefund | None:
-    row = (await s.execute(_pending_refunds_query().where(RF.c.refund_id == refund_id))).first()
+    query = _pending_refunds_query().where(RF.c.refund_id == refund_id)
+    row = (await s.execute(query)).mappings().first()
     return None if row is None else _pending_refund(row)
 
 

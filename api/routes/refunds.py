@@ -217,14 +217,10 @@ class RefundsService:
             # workflow service was down. USE_EXISTING makes a second start a no-op.
             if admitted.payment_id is None:  # pragma: no cover - a capture always has an id
                 raise RuntimeError(f"the captured payment of order {order_id} has no PSP id")
-            inp = RefundInput(
-                refund_id=refund.refund_id,
-                order_id=order_id,
+            inp = RefundInput.of(
+                refund,
                 payment_id=admitted.payment_id,
-                amount_cents=refund.amount_cents,
-                currency=refund.currency,
                 location_id=location_id,
-                restock=list(refund.restock),
                 notify_merchant=bool(self._state.settings.merchant_webhook_url),
             )
             await TemporalCalls(self._state).start(
