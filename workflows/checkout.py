@@ -16,19 +16,24 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
 from enum import Enum, auto
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import WorkflowIDReusePolicy
+from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
     ChildWorkflowError,
     is_cancelled_exception,
 )
+from temporalio.types import MethodAsyncSingleParam
 from temporalio.workflow import ChildWorkflowHandle
 
 with workflow.unsafe.imports_passed_through():
+    # Not ``from workflows import options``: the sandbox loads the ``workflows`` package
+    # afresh for each run, and a submodule taken from it would be executed again every time;
+    # imported by its full name it is passed through, one module for every run.
+    import workflows.options as options
     from activities.couriers import CourierActivities
     from activities.inventory import InventoryActivities
     from activities.orders import OrderActivities
@@ -72,9 +77,27 @@ with workflow.unsafe.imports_passed_through():
         PaymentStatus,
         check_transition,
     )
-    from workflows import options
     from workflows.notify import notify_merchant
     from workflows.saga import Compensation, Saga
+
+PATCH_LOCAL_STEPS = "local-steps"
+"""Runs started with this patch issue fewer commands (docs/replay.md); runs started before it
+replay the old ones. On the new branch:
+
+- the short database and Redis steps (read-model writes, the stock try / confirm / cancel /
+  return, freeing the courier) are local activities: one marker each, run inside the workflow
+  task, instead of an activity task through the server;
+- the read model is not written at the start: the API stored the row ``PENDING`` before it
+  started the run, and the next write (``RESERVED`` or the end) adds ``PENDING`` to the
+  stored timeline and its event to the outbox (a run started without the API gets its row
+  then);
+- the search attributes the start already carries (the API sets them) are not upserted again;
+- ``PAID`` is written together with ``DISPATCHING``, which always follows it in the same
+  workflow task (or the end, on a cancel in between): one transaction, both timeline entries
+  and both outbox events."""
+
+_Arg = TypeVar("_Arg")
+_Result = TypeVar("_Result")
 
 _StockStep = Callable[[InventoryActivities, ReservationKey], Awaitable[ReservationResult]]
 """One inventory activity on one line (try, confirm, cancel, return)."""
@@ -125,6 +148,8 @@ class OrderWorkflow:
         self._offered_to: str | None = None
         self._courier_id: str | None = None
         # Where the saga is.
+        self._local_steps = False
+        """Short steps as local activities (``PATCH_LOCAL_STEPS``); set when the run starts."""
         self._seq = 0
         """Read-model writes so far; the read model keeps the latest one only."""
         self._cancel_reason: str | None = None
@@ -271,18 +296,27 @@ class OrderWorkflow:
 
     @workflow.run
     async def run(self, inp: CheckoutInput) -> OrderView:
-        workflow.upsert_search_attributes(
-            [
-                names.ORDER_STATUS_KEY.value_set(OrderStatus.PENDING.value),
-                names.CUSTOMER_ID_KEY.value_set(inp.customer_id),
-                names.ORDER_TOTAL_CENTS_KEY.value_set(inp.total_cents),
-            ]
+        self._local_steps = workflow.patched(PATCH_LOCAL_STEPS)
+        started = workflow.info().typed_search_attributes
+        carried = (
+            started.get(names.ORDER_STATUS_KEY) == OrderStatus.PENDING.value
+            and started.get(names.CUSTOMER_ID_KEY) == inp.customer_id
+            and started.get(names.ORDER_TOTAL_CENTS_KEY) == inp.total_cents
         )
+        if not (self._local_steps and carried):
+            workflow.upsert_search_attributes(
+                [
+                    names.ORDER_STATUS_KEY.value_set(OrderStatus.PENDING.value),
+                    names.CUSTOMER_ID_KEY.value_set(inp.customer_id),
+                    names.ORDER_TOTAL_CENTS_KEY.value_set(inp.total_cents),
+                ]
+            )
         saga = Saga()
         closing: Coroutine[Any, Any, None] | None = None
         cancelled_from_outside = False
         try:
-            await self._write_read_model()
+            if not self._local_steps:
+                await self._write_read_model()
             await self._fulfil(saga)
         except _Cancelled:
             closing = self._finish(saga, OrderStatus.CANCELLED, None)
@@ -366,7 +400,8 @@ class OrderWorkflow:
             if isinstance(r, BaseException):
                 # The hold is gone (released by someone else): this order cannot be filled.
                 raise _Failed(FailureReason.OUT_OF_STOCK, str(r.__cause__ or r))
-        await self._transition(OrderStatus.PAID)
+        # PAID is written with DISPATCHING, which follows at once (before, in a write of its own).
+        await self._transition(OrderStatus.PAID, write=not self._local_steps)
         await self._tell_merchant(MerchantEventType.ORDER_PAID)
         self._check_cancel()
 
@@ -396,11 +431,10 @@ class OrderWorkflow:
         """Free the courier and close the order as delivered; safe to run again."""
         self._closing = True
         self._delivery_status = DeliveryStatus.DELIVERED
-        await workflow.execute_activity_method(
+        await self._short_step(
             CourierActivities.release_courier,
             CourierOffer(self._inp.order_id, courier_id),
-            start_to_close_timeout=options.SHORT,
-            retry_policy=options.FORWARD,
+            options.FORWARD,
         )
         saga.discard("courier")
         if self._status != OrderStatus.DELIVERED:
@@ -559,30 +593,16 @@ class OrderWorkflow:
     ) -> list[ReservationResult | BaseException]:
         """Run one inventory step on every line at once; each line's outcome or error."""
         return await asyncio.gather(
-            *(
-                workflow.execute_activity_method(
-                    activity,
-                    key,
-                    start_to_close_timeout=options.SHORT,
-                    retry_policy=options.FORWARD,
-                )
-                for key in keys
-            ),
+            *(self._short_step(activity, key, options.FORWARD) for key in keys),
             return_exceptions=True,
         )
 
-    @staticmethod
-    def _undo_stock(activity: _StockStep, key: ReservationKey) -> Compensation:
+    def _undo_stock(self, activity: _StockStep, key: ReservationKey) -> Compensation:
         """One line's stock back on sale: the hold cancelled (``cancel_reservation``) or,
         once confirmed, the sold units returned (``return_stock``)."""
 
         async def undo() -> None:
-            await workflow.execute_activity_method(
-                activity,
-                key,
-                start_to_close_timeout=options.SHORT,
-                retry_policy=options.COMPENSATION,
-            )
+            await self._short_step(activity, key, options.COMPENSATION)
 
         return undo
 
@@ -605,11 +625,10 @@ class OrderWorkflow:
 
     def _undo_courier(self, courier_id: str) -> Compensation:
         async def undo() -> None:
-            await workflow.execute_activity_method(
+            await self._short_step(
                 CourierActivities.release_courier,
                 CourierOffer(self._inp.order_id, courier_id),
-                start_to_close_timeout=options.SHORT,
-                retry_policy=options.COMPENSATION,
+                options.COMPENSATION,
             )
 
         return undo
@@ -728,8 +747,11 @@ class OrderWorkflow:
             f"{self._inp.order_id} --reason ..." + (f" (still to undo: {left})" if left else "")
         )
 
-    async def _transition(self, status: OrderStatus, reason: FailureReason | None = None) -> None:
-        """Move the order on: its status, timeline and search attributes, then the read model."""
+    async def _transition(
+        self, status: OrderStatus, reason: FailureReason | None = None, *, write: bool = True
+    ) -> None:
+        """Move the order on: its status, timeline and search attributes, then the read model
+        (unless ``write`` is False: the next transition's write carries this one too)."""
         check_transition(self._status, status)
         at = _now_iso()
         self._status = status
@@ -740,7 +762,8 @@ class OrderWorkflow:
             [names.ORDER_STATUS_KEY.value_set(status.value)]
             + ([names.FAILURE_REASON_KEY.value_set(reason.value)] if reason else [])
         )
-        await self._write_read_model()
+        if write:
+            await self._write_read_model()
 
     async def _tell_merchant(self, event_type: MerchantEventType) -> None:
         """Tell the merchant (max effort, outliving the order) when it asked to be told."""
@@ -764,15 +787,39 @@ class OrderWorkflow:
         cancel interrupts the saga at once, and ``_drain_before_close`` waits for the write to land."""
         self._seq += 1
         write = asyncio.ensure_future(
-            workflow.execute_activity_method(
+            self._short_step(
                 OrderActivities.record_order,
                 RecordOrderInput(view=self._order_view(), seq=self._seq),
-                start_to_close_timeout=options.SHORT,
-                retry_policy=options.RECORD,
+                options.RECORD,
             )
         )
         self._writes.append(write)
         await asyncio.shield(write)
+
+    async def _short_step(
+        self,
+        activity: MethodAsyncSingleParam[Any, _Arg, _Result],
+        arg: _Arg,
+        retry_policy: RetryPolicy,
+    ) -> _Result:
+        """One short database / Redis step. A local activity on runs started with
+        ``PATCH_LOCAL_STEPS``: run by this worker inside the workflow task and recorded as one
+        marker, instead of an activity task through the server (scheduled, started, completed
+        and a workflow task of its own). The retry policy is the step's own either way; a
+        local activity's backoff longer than ``options.LOCAL_RETRY_THRESHOLD`` waits on a
+        durable timer, so a compensation (``options.COMPENSATION``) still tries until it
+        succeeds. A run started before the patch replays its regular activities."""
+        if self._local_steps:
+            return await workflow.execute_local_activity_method(
+                activity,
+                arg,
+                start_to_close_timeout=options.SHORT,
+                retry_policy=retry_policy,
+                local_retry_threshold=options.LOCAL_RETRY_THRESHOLD,
+            )
+        return await workflow.execute_activity_method(
+            activity, arg, start_to_close_timeout=options.SHORT, retry_policy=retry_policy
+        )
 
     def _touch(self) -> None:
         self._updated_at = _now_iso()

@@ -79,6 +79,12 @@ RECONCILE_STEP = RetryPolicy(
 SWEEP_STEP = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30))
 
 SHORT = timedelta(seconds=15)
+"""Start-to-close of one try of a short database / Redis step (regular or local activity)."""
+LOCAL_RETRY_THRESHOLD = timedelta(minutes=1)
+"""A local activity's retry whose backoff is longer than this is not slept inside the worker:
+the workflow waits on a durable timer and schedules the next try (the SDK's default, stated).
+With ``COMPENSATION``'s five-minute cap a compensation of a long outage retries that way,
+without end, as its policy says."""
 PSP_CALL = timedelta(seconds=20)
 NOTIFY_TRY = timedelta(seconds=15)
 """One POST to the merchant's webhook (the activity's own HTTP timeout is 10 s)."""

@@ -15,6 +15,10 @@ from temporalio.exceptions import TimeoutError as ActivityTimeout
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    # Not ``from workflows import options``: the sandbox loads the ``workflows`` package
+    # afresh for each run, and a submodule taken from it would be executed again every time;
+    # imported by its full name it is passed through, one module for every run.
+    import workflows.options as options
     from activities.payments import PaymentActivities
     from domain import errors, names
     from domain.messages import (
@@ -26,7 +30,6 @@ with workflow.unsafe.imports_passed_through():
         PaymentResult,
     )
     from domain.status import AuthorizationOutcome, PaymentStatus, PspEventType
-    from workflows import options
     from workflows.parent import tell_parent
 
 

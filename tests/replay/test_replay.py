@@ -7,6 +7,7 @@ a worker that has such orders in flight. See docs/replay.md.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from pathlib import Path
 
@@ -100,13 +101,52 @@ class _ReserveFirstOrderWorkflow(OrderWorkflow):
 
 
 async def test_replay_detects_a_non_deterministic_change() -> None:
-    history = load_history(HISTORIES / "happy_path.OrderWorkflow.json")
+    # A run started before the local-steps patch: it recorded the order first.
+    history = load_history(
+        HISTORIES / "pinned" / "happy_path.before-local-steps.OrderWorkflow.json"
+    )
     replayer = Replayer(workflows=[_ReserveFirstOrderWorkflow, PaymentWorkflow, DeliveryWorkflow])
 
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
 
     assert isinstance(result.replay_failure, NondeterminismError)
     assert names.ACT_TRY_RESERVE in str(result.replay_failure)
+
+
+@workflow.defn(name=names.ORDER_WORKFLOW, sandboxed=False)
+class _RevertedLocalStepsOrderWorkflow(OrderWorkflow):
+    """Today's saga with one careless edit: the stock steps are regular activities again, on
+    runs that took the ``local-steps`` branch (the patch reverted in place, not retired)."""
+
+    @workflow.run
+    async def run(self, inp: CheckoutInput) -> OrderView:
+        return await super().run(inp)
+
+    async def _on_every_line(  # type: ignore[no-untyped-def]
+        self, activity, keys: list[ReservationKey]
+    ) -> list[ReservationResult | BaseException]:
+        return await asyncio.gather(
+            *(
+                workflow.execute_activity_method(
+                    activity, key, start_to_close_timeout=options.SHORT
+                )
+                for key in keys
+            ),
+            return_exceptions=True,
+        )
+
+
+async def test_replay_detects_a_step_moved_back_from_local_to_regular_activity() -> None:
+    history = load_history(HISTORIES / "happy_path.OrderWorkflow.json")
+    replayer = Replayer(
+        workflows=[_RevertedLocalStepsOrderWorkflow, PaymentWorkflow, DeliveryWorkflow]
+    )
+
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+
+    assert isinstance(result.replay_failure, NondeterminismError), result.replay_failure
+    # The history's marker for the local try has no local activity to match it.
+    assert "LocalActivity" in str(result.replay_failure)
 
 
 async def test_history_replay_command_exits_1_when_a_history_no_longer_replays(

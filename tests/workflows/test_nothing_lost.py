@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ from domain.messages import (
 )
 from domain.names import QUERY_DELIVERY, UPDATE_CANCEL, UPDATE_REPAIR, delivery_workflow_id
 from tests.support import Stack, order_stack, view_of, wait_for_view
+from workflows import options
 
 PRICE = 1299
 FEE = 500
@@ -145,6 +147,38 @@ async def test_compensation_retries_through_a_psp_outage_longer_than_any_retry_w
     assert (final.status, final.failure_reason) == ("FAILED", "NO_COURIER")
     assert await stack.ledger(inp.order_id) == [("authorize", total), ("void", total)]
     assert await stack.stock("SKU-1") == (5, 0, 0)
+    assert (await stack.read_model(inp.order_id))["status"] == "FAILED"
+
+
+async def test_stock_compensation_retries_through_a_database_outage_past_the_local_threshold(
+    stack: Stack, ts_env: WorkflowEnvironment, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stock undo is a local activity (the ``local-steps`` patch). Its retries past
+    # LOCAL_RETRY_THRESHOLD wait on durable workflow timers; 1 s here instead of a minute so
+    # the test reaches them after two tries rather than a minute of real sleeping.
+    monkeypatch.setattr(options, "LOCAL_RETRY_THRESHOLD", timedelta(seconds=1))
+    inp = stack.checkout(
+        [("SKU-1", 2, PRICE)],
+        timeouts=OrderTimeouts(payment_timeout_s=60, offer_timeout_s=1, max_offers=1),
+    )
+    h = await stack.start(inp)
+    await wait_for_view(h, lambda v: v.status == "DISPATCHING")
+    # The fence table is gone (a database outage as the worker sees it): every return_stock
+    # try fails with a retryable error until it is back.
+    await _sql(db_path, "ALTER TABLE reservations RENAME TO reservations_offline")
+    began = await ts_env.get_current_time()
+    await ts_env.sleep(6 * 3600)
+    assert (await ts_env.get_current_time() - began).total_seconds() >= 6 * 3600
+    assert (await view_of(h)).status == "DISPATCHING"  # still compensating, not given up
+    history = await h.fetch_history()
+    backoffs = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED]
+    assert len(backoffs) >= 10, len(backoffs)  # six hours of 5-minute backoffs, on timers
+
+    await _sql(db_path, "ALTER TABLE reservations_offline RENAME TO reservations")
+    final = await h.result()
+    assert (final.status, final.failure_reason) == ("FAILED", "NO_COURIER")
+    assert await stack.stock("SKU-1") == (5, 0, 0)
+    assert await stack.reservations(inp.order_id) == {"SKU-1": "RETURNED"}
     assert (await stack.read_model(inp.order_id))["status"] == "FAILED"
 
 
