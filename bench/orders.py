@@ -337,13 +337,21 @@ async def serial_latencies(
 
 async def history_counts(client: Any, workflow_id: str) -> dict[str, Any]:
     """Events in ``workflow_id``'s history and in its child workflows' (recursively), and the
-    activities it scheduled by type."""
+    activities it ran by type: regular ones (``ActivityTaskScheduled``) and local ones (the
+    ``core_local_activity`` marker, one per completed local activity), as ``local:<type>``."""
     history = await client.get_workflow_handle(workflow_id).fetch_history()
     activities: dict[str, int] = {}
     children: list[str] = []
     for event in history.events:
+        name = ""
         if event.HasField("activity_task_scheduled_event_attributes"):
             name = event.activity_task_scheduled_event_attributes.activity_type.name
+        elif event.HasField("marker_recorded_event_attributes"):
+            marker = event.marker_recorded_event_attributes
+            if marker.marker_name == "core_local_activity" and "data" in marker.details:
+                data = json.loads(marker.details["data"].payloads[0].data)
+                name = f"local:{data['activity_type']}"
+        if name:
             activities[name] = activities.get(name, 0) + 1
         if event.HasField("start_child_workflow_execution_initiated_event_attributes"):
             children.append(
@@ -721,7 +729,7 @@ def history_lines(null: dict[str, Any], order: dict[str, Any]) -> list[dict[str,
             _line(f"delivered_order_{kind}_child_history_events", child["events"], "events", None)
         )
     for name, count in sorted(order["activities"].items()):
-        out.append(_line(f"delivered_order_activity_{name}", count, "scheduled", None))
+        out.append(_line(f"delivered_order_activity_{name.replace(':', '_')}", count, "run", None))
     return out
 
 

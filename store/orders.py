@@ -15,7 +15,7 @@ from temporalio.converter import value_to_type
 from domain.messages import CheckoutInput
 from store.models import Order, OrderTimeline
 from store.outbox import append_status_change
-from store.sql import insert_ignore
+from store.sql import dialect_insert, insert_ignore
 
 FINAL_SEQ = 2_000_000_000
 """``orders.seq`` of a row no workflow will write again (the reconciler's fail, the API's
@@ -140,13 +140,24 @@ async def record_order(
 
 async def append_timeline(s: AsyncSession, view: dict[str, Any], *, outbox: bool = True) -> None:
     """The timeline rows of ``view`` not written yet, each new one also to the event outbox
-    (``store.outbox``), in the caller's transaction."""
+    (``store.outbox``), in the caller's transaction. One multi-row ``INSERT ... ON CONFLICT
+    DO NOTHING RETURNING seq`` for the whole timeline (not one per entry): the rows that come
+    back are the new ones."""
     order_id = view["order_id"]
-    for i, entry in enumerate(view["timeline"]):
-        new = await s.execute(
-            insert_ignore(
-                s, TIMELINE, dict(order_id=order_id, seq=i, status=entry["status"], at=entry["at"])
-            )
-        )
-        if outbox and new.first() is not None:
+    timeline = view["timeline"]
+    if not timeline:
+        return
+    rows = [
+        dict(order_id=order_id, seq=i, status=entry["status"], at=entry["at"])
+        for i, entry in enumerate(timeline)
+    ]
+    stmt = (
+        dialect_insert(s, TIMELINE)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["order_id", "seq"])
+        .returning(TIMELINE.c.seq)
+    )
+    new = sorted(r[0] for r in (await s.execute(stmt)).all())
+    if outbox:
+        for i in new:
             await append_status_change(s, view, i)

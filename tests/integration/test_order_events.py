@@ -32,7 +32,7 @@ from infra.events import OutboxRelay, RabbitPublisher, RedisStreamPublisher
 from infra.locks import Redlock, RedlockConfig
 from infra.settings import to_async_url
 from store.db import make_engine, make_sessionmaker
-from store.orders import record_order
+from store.orders import TIMELINE, record_order
 from store.outbox import EVENTS, event_payload, unpublished_count
 from tests.conftest import REDIS_URL
 from tests.support.ports import free_port
@@ -120,6 +120,40 @@ async def test_each_status_change_goes_to_the_outbox_with_the_read_model(db_url:
         ]
         assert rows[2].payload["previous_status"] == "RESERVED"
         assert rows[2].payload["event_id"] == "o-1:2"
+    finally:
+        await engine.dispose()
+
+
+async def test_a_write_that_carries_several_new_statuses_stores_each_once_in_order(
+    db_url: str,
+) -> None:
+    # The order workflow's local-steps branch: no write at PENDING (the API stored the row),
+    # PAID written together with DISPATCHING. Every status still gets its timeline row and its
+    # event, once, in timeline order.
+    engine = make_engine(to_async_url(db_url))
+    sessions = make_sessionmaker(engine)
+    try:
+        for k, upto in ((1, 2), (2, 4), (2, 4), (3, 5)):
+            async with sessions() as s, s.begin():
+                await record_order(s, view=view_of("o-2", STATUSES[:upto]), seq=k)
+        async with sessions() as s:
+            events = (
+                await s.execute(
+                    select(EVENTS.c.seq, EVENTS.c.status, EVENTS.c.payload)
+                    .where(EVENTS.c.order_id == "o-2")
+                    .order_by(EVENTS.c.id)
+                )
+            ).all()
+            timeline = (
+                await s.execute(
+                    select(TIMELINE.c.seq, TIMELINE.c.status)
+                    .where(TIMELINE.c.order_id == "o-2")
+                    .order_by(TIMELINE.c.seq)
+                )
+            ).all()
+        assert [(e.seq, e.status) for e in events] == list(enumerate(STATUSES[:5]))
+        assert [e.payload["previous_status"] for e in events][1:] == STATUSES[:4]
+        assert [tuple(t) for t in timeline] == list(enumerate(STATUSES[:5]))
     finally:
         await engine.dispose()
 
