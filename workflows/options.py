@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 from temporalio.common import RetryPolicy
@@ -80,11 +81,11 @@ SWEEP_STEP = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=
 
 SHORT = timedelta(seconds=15)
 """Start-to-close of one try of a short database / Redis step (regular or local activity)."""
-LOCAL_RETRY_THRESHOLD = timedelta(minutes=1)
-"""A local activity's retry whose backoff is longer than this is not slept inside the worker:
-the workflow waits on a durable timer and schedules the next try (the SDK's default, stated).
-With ``COMPENSATION``'s five-minute cap a compensation of a long outage retries that way,
-without end, as its policy says."""
+LOCAL_TRIES = 4
+"""Tries of a short step of the order (``OrderWorkflow._short_step``) as a local activity,
+inside the worker and with its policy's backoff (a few seconds in all), before it goes on as a
+regular activity with its whole policy: a blip is ridden out without an activity task, an
+outage without a history that grows by a workflow-task heartbeat every few seconds."""
 PSP_CALL = timedelta(seconds=20)
 NOTIFY_TRY = timedelta(seconds=15)
 """One POST to the merchant's webhook (the activity's own HTTP timeout is 10 s)."""
@@ -101,3 +102,8 @@ def authorize_deadline(payment_timeout_s: float) -> timedelta:
     gets a few tries); the order's void compensation looks the intent up by order in case it
     landed."""
     return timedelta(seconds=max(payment_timeout_s, 60))
+
+
+def local_tries(policy: RetryPolicy) -> RetryPolicy:
+    """``policy`` for the local-activity tries of a short step: ``LOCAL_TRIES`` at most."""
+    return dataclasses.replace(policy, maximum_attempts=LOCAL_TRIES)
