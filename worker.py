@@ -3,6 +3,7 @@
     python worker.py                      # every role
     python worker.py --queues dispatch    # only dispatch (scale it separately)
     python worker.py --build-id 2026.12.2 # a versioned deploy (TRADEFLOW_WORKER_VERSIONING=on)
+    python worker.py --queues dispatch --dispatch-shards 1,2   # zone matchers of shards 1, 2
 
 Each process runs one Temporal worker per task queue it serves. SIGINT/SIGTERM stop polling,
 let running activities finish (``TRADEFLOW_WORKER_GRACE_S``), then exit 0. With Worker
@@ -19,7 +20,7 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -33,7 +34,7 @@ from temporalio.client import Client
 from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.worker import Worker, WorkerDeploymentConfig
 
-from activities.couriers import CourierActivities
+from activities.couriers import CourierActivities, DispatchConfig
 from activities.inventory import InventoryActivities
 from activities.notify import NotifyActivities
 from activities.orders import OrderActivities
@@ -42,8 +43,14 @@ from activities.reconciler import ReconcilerActivities, ensure_reconciler_schedu
 from activities.refunds import RefundActivities
 from activities.sweeper import SweeperActivities, ensure_sweeper_schedule
 from dispatch.geoindex import CourierGeoIndex
+from dispatch.service import ShardRegistry, ShardService, ZoneMatcher, store_zones, zone_redlock
 from domain.messages import OrderTimeouts, ReconcileInput
-from domain.names import ALL_TASK_QUEUES, DISPATCH_TASK_QUEUE, ORDERS_TASK_QUEUE
+from domain.names import (
+    ALL_TASK_QUEUES,
+    DISPATCH_TASK_QUEUE,
+    ORDERS_TASK_QUEUE,
+    shard_task_queue,
+)
 from infra.breaker import CircuitBreaker
 from infra.events import run_relay
 from infra.hot_stock import load_hot_counters
@@ -111,8 +118,14 @@ ACTIVITIES_BY_QUEUE: dict[str, list[Callable[..., Any]]] = {
         CourierActivities.offer_to_courier,
         CourierActivities.assign_courier,
         CourierActivities.release_courier,
+        CourierActivities.route_dispatch,
+        CourierActivities.withdraw_match,
     ],
 }
+
+SHARD_ACTIVITIES: list[Callable[..., Any]] = [CourierActivities.request_match]
+"""What a dispatch shard's own task queue (``dispatch-<n>``) serves: the orders of its zones
+waiting for their zone matcher's offer."""
 
 
 PSP_BREAKER_NAME = "psp"
@@ -134,10 +147,57 @@ class Dependencies:
     merchant_secret: str = ""
     zone_resolution: int = 7
     """H3 resolution of the courier geo index (used when ``redis`` is set)."""
+    dispatch_redis: aioredis.Redis | None = None
+    """The geo index and zone matchers' Redis when it is not ``redis`` (tests: dispatch on
+    Redis, stock and PSP guards without); not closed by ``aclose``."""
+    dispatch_prefix: str = "dispatch:"
+    dispatch_window_s: float = 2.0
+
+    @property
+    def _dispatch_redis(self) -> aioredis.Redis | None:
+        return self.dispatch_redis if self.dispatch_redis is not None else self.redis
 
     @property
     def geo(self) -> CourierGeoIndex | None:
-        return None if self.redis is None else CourierGeoIndex(self.redis, self.zone_resolution)
+        r = self._dispatch_redis
+        return None if r is None else CourierGeoIndex(r, self.zone_resolution, self.dispatch_prefix)
+
+    @property
+    def dispatch(self) -> DispatchConfig | None:
+        r = self._dispatch_redis
+        if r is None:
+            return None
+        return DispatchConfig(r, self.dispatch_prefix, self.dispatch_window_s, self.zone_resolution)
+
+    def shard_services(
+        self, shards: Sequence[str], *, lock_urls: list[str], lease_ttl_s: float = 10.0
+    ) -> list[ShardService]:
+        """A zone matcher service per dispatch shard: heartbeats in the registry (the ring's
+        members), matches the zones of the stores the ring gives it, under their leases."""
+        redis, geo = self._dispatch_redis, self.geo
+        if redis is None or geo is None or not shards:
+            return []
+        sessions = make_sessionmaker(self.engine)
+        lock = zone_redlock(
+            lock_urls,
+            sessions,
+            ttl_ms=int(lease_ttl_s * 1000),
+            prefix=f"{self.dispatch_prefix}lock:",
+        )
+        matcher = ZoneMatcher(
+            redis,
+            geo,
+            sessions,
+            lock,
+            window_s=max(self.dispatch_window_s, 0.05),
+            prefix=self.dispatch_prefix,
+        )
+        registry = ShardRegistry(redis, prefix=self.dispatch_prefix, ttl_s=lease_ttl_s)
+        zones = store_zones(sessions, self.zone_resolution)
+        return [
+            ShardService(shard, registry, matcher, [], beat_s=lease_ttl_s / 5, zone_source=zones)
+            for shard in shards
+        ]
 
     def activities(self, client: Client | None = None) -> list[Callable[..., Any]]:
         """Every activity, bound to these dependencies. ``client`` (the worker's Temporal
@@ -145,7 +205,7 @@ class Dependencies:
         sessions = make_sessionmaker(self.engine)
         inventory = InventoryActivities(sessionmaker=sessions, redis=self.redis)
         orders = OrderActivities(sessionmaker=sessions)
-        couriers = CourierActivities(sessionmaker=sessions, geo=self.geo)
+        couriers = CourierActivities(sessionmaker=sessions, geo=self.geo, dispatch=self.dispatch)
         payments = PaymentActivities(
             http=self.http,
             sessionmaker=sessions,
@@ -204,6 +264,9 @@ class Dependencies:
             couriers.offer_to_courier,
             couriers.assign_courier,
             couriers.release_courier,
+            couriers.route_dispatch,
+            couriers.request_match,
+            couriers.withdraw_match,
             payments.authorize_payment,
             payments.capture_payment,
             payments.void_payment,
@@ -254,6 +317,8 @@ def make_dependencies(settings: Settings) -> Dependencies:
         merchant_url=settings.merchant_webhook_url,
         merchant_secret=settings.resolved_merchant_secret,
         zone_resolution=settings.zone_resolution,
+        dispatch_prefix=settings.dispatch_key_prefix,
+        dispatch_window_s=settings.dispatch_window_s,
     )
 
 
@@ -265,14 +330,28 @@ def build_workers(
     max_concurrent_activities: int = 100,
     deployment: WorkerDeploymentConfig | None = None,
     grace_s: float = 10.0,
+    dispatch_shards: Sequence[str] = (),
 ) -> list[Worker]:
     """One worker per role. ``roles`` maps role (``orders``/``dispatch``) to the task queue name
     it polls; tests pass unique queue names, production uses the names as they are.
-    ``deployment``: Worker Deployment Versioning (``deployment_config``)."""
+    ``deployment``: Worker Deployment Versioning (``deployment_config``). With the dispatch
+    role, one more worker per shard of ``dispatch_shards`` polls ``<dispatch queue>-<n>``."""
     roles = roles or {q: q for q in ALL_TASK_QUEUES}
     bound = {getattr(a, "__func__", a): a for a in deps.activities(client)}
     versioning: dict[str, Any] = {} if deployment is None else {"deployment_config": deployment}
-    return [
+    shard_workers = [
+        Worker(
+            client,
+            task_queue=shard_task_queue(roles[DISPATCH_TASK_QUEUE], shard),
+            activities=[bound[a] for a in SHARD_ACTIVITIES],
+            max_concurrent_activities=max(max_concurrent_activities, 1000),
+            graceful_shutdown_timeout=timedelta(seconds=grace_s),
+            interceptors=[MetricsInterceptor()],
+            **versioning,
+        )
+        for shard in (dispatch_shards if DISPATCH_TASK_QUEUE in roles else ())
+    ]
+    return shard_workers + [
         Worker(
             client,
             task_queue=queue,
@@ -430,7 +509,12 @@ async def install_reconciler(client: Client, settings: Settings) -> None:
     )
 
 
-async def serve(settings: Settings, queues: list[str], build_id: str | None = None) -> None:
+async def serve(
+    settings: Settings,
+    queues: list[str],
+    build_id: str | None = None,
+    shards: Sequence[str] | None = None,
+) -> None:
     from infra.temporal import connect
 
     with contextlib.suppress(ImportError):
@@ -450,20 +534,27 @@ async def serve(settings: Settings, queues: list[str], build_id: str | None = No
         await install_reconciler(client, settings)
     build = resolve_build_id(build_id or settings.build_id)
     deployment = deployment_config(settings, build)
+    shards = list(settings.dispatch_shard_list if shards is None else shards)
+    shards = shards if DISPATCH_TASK_QUEUE in queues else []
     workers = build_workers(
         client,
         deps,
         roles={q: q for q in queues},
         deployment=deployment,
         grace_s=settings.worker_grace_s,
+        dispatch_shards=shards,
+    )
+    services = deps.shard_services(
+        shards, lock_urls=settings.lock_redis_url_list, lease_ttl_s=settings.dispatch_lease_ttl_s
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info(
-        "worker serving %s on %s (%s), build %s, versioning %s",
+        "worker serving %s%s on %s (%s), build %s, versioning %s",
         ", ".join(queues),
+        f" (dispatch shards {','.join(shards)})" if shards else "",
         settings.temporal_address,
         settings.temporal_namespace,
         build,
@@ -473,6 +564,7 @@ async def serve(settings: Settings, queues: list[str], build_id: str | None = No
     background = [
         asyncio.create_task(poll_gauges(make_sessionmaker(deps.engine), deps.psp_breaker, stop))
     ]
+    matchers = [asyncio.create_task(svc.run()) for svc in services]
     if ORDERS_TASK_QUEUE in queues:  # the outbox relay (one publishes; see infra/events.py)
         background.append(asyncio.create_task(run_relay(settings, deps.engine, stop)))
     promotion = (
@@ -488,6 +580,10 @@ async def serve(settings: Settings, queues: list[str], build_id: str | None = No
     stop.set()
     if promotion is not None:
         promotion.cancel()
+    # Zone matchers first: they leave the ring and release their leases at once, so the
+    # other shards take the zones over while this worker drains.
+    await asyncio.gather(*(svc.stop() for svc in services), return_exceptions=True)
+    await asyncio.gather(*matchers, return_exceptions=True)
     started = loop.time()
     await asyncio.gather(*(w.shutdown() for w in workers), *background, return_exceptions=True)
     log.info("worker drained in %.1fs", loop.time() - started)
@@ -517,7 +613,15 @@ def main(argv: list[str] | None = None) -> None:
         help="this code's version for Worker Deployment Versioning "
         "(default: TRADEFLOW_BUILD_ID, else <package version>-<git commit>)",
     )
+    parser.add_argument(
+        "--dispatch-shards",
+        default=settings.dispatch_shards,
+        help="with the dispatch role: the dispatch shards (zone matchers and their "
+        "dispatch-<n> task queues) this process serves, comma-separated; '' for none "
+        "(default: %(default)s)",
+    )
     args = parser.parse_args(argv)
+    shards = [x.strip() for x in args.dispatch_shards.split(",") if x.strip()]
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     unknown = [q for q in queues if q not in WORKFLOWS_BY_QUEUE]
     if unknown or not queues:
@@ -525,7 +629,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(serve(settings, queues, build_id=args.build_id))
+    asyncio.run(serve(settings, queues, build_id=args.build_id, shards=shards))
 
 
 if __name__ == "__main__":

@@ -8,20 +8,37 @@ offer and release keeps the index in step with the table; the table decides.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass
 
+import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from dispatch.geoindex import CourierGeoIndex
-from domain.messages import CourierOffer, FindCourierInput, FoundCourier, OfferResult
+from dispatch.service import OrderQueue, ShardRegistry, shard_of, store_zones
+from dispatch.zones import zone_of
+from domain.messages import (
+    CourierOffer,
+    DispatchRoute,
+    FindCourierInput,
+    FoundCourier,
+    MatchRequest,
+    MatchResult,
+    OfferResult,
+)
 from domain.names import (
     ACT_ASSIGN_COURIER,
     ACT_FIND_NEAREST_COURIER,
     ACT_OFFER_TO_COURIER,
     ACT_RELEASE_COURIER,
+    ACT_REQUEST_MATCH,
+    ACT_ROUTE_DISPATCH,
+    ACT_WITHDRAW_MATCH,
 )
 from store import couriers as fleet
 
@@ -30,6 +47,26 @@ log = logging.getLogger(__name__)
 SEARCH_RADIUS_KM = 50.0
 CANDIDATES = 8
 """Nearest index entries checked against the table per search (stale ones are dropped)."""
+SHARD_MOVED = "ShardMoved"
+"""``request_match`` gave up because its worker is stopping: the workflow routes again."""
+CLAIM_GRACE_S = 5.0
+"""A matcher claimed the order just as its wait ended: how long its offer may take to land."""
+
+
+@dataclass
+class DispatchConfig:
+    """What the matcher path of dispatch needs: the Redis of the zone matchers, their key
+    prefix, the window and the zone resolution they use."""
+
+    redis: aioredis.Redis
+    prefix: str = "dispatch:"
+    window_s: float = 2.0
+    resolution: int = 7
+
+    @property
+    def wait_s(self) -> float:
+        """How long one ``request_match`` waits for an offer: two windows and a second."""
+        return 2 * max(self.window_s, 0.05) + 1.0
 
 
 class CourierActivities:
@@ -38,9 +75,90 @@ class CourierActivities:
         *,
         sessionmaker: async_sessionmaker[AsyncSession],
         geo: CourierGeoIndex | None = None,
+        dispatch: DispatchConfig | None = None,
     ) -> None:
         self._sessions = sessionmaker
         self._geo = geo
+        self._dispatch = dispatch
+
+    def _matching(self) -> DispatchConfig:
+        if self._dispatch is None:
+            raise ApplicationError(
+                "this worker has no zone matcher Redis configured", type="DispatchUnavailable"
+            )
+        return self._dispatch
+
+    @activity.defn(name=ACT_ROUTE_DISPATCH)
+    async def route_dispatch(self, inp: FindCourierInput) -> DispatchRoute:
+        """The store's zone and the live shard the ring gives it (read off the heartbeats);
+        the order starts waiting in the zone's pending set."""
+        d = self._matching()
+        async with self._sessions() as s:
+            at = await fleet.location_position(s, location_id=inp.location_id)
+        if at is None:
+            return DispatchRoute(zone=None)
+        zone = zone_of(at[0], at[1], d.resolution)
+        zones = await store_zones(self._sessions, d.resolution)()
+        shard = await shard_of(ShardRegistry(d.redis, d.prefix), zones, zone)
+        if shard is not None:
+            # Waiting from now on, not only once request_match starts: if that shard has just
+            # died, whoever takes the zone over matches the order meanwhile.
+            await OrderQueue(d.redis, d.prefix).enqueue(
+                zone, inp.order_id, lat=at[0], lng=at[1], exclude=inp.exclude
+            )
+        return DispatchRoute(zone=zone, lat=at[0], lng=at[1], shard=shard)
+
+    @activity.defn(name=ACT_REQUEST_MATCH)
+    async def request_match(self, req: MatchRequest) -> MatchResult:
+        """Wait in the zone's pending set, heartbeating, for the zone matcher's offer (written
+        by the matcher, fenced by its lease). A retry first looks for an offer already made to
+        the order. Gives up after :attr:`DispatchConfig.wait_s` (None: nobody free)."""
+        d = self._matching()
+        q = OrderQueue(d.redis, d.prefix)
+        held = await self._holder(req.order_id)
+        if held is not None:
+            return MatchResult(held)
+        await q.enqueue(req.zone, req.order_id, lat=req.lat, lng=req.lng, exclude=req.exclude)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + d.wait_s
+        try:
+            while (left := deadline - loop.time()) > 0:
+                activity.heartbeat()
+                if activity.is_worker_shutdown():
+                    # The order stays pending: whoever serves the zone next matches it, and
+                    # the routed-again request finds that offer in the table.
+                    raise ApplicationError("worker stopping", type=SHARD_MOVED, non_retryable=True)
+                got = await q.wait_offer(req.order_id, min(left, 1.0))
+                if got is not None and await self._holder(req.order_id) == got:
+                    return MatchResult(got)
+            if not await q.withdraw(req.zone, req.order_id):
+                # A matcher claimed it just now: its offer is being written (or the order goes
+                # back to pending if the courier was taken; the next round asks again).
+                grace = loop.time() + CLAIM_GRACE_S
+                while loop.time() < grace:
+                    activity.heartbeat()
+                    if await q.wait_offer(req.order_id, 1.0) is not None:
+                        break
+        except asyncio.CancelledError:
+            await asyncio.shield(q.withdraw(req.zone, req.order_id))
+            raise
+        return MatchResult(await self._holder(req.order_id))
+
+    @activity.defn(name=ACT_WITHDRAW_MATCH)
+    async def withdraw_match(self, req: MatchRequest) -> OfferResult:
+        """The order was cancelled while matching: leave the pending set and free a courier an
+        offer may have reached meanwhile."""
+        d = self._matching()
+        await OrderQueue(d.redis, d.prefix).withdraw(req.zone, req.order_id)
+        async with self._sessions() as s, s.begin():
+            freed = await fleet.release_offers_of(s, order_id=req.order_id)
+        for courier_id in freed:
+            await self.sync_courier(courier_id)
+        return OfferResult(offered=bool(freed))
+
+    async def _holder(self, order_id: str) -> str | None:
+        async with self._sessions() as s:
+            return await fleet.holder_of(s, order_id=order_id)
 
     @activity.defn(name=ACT_FIND_NEAREST_COURIER)
     async def find_nearest_courier(self, inp: FindCourierInput) -> FoundCourier:

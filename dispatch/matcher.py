@@ -13,7 +13,7 @@ courier. It is kept as the ``window = 0`` mode and as the benchmark's baseline.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,11 +66,20 @@ def match_batch(
     *,
     max_km: float = 50.0,
     age_km_per_s: float = 0.02,
+    forbidden: Collection[tuple[str, str]] = (),
 ) -> list[Match]:
-    """Assign orders to couriers minimising total pickup distance (ties by input order)."""
+    """Assign orders to couriers minimising total pickup distance (ties by input order).
+    ``forbidden``: (order, courier) pairs never proposed (a courier who declined the order or
+    let its offer lapse)."""
     if not orders or not couriers:
         return []
     km = distance_matrix(orders, couriers)
+    if forbidden:
+        row = {o.order_id: i for i, o in enumerate(orders)}
+        col = {c.courier_id: j for j, c in enumerate(couriers)}
+        for oid, cid in forbidden:
+            if oid in row and cid in col:
+                km[row[oid], col[cid]] = np.inf
     waiting = np.array([o.waiting_s for o in orders])[:, None]
     cost = np.where(km <= max_km, km - age_km_per_s * waiting, _INFEASIBLE)
     rows, cols = linear_sum_assignment(cost)

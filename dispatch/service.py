@@ -14,35 +14,43 @@ live members, so each zone has one intended shard (see docs/dispatch.md).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from dispatch.geoindex import CourierGeoIndex
 from dispatch.matcher import FreeCourier, OpenOrder, match_batch
-from dispatch.zones import zone_centre, zone_reach_km, zones_around
+from dispatch.zones import zone_centre, zone_of, zone_reach_km, zones_around
 from infra.hashring import HashRing
 from infra.locks import LeaseLost, Redlock, RedlockConfig
 from infra.redis import make_redis
-from infra.settings import Settings
 from store import couriers as fleet
 from store.fencing import Fence, StaleFencingToken, token_source
+from store.models import Location
 
 log = logging.getLogger(__name__)
 
 
 def zone_redlock(
-    settings: Settings, sessions: async_sessionmaker[AsyncSession], *, ttl_ms: int = 10_000
+    lock_urls: list[str],
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    ttl_ms: int = 10_000,
+    prefix: str = "lock:",
 ) -> Redlock:
-    """Zone leases over ``TRADEFLOW_LOCK_REDIS_URLS`` with fencing tokens from the database."""
+    """Zone leases over these independent Redis nodes (``TRADEFLOW_LOCK_REDIS_URLS``) with
+    fencing tokens from the database."""
     return Redlock(
-        [make_redis(u) for u in settings.lock_redis_url_list],
-        RedlockConfig(ttl_ms=ttl_ms),
+        [make_redis(u) for u in lock_urls],
+        RedlockConfig(ttl_ms=ttl_ms, prefix=prefix),
         fencing=token_source(sessions),
     )
 
@@ -83,19 +91,18 @@ class ZoneMatcher:
     max_km: float = 10.0
     prefix: str = "dispatch:"
 
-    def _pending(self, zone: str) -> str:
-        return f"{self.prefix}pending:{zone}"
+    @property
+    def queue(self) -> OrderQueue:
+        return OrderQueue(self.redis, self.prefix)
 
-    async def enqueue(self, zone: str, order_id: str, *, lat: float, lng: float) -> None:
+    async def enqueue(
+        self, zone: str, order_id: str, *, lat: float, lng: float, exclude: Iterable[str] = ()
+    ) -> None:
         """An order is ready for dispatch in ``zone`` (idempotent)."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(f"{self.prefix}pickup", order_id, f"{lat},{lng}")
-        pipe.zadd(self._pending(zone), {order_id: time.time()}, nx=True)
-        await pipe.execute()
+        await self.queue.enqueue(zone, order_id, lat=lat, lng=lng, exclude=exclude)
 
     async def wait_offer(self, order_id: str, timeout_s: float) -> str | None:
-        got = await self.redis.blpop([f"{self.prefix}offer:{order_id}"], timeout=timeout_s)  # type: ignore[misc]
-        return None if got is None else str(got[1])
+        return await self.queue.wait_offer(order_id, timeout_s)
 
     async def serve(self, zone: str, *, rounds: int | None = None) -> None:
         """Match ``zone`` every window while its lease is held (``rounds``: stop after that many
@@ -111,45 +118,139 @@ class ZoneMatcher:
 
     async def match_once(self, zone: str, fence: Fence) -> int:
         """One window: returns how many offers landed."""
+        q = self.queue
         now = time.time()
-        raw: Any = await self.redis.zrange(self._pending(zone), 0, -1, withscores=True)
-        waiting = [(str(o), float(since)) for o, since in raw]
+        raw: Any = await self.redis.zrange(q.pending(zone), 0, -1, withscores=True)
+        waiting = {str(o): float(since) for o, since in raw}
         if not waiting:
             return 0
-        ids = [o for o, _ in waiting]
-        spots = await self.redis.hmget(f"{self.prefix}pickup", ids)  # type: ignore[misc]
-        orders = []
-        for (oid, since), spot in zip(waiting, spots, strict=True):
+        ids = list(waiting)
+        spots = await self.redis.hmget(q.pickup, ids)  # type: ignore[misc]
+        orders: list[OpenOrder] = []
+        forbidden: set[tuple[str, str]] = set()
+        for oid, spot in zip(ids, spots, strict=True):
             if spot is not None:
-                lat, lng = (float(x) for x in str(spot).split(","))
-                orders.append(OpenOrder(oid, lat, lng, now - since))
-        lat, lng = zone_centre(zone)
-        found = await self.geo.search(
-            lat=lat,
-            lng=lng,
-            radius_km=self.max_km + zone_reach_km(self.geo.resolution),
-            count=max(4 * len(orders), 16),
-            zones=zones_around(zone, 1),
-        )
-        couriers = [FreeCourier(c.courier_id, c.lat, c.lng) for c in found]
+                at = json.loads(spot)
+                orders.append(OpenOrder(oid, at["lat"], at["lng"], now - waiting[oid]))
+                forbidden.update((oid, c) for c in at.get("exclude", ()))
+        couriers = await self._candidates(zone, len(orders))
         landed = 0
-        for m in match_batch(orders, couriers, max_km=self.max_km):
+        for m in match_batch(orders, couriers, max_km=self.max_km, forbidden=forbidden):
+            # Claim the order first: the one ZREM that removes it wins, whether another
+            # matcher (a handover) or the order itself (it gave up waiting, or was cancelled).
+            if not await self.redis.zrem(q.pending(zone), m.order_id):
+                continue
             try:
                 async with self.sessions() as s, s.begin():
                     ok = await fleet.offer(
                         s, order_id=m.order_id, courier_id=m.courier_id, fence=fence
                     )
             except StaleFencingToken as e:
+                await q.requeue(zone, m.order_id, waiting[m.order_id])
                 raise LeaseLost(f"zone {zone}: a newer lease wrote (token {fence.token})") from e
+            except BaseException:
+                await q.requeue(zone, m.order_id, waiting[m.order_id])
+                raise
             await self.geo.remove(m.courier_id)  # offered, or not free after all
             if ok:
-                pipe = self.redis.pipeline(transaction=True)
-                pipe.zrem(self._pending(zone), m.order_id)
-                pipe.rpush(f"{self.prefix}offer:{m.order_id}", m.courier_id)
-                pipe.expire(f"{self.prefix}offer:{m.order_id}", 3600)
-                await pipe.execute()
+                await q.publish(m.order_id, m.courier_id)
                 landed += 1
+            else:
+                await q.requeue(zone, m.order_id, waiting[m.order_id])
         return landed
+
+    async def _candidates(self, zone: str, orders: int) -> list[FreeCourier]:
+        """Free couriers of the zone and its neighbours from the geo index; the table is asked
+        too when the index lists fewer than there are orders (it may lag couriers written
+        straight to the table), and what it finds is listed again."""
+        lat, lng = zone_centre(zone)
+        radius = self.max_km + zone_reach_km(self.geo.resolution)
+        count = max(4 * orders, 16)
+        found = await self.geo.search(
+            lat=lat, lng=lng, radius_km=radius, count=count, zones=zones_around(zone, 1)
+        )
+        couriers = {c.courier_id: FreeCourier(c.courier_id, c.lat, c.lng) for c in found}
+        if len(couriers) < orders:
+            async with self.sessions() as s:
+                rows = await fleet.free_in_box(s, lat=lat, lng=lng, radius_km=radius, limit=count)
+            for cid, c_lat, c_lng in rows:
+                if cid not in couriers:
+                    couriers[cid] = FreeCourier(cid, c_lat, c_lng)
+                    await self.geo.put(cid, lat=c_lat, lng=c_lng, free=True)
+        return list(couriers.values())
+
+
+@dataclass
+class OrderQueue:
+    """The order's side of a zone matcher: the pending set it waits in and the list its offer
+    is published on."""
+
+    redis: aioredis.Redis
+    prefix: str = "dispatch:"
+
+    def pending(self, zone: str) -> str:
+        return f"{self.prefix}pending:{zone}"
+
+    @property
+    def pickup(self) -> str:
+        return f"{self.prefix}pickup"
+
+    def offers(self, order_id: str) -> str:
+        return f"{self.prefix}offer:{order_id}"
+
+    async def enqueue(
+        self, zone: str, order_id: str, *, lat: float, lng: float, exclude: Iterable[str] = ()
+    ) -> None:
+        """Wait in ``zone`` (idempotent: a second call keeps the first enqueue time);
+        ``exclude``: couriers this order must not be offered to."""
+        at = json.dumps({"lat": lat, "lng": lng, "exclude": sorted(exclude)})
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.pickup, order_id, at)
+        pipe.zadd(self.pending(zone), {order_id: time.time()}, nx=True)
+        await pipe.execute()
+
+    async def requeue(self, zone: str, order_id: str, since: float) -> None:
+        await self.redis.zadd(self.pending(zone), {order_id: since}, nx=True)
+
+    async def withdraw(self, zone: str, order_id: str) -> bool:
+        """Leave the pending set; False when a matcher has claimed the order (its offer is
+        being written) or it was not waiting."""
+        removed = bool(await self.redis.zrem(self.pending(zone), order_id))
+        if removed:
+            await self.redis.hdel(self.pickup, order_id)  # type: ignore[misc]
+        return removed
+
+    async def publish(self, order_id: str, courier_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel(self.pickup, order_id)
+        pipe.rpush(self.offers(order_id), courier_id)
+        pipe.expire(self.offers(order_id), 3600)
+        await pipe.execute()
+
+    async def wait_offer(self, order_id: str, timeout_s: float) -> str | None:
+        got = await self.redis.blpop([self.offers(order_id)], timeout=timeout_s)  # type: ignore[misc]
+        return None if got is None else str(got[1])
+
+
+def store_zones(
+    sessions: async_sessionmaker[AsyncSession], resolution: int
+) -> Callable[[], Awaitable[list[str]]]:
+    """The zones that have a store: what the ring places on shards (read fresh each call)."""
+
+    async def read() -> list[str]:
+        async with sessions() as s:
+            rows = (await s.execute(select(Location.lat, Location.lng))).all()  # type: ignore[call-overload]
+        return sorted({zone_of(lat, lng, resolution) for lat, lng in rows})
+
+    return read
+
+
+async def shard_of(registry: ShardRegistry, zones: list[str], zone: str) -> str | None:
+    """The live shard the ring gives ``zone`` (None: no shard is live)."""
+    members = await registry.members()
+    if not members:
+        return None
+    return HashRing(members).assign(sorted({*zones, zone}))[zone]
 
 
 @dataclass
@@ -164,10 +265,13 @@ class ShardService:
     matcher: ZoneMatcher
     zones: list[str]
     beat_s: float = 1.0
+    zone_source: Callable[[], Awaitable[list[str]]] | None = None
+    """Where the zones to place come from, re-read every beat (new stores); None: ``zones``."""
 
     def __post_init__(self) -> None:
         self._serving: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
+        self._announced: list[str] = []
 
     @property
     def serving(self) -> list[str]:
@@ -177,11 +281,21 @@ class ShardService:
         try:
             while not self._stopping:
                 await self.registry.heartbeat(self.shard)
+                if self.zone_source is not None:
+                    try:
+                        self.zones = await self.zone_source()
+                    except Exception as e:  # the DB is down: keep the zones it had
+                        log.warning("shard %s: zones not re-read: %r", self.shard, e)
                 mine = set(await self.registry.zones_of(self.shard, self.zones))
                 for zone in mine - set(self.serving):
                     self._serving[zone] = asyncio.create_task(self._serve(zone))
                 for zone in set(self.serving) - mine:
                     self._serving[zone].cancel()  # the ring moved it: give the lease up
+                if sorted(mine) != self._announced:
+                    self._announced = sorted(mine)
+                    log.info(
+                        "dispatch shard %s serves zones [%s]", self.shard, ",".join(self._announced)
+                    )
                 await asyncio.sleep(self.beat_s)
         finally:
             await self._drop_all()

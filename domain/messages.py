@@ -421,6 +421,35 @@ class OfferResult:
 
 
 @dataclass(frozen=True)
+class DispatchRoute:
+    """Where an order's matching happens: its store's zone and the live shard serving it."""
+
+    zone: str | None
+    """None: the store is unknown."""
+    lat: float = 0.0
+    lng: float = 0.0
+    shard: str | None = None
+    """None: no dispatch shard is live."""
+
+
+@dataclass(frozen=True)
+class MatchRequest:
+    order_id: str
+    zone: str
+    lat: float
+    lng: float
+    exclude: list[str]
+    """Couriers who declined the order or let its offer lapse."""
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    courier_id: str | None
+    """The courier the zone matcher offered the order to (the offer is written), or None when
+    none was found within the wait."""
+
+
+@dataclass(frozen=True)
 class FoundCourier:
     courier_id: str | None
     """The nearest free courier not yet tried, or None when nobody is free nearby."""

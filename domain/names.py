@@ -17,6 +17,11 @@ DISPATCH_TASK_QUEUE = "dispatch"
 ALL_TASK_QUEUES = (ORDERS_TASK_QUEUE, DISPATCH_TASK_QUEUE)
 
 
+def shard_task_queue(dispatch_queue: str, shard: str) -> str:
+    """The task queue of one dispatch shard (``dispatch-0``): its zones' ``request_match``."""
+    return f"{dispatch_queue}-{shard}"
+
+
 def order_workflow_id(order_id: str) -> str:
     return f"order-{order_id}"
 
@@ -51,6 +56,9 @@ ACT_FIND_NEAREST_COURIER = "find_nearest_courier"
 ACT_OFFER_TO_COURIER = "offer_to_courier"
 ACT_ASSIGN_COURIER = "assign_courier"
 ACT_RELEASE_COURIER = "release_courier"
+ACT_ROUTE_DISPATCH = "route_dispatch"
+ACT_REQUEST_MATCH = "request_match"
+ACT_WITHDRAW_MATCH = "withdraw_match"
 
 # Signal / update / query names.
 QUERY_ORDER = "order"

@@ -165,6 +165,15 @@ class Settings(BaseSettings):
     """H3 resolution of delivery zones (7: hexagons of ~1.4 km edge)."""
     lock_redis_urls: str | None = None
     """Comma-separated independent Redis nodes for zone leases (Redlock); default: REDIS_URL."""
+    dispatch_shards: str = "0"
+    """Dispatch shards a worker serving the dispatch role runs (comma-separated): a zone
+    matcher service each, and the ``dispatch-<n>`` task queue of each."""
+    dispatch_window_s: float = Field(default=2.0, ge=0)
+    """Zone matchers collect orders this long and match them together (0: every 50 ms)."""
+    dispatch_lease_ttl_s: float = Field(default=10.0, gt=0)
+    """Zone lease TTL; also the shard heartbeat's: a killed shard's zones move after it."""
+    dispatch_key_prefix: str = "dispatch:"
+    """Redis key prefix of the geo index, the pending orders, shard heartbeats, zone leases."""
     auth: Literal["auto", "on", "off"] = "auto"
     """``auto`` (on unless ``BIND_HOST`` is loopback), ``on`` or ``off``; see api/auth.py."""
     jwt_secret: str | None = Field(default=None, repr=False)
@@ -280,6 +289,10 @@ class Settings(BaseSettings):
     def lock_redis_url_list(self) -> list[str]:
         urls = [u.strip() for u in (self.lock_redis_urls or "").split(",") if u.strip()]
         return urls or [self.redis_url]
+
+    @property
+    def dispatch_shard_list(self) -> list[str]:
+        return [x.strip() for x in self.dispatch_shards.split(",") if x.strip()]
 
     @property
     def checkout_rate_per_s(self) -> float:

@@ -183,3 +183,45 @@ async def release(s: AsyncSession, *, order_id: str, courier_id: str) -> bool:
         .returning(C.c.courier_id)
     )
     return res.first() is not None
+
+
+async def holder_of(s: AsyncSession, *, order_id: str) -> str | None:
+    """The courier whose row holds this order (offered or assigned), if any."""
+    return (
+        await s.execute(select(C.c.courier_id).where(C.c.current_order_id == order_id).limit(1))
+    ).scalar_one_or_none()
+
+
+async def free_in_box(
+    s: AsyncSession, *, lat: float, lng: float, radius_km: float, limit: int
+) -> list[tuple[str, float, float]]:
+    """Free couriers (id, lat, lng) in the bounding box of a disk: the table's answer when the
+    geo index lists too few (it may lag couriers written straight to the table)."""
+    dlat = radius_km / 111.0
+    dlng = radius_km / (111.0 * max(math.cos(math.radians(lat)), 0.01))
+    rows = (
+        await s.execute(
+            select(C.c.courier_id, C.c.lat, C.c.lng)
+            .where(
+                C.c.available.is_(True)
+                & C.c.current_order_id.is_(None)
+                & C.c.lat.between(lat - dlat, lat + dlat)
+                & C.c.lng.between(lng - dlng, lng + dlng)
+            )
+            .order_by(C.c.courier_id)
+            .limit(limit)
+        )
+    ).all()
+    return [(r.courier_id, r.lat, r.lng) for r in rows]
+
+
+async def release_offers_of(s: AsyncSession, *, order_id: str) -> list[str]:
+    """Free every courier holding an *offer* of this order (a match cancelled while its offer
+    was being written); an assigned courier is left alone. Who was freed."""
+    res = await s.execute(
+        update(C)
+        .where((C.c.current_order_id == order_id) & (C.c.assignment == OFFERED))
+        .values(current_order_id=None, assignment=None, fencing_token=None, updated_at=utcnow_iso())
+        .returning(C.c.courier_id)
+    )
+    return [r.courier_id for r in res]

@@ -1,8 +1,12 @@
 """Dispatch of one order (``delivery-<order_id>``) on the dispatch task queue.
 
-Offers the order to the nearest free courier, waits for an accept with a timeout, and re-offers
-to the next one up to ``max_offers`` times. Courier answers arrive as an Update, so a courier the
-order is not offered to learns it at once (HTTP 409) instead of being silently ignored.
+Each round gets the order offered to a courier, waits for an accept with a timeout, and tries
+again (another courier) up to ``max_offers`` times. Since the ``batch-dispatch`` patch the
+zone matcher of the store's zone decides who gets the offer and writes it (``route_dispatch``,
+then ``request_match`` on that zone's shard queue, see docs/dispatch.md); histories recorded
+before it replay the old greedy path (``find_nearest_courier`` + ``offer_to_courier``). Courier
+answers arrive as an Update, so a courier the order is not offered to learns it at once (HTTP
+409) instead of being silently ignored.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.couriers import CourierActivities
@@ -25,7 +30,9 @@ with workflow.unsafe.imports_passed_through():
         DeliveryResult,
         DeliveryState,
         FindCourierInput,
+        MatchRequest,
     )
+    from domain.names import shard_task_queue
     from domain.status import CourierEventType, DeliveryStatus
     from workflows import options
     from workflows.parent import tell_parent
@@ -33,6 +40,21 @@ with workflow.unsafe.imports_passed_through():
 
 PATCH_RELEASE_BOUND_COURIER = "release-bound-courier-on-cancel"
 """Runs before it released only an open offer's courier; an accepted one could leak."""
+PATCH_BATCH_DISPATCH = "batch-dispatch"
+"""Runs before it searched and offered itself (greedy); since, the zone matcher offers."""
+
+MATCH_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_attempts=3,
+    non_retryable_error_types=["ShardMoved", "DispatchUnavailable"],
+)
+"""A heartbeat lapse is retried on the same shard queue a couple of times; anything else (the
+shard stopping, its queue not polled any more) goes back to the workflow, which routes again."""
+MATCH_TIMEOUT = timedelta(minutes=1)
+MATCH_HEARTBEAT = timedelta(seconds=5)
+MATCH_SCHEDULE_TO_START = timedelta(seconds=5)
+"""Nobody polled the shard's queue this long (its worker is gone): route again."""
+REROUTE_PAUSE = timedelta(seconds=1)
 
 
 @workflow.defn(name=names.DELIVERY_WORKFLOW)
@@ -47,6 +69,9 @@ class DeliveryWorkflow:
         """The courier whose row may point at this order (an offer sent, or accepted), until
         it is released: whoever it is, a cancel frees it."""
         self._declined: set[str] = set()
+        self._matching: MatchRequest | None = None
+        """The zone matcher may be writing an offer of this order to some courier right now
+        (``request_match`` running): an answer waits for it, a cancel withdraws it."""
 
     @workflow.query(name=names.QUERY_DELIVERY)
     def delivery(self) -> DeliveryState:
@@ -54,6 +79,11 @@ class DeliveryWorkflow:
 
     @workflow.update(name=names.UPDATE_COURIER_RESPONSE)
     async def courier_response(self, ev: CourierEvent) -> CourierEventResult:
+        if self._matching is not None:
+            # The matcher wrote the offer and the courier app saw it before the workflow
+            # heard: judge the answer once the match is known.
+            await workflow.wait_condition(lambda: self._matching is None)
+            self._check_offer(ev)
         self._answer = ev
         if ev.type == CourierEventType.DECLINED:
             self._declined.add(ev.courier_id)
@@ -85,6 +115,11 @@ class DeliveryWorkflow:
             ev.type == CourierEventType.DECLINED and ev.courier_id in self._declined
         ):
             raise ApplicationError(f"{ev.type} was recorded already", type=errors.ALREADY_APPLIED)
+        if self._state.status == DeliveryStatus.DISPATCHING and self._matching is not None:
+            return  # judged in the handler, once the matcher's offer is known
+        self._check_offer(ev)
+
+    def _check_offer(self, ev: CourierEvent) -> None:
         if self._state.status != DeliveryStatus.DISPATCHING or self._state.offered_to is None:
             raise ApplicationError("the order has no open offer", type=errors.OUT_OF_ORDER)
         if ev.courier_id != self._state.offered_to:
@@ -96,34 +131,19 @@ class DeliveryWorkflow:
     async def run(self, inp: DeliveryInput) -> DeliveryResult:
         offers = 0
         try:
+            batch = workflow.patched(PATCH_BATCH_DISPATCH)
             for _ in range(inp.max_offers):
-                found = await workflow.execute_activity_method(
-                    CourierActivities.find_nearest_courier,
-                    FindCourierInput(inp.order_id, inp.location_id, list(self._state.tried)),
-                    start_to_close_timeout=options.SHORT,
-                    retry_policy=options.FORWARD,
+                courier, nobody = await (
+                    self._matched(inp) if batch else self._nearest_offered(inp)
                 )
-                if found.courier_id is None:
-                    workflow.set_current_details("no free courier nearby; searching again shortly")
-                    await workflow.sleep(
-                        timedelta(seconds=inp.offer_timeout_s), summary="no courier free"
-                    )
-                    continue
-                courier = found.courier_id
-                self._state.tried.append(courier)
-                # Open the offer before the courier can see it, so a fast accept validates.
-                self._state.offered_to = courier
-                self._bound = courier
-                self._answer = None
-                offer = await workflow.execute_activity_method(
-                    CourierActivities.offer_to_courier,
-                    CourierOffer(inp.order_id, courier),
-                    start_to_close_timeout=options.SHORT,
-                    retry_policy=options.FORWARD,
-                )
-                if not offer.offered:
-                    self._state.offered_to = None
-                    self._bound = None  # the courier's row holds another order, not ours
+                if courier is None:
+                    if nobody:
+                        workflow.set_current_details(
+                            "no free courier nearby; searching again shortly"
+                        )
+                        await workflow.sleep(
+                            timedelta(seconds=inp.offer_timeout_s), summary="no courier free"
+                        )
                     continue
                 offers += 1
                 await self._tell_parent(DeliveryProgress(DeliveryStatus.DISPATCHING, courier))
@@ -152,6 +172,9 @@ class DeliveryWorkflow:
         except asyncio.CancelledError:
             offered = self._state.offered_to
             self._state.offered_to = None
+            if self._matching is not None:
+                matching, self._matching = self._matching, None
+                await asyncio.shield(asyncio.ensure_future(self._withdraw(matching)))
             if workflow.patched(PATCH_RELEASE_BOUND_COURIER):
                 await asyncio.shield(asyncio.ensure_future(self._release_bound()))
             elif offered is not None and not self._assigned:
@@ -161,6 +184,90 @@ class DeliveryWorkflow:
         await self._tell_parent(DeliveryProgress(DeliveryStatus.FAILED, None))
         workflow.set_current_details(f"no courier accepted after {offers} offers")
         return DeliveryResult(DeliveryStatus.FAILED, None, offers)
+
+    async def _nearest_offered(self, inp: DeliveryInput) -> tuple[str | None, bool]:
+        """The greedy round (histories from before ``batch-dispatch``): the nearest free
+        courier not tried yet, offered by this workflow; (None, True): nobody found, (None,
+        False): the courier was taken between search and offer (search again at once)."""
+        found = await workflow.execute_activity_method(
+            CourierActivities.find_nearest_courier,
+            FindCourierInput(inp.order_id, inp.location_id, list(self._state.tried)),
+            start_to_close_timeout=options.SHORT,
+            retry_policy=options.FORWARD,
+        )
+        if found.courier_id is None:
+            return None, True
+        courier = found.courier_id
+        self._state.tried.append(courier)
+        # Open the offer before the courier can see it, so a fast accept validates.
+        self._state.offered_to = courier
+        self._bound = courier
+        self._answer = None
+        offer = await workflow.execute_activity_method(
+            CourierActivities.offer_to_courier,
+            CourierOffer(inp.order_id, courier),
+            start_to_close_timeout=options.SHORT,
+            retry_policy=options.FORWARD,
+        )
+        if not offer.offered:
+            self._state.offered_to = None
+            self._bound = None  # the courier's row holds another order, not ours
+            return None, False
+        return courier, False
+
+    async def _matched(self, inp: DeliveryInput) -> tuple[str | None, bool]:
+        """The matcher round: ask the zone matcher of the store's zone, on its shard's task
+        queue, for an offer; the matcher writes it under its zone lease (fenced). (None, True):
+        nobody free within the wait, no live shard, or an unknown store."""
+        while True:
+            route = await workflow.execute_activity_method(
+                CourierActivities.route_dispatch,
+                FindCourierInput(inp.order_id, inp.location_id, list(self._state.tried)),
+                start_to_close_timeout=options.SHORT,
+                retry_policy=options.FORWARD,
+            )
+            if route.zone is None or route.shard is None:
+                return None, True
+            req = MatchRequest(
+                inp.order_id, route.zone, route.lat, route.lng, list(self._state.tried)
+            )
+            self._matching = req
+            self._answer = None
+            try:
+                got = await workflow.execute_activity_method(
+                    CourierActivities.request_match,
+                    req,
+                    task_queue=shard_task_queue(workflow.info().task_queue, route.shard),
+                    start_to_close_timeout=MATCH_TIMEOUT,
+                    heartbeat_timeout=MATCH_HEARTBEAT,
+                    schedule_to_start_timeout=MATCH_SCHEDULE_TO_START,
+                    retry_policy=MATCH_RETRY,
+                )
+            except ActivityError as e:
+                if is_cancelled_exception(e):  # the delivery is being cancelled
+                    raise asyncio.CancelledError() from e
+                # The shard stopped or its queue went unpolled; the order may still be
+                # pending, or offered by the zone's next matcher: route and ask again.
+                self._matching = None
+                workflow.set_current_details("dispatch shard moved; routing again")
+                await workflow.sleep(REROUTE_PAUSE, summary="shard moved")
+                continue
+            courier = got.courier_id
+            if courier is not None:
+                if courier not in self._state.tried:
+                    self._state.tried.append(courier)
+                self._state.offered_to = courier
+                self._bound = courier
+            self._matching = None  # an answer that waited is judged now
+            return courier, True
+
+    async def _withdraw(self, req: MatchRequest) -> None:
+        await workflow.execute_activity_method(
+            CourierActivities.withdraw_match,
+            req,
+            start_to_close_timeout=options.SHORT,
+            retry_policy=options.COMPENSATION,
+        )
 
     async def _release_bound(self) -> None:
         """On cancel: free whichever courier may hold this order. An accept being handled

@@ -15,6 +15,7 @@ nearest courier is its own (and ``no_courier`` finds nobody).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -47,6 +48,8 @@ from domain.messages import (
 )
 from domain.money import DELIVERY_FEE_CENTS
 from domain.names import (
+    ACT_REQUEST_MATCH,
+    ACT_WITHDRAW_MATCH,
     DELIVERY_WORKFLOW,
     NOTIFY_WORKFLOW,
     ORDER_WORKFLOW,
@@ -292,6 +295,44 @@ async def outside_cancel_while_dispatching(stack: Stack) -> list[str]:
         _expect(await view_of(h), "CANCELLED")
         if await stack.courier(courier) != (None, None):
             raise ScenarioFailed(f"courier {courier} is still bound to the cancelled order")
+    return _ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+
+
+async def _while_matching(stack: Stack, order_id: str) -> None:
+    """Until the order's delivery waits in ``request_match`` for its zone matcher."""
+    delivery = stack.client.get_workflow_handle(delivery_workflow_id(order_id))
+    for _ in range(600):
+        with contextlib.suppress(Exception):
+            desc = await delivery.describe()
+            if any(
+                a.activity_type.name == ACT_REQUEST_MATCH
+                for a in desc.raw_description.pending_activities
+            ):
+                return
+        await asyncio.sleep(0.02)
+    raise ScenarioFailed("the delivery never waited for its zone matcher")
+
+
+@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+async def cancel_while_matching(stack: Stack) -> list[str]:
+    """Cancelled while its delivery waits for the zone matcher (nobody free): the delivery
+    withdraws the order from the zone's pending set and frees any courier an offer reached
+    meanwhile (``withdraw_match``), the saga compensates."""
+    run = _run_id("cancel_while_matching")
+    inp, h = await _order(stack, run, timeouts=PATIENT)
+    await _while_matching(stack, inp.order_id)
+    await _cancel(h, "changed my mind")
+    _expect(await h.result(), "CANCELLED")
+    history = await h._client.get_workflow_handle(
+        delivery_workflow_id(inp.order_id)
+    ).fetch_history()
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    if ACT_WITHDRAW_MATCH not in scheduled:
+        raise ScenarioFailed(f"the cancel did not withdraw the match: {scheduled}")
     return _ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -42,11 +43,16 @@ from domain.names import (
     order_workflow_id,
 )
 from domain.status import CourierEventType
+from infra.redis import make_redis
 from store.db import make_engine, make_sessionmaker
 from store.models import Courier, Product, Stock
 from worker import Dependencies, build_workers
 from workflows.checkout import OrderWorkflow
 
+REDIS_URL = os.environ.get("TRADEFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+"""The zone matchers' Redis (keys under a prefix of their own per stack)."""
+DISPATCH_WINDOW_S = 0.2
+LEASE_TTL_S = 1.5
 MAIN = (31.2304, 121.4737)
 MERCHANT_URL = "http://psp/v1/merchant/webhook"
 """The PSP simulator's merchant endpoint, as the in-process workers reach it."""
@@ -229,7 +235,9 @@ async def order_stack(
     merchant_url: str | None = None,
 ) -> AsyncIterator[Stack]:
     """Workers for the order and dispatch roles on fresh queues, talking to the real PSP
-    simulator in-process (ASGI transport) and to the real database at ``db_url``.
+    simulator in-process (ASGI transport) and to the real database at ``db_url``, and dispatch
+    shard 0 (its task queue and its zone matcher service, on the Redis at
+    ``TRADEFLOW_TEST_REDIS_URL`` under a key prefix of its own).
 
     ``merchant_url``: where merchant notifications go (``MERCHANT_URL`` is the simulator's
     merchant endpoint); None, the default, skips them."""
@@ -238,20 +246,40 @@ async def order_stack(
     app = psp_app or create_app(psp_db, webhook_url=None, webhook_secret="test-secret")
     engine = make_engine(db_url)
     psp_http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://psp")
-    deps = Dependencies(
-        engine=engine, http=psp_http, psp_url="http://psp", merchant_url=merchant_url
-    )
     suffix = uuid.uuid4().hex[:8]
+    redis = make_redis(REDIS_URL)
+    deps = Dependencies(
+        engine=engine,
+        http=psp_http,
+        psp_url="http://psp",
+        merchant_url=merchant_url,
+        dispatch_redis=redis,
+        dispatch_prefix=f"stack-{suffix}:",
+        dispatch_window_s=DISPATCH_WINDOW_S,
+    )
     stack = Stack(client, engine, psp_http, f"orders-{suffix}", f"dispatch-{suffix}", merchant_url)
     workers = build_workers(
-        client, deps, roles={"orders": stack.orders_queue, "dispatch": stack.dispatch_queue}
+        client,
+        deps,
+        roles={"orders": stack.orders_queue, "dispatch": stack.dispatch_queue},
+        dispatch_shards=["0"],
     )
-    async with contextlib.AsyncExitStack() as es:
-        for w in workers:
-            await es.enter_async_context(w)
-        try:
-            yield stack
-        finally:
-            await stack.terminate_leftovers()
-    await psp_http.aclose()
-    await engine.dispose()
+    services = deps.shard_services(["0"], lock_urls=[REDIS_URL], lease_ttl_s=LEASE_TTL_S)
+    matchers = [asyncio.create_task(svc.run()) for svc in services]
+    try:
+        async with contextlib.AsyncExitStack() as es:
+            for w in workers:
+                await es.enter_async_context(w)
+            try:
+                yield stack
+            finally:
+                await stack.terminate_leftovers()
+    finally:
+        await asyncio.gather(*(svc.stop() for svc in services), return_exceptions=True)
+        await asyncio.gather(*matchers, return_exceptions=True)
+        keys = [k async for k in redis.scan_iter(f"{deps.dispatch_prefix}*")]
+        if keys:
+            await redis.delete(*keys)
+        await redis.aclose()
+        await psp_http.aclose()
+        await engine.dispose()
