@@ -110,6 +110,7 @@ class ZoneMatcher:
         async with self.redlock.hold(f"zone:{zone}") as guard:
             token = guard.token
             assert token is not None, "zone leases need a fencing source"
+            log.info("zone %s: lease held, fencing token %d", zone, token)
             done = 0
             while rounds is None or done < rounds:
                 await asyncio.sleep(self.window_s)
