@@ -18,7 +18,7 @@ from dispatch.zones import zone_of
 from infra.locks import LeaseLost, Redlock, RedlockConfig
 from infra.redis import make_redis
 from store.db import make_engine, make_sessionmaker
-from store.fencing import Fence, token_source
+from store.fencing import Fence, next_token, token_source
 from store.models import Courier
 from tests.conftest import REDIS_URL
 
@@ -136,3 +136,64 @@ async def test_live_shards_divide_the_zones_between_them(world: dict[str, Any]) 
     assert await reg.members() == ["0"]
     assert await reg.zones_of("0", zones) == sorted(zones)
     assert await reg.zones_of("1", zones) == []
+
+
+async def test_an_order_is_never_offered_to_a_courier_it_excludes(world: dict[str, Any]) -> None:
+    m = matcher(world)
+    nearest = (await world["geo"].search(lat=STORE[0], lng=STORE[1], radius_km=5, count=3))[0]
+    await m.enqueue(ZONE, "o-ex", lat=STORE[0], lng=STORE[1], exclude=[nearest.courier_id])
+    async with world["sessions"]() as s, s.begin():
+        token = await next_token(s, name=f"zone:{ZONE}")
+    assert await m.match_once(ZONE, Fence(ZONE, token)) == 1
+    got = await m.wait_offer("o-ex", timeout_s=1)
+    assert got is not None and got != nearest.courier_id
+
+
+async def test_the_claim_lets_only_one_of_a_matcher_and_a_withdrawing_order_act(
+    world: dict[str, Any],
+) -> None:
+    m = matcher(world)
+    q = m.queue
+    async with world["sessions"]() as s, s.begin():
+        token = await next_token(s, name=f"zone:{ZONE}")
+    # Withdrawn first: the matcher offers nothing.
+    await m.enqueue(ZONE, "o-gone", lat=STORE[0], lng=STORE[1])
+    assert await q.withdraw(ZONE, "o-gone") is True
+    assert await m.match_once(ZONE, Fence(ZONE, token)) == 0
+    assert all(o != "o-gone" for _, o, _ in await offers(world))
+    # Matched first: the order's withdraw loses (False) and the offer is there to pick up.
+    await m.enqueue(ZONE, "o-kept", lat=STORE[0], lng=STORE[1])
+    assert await m.match_once(ZONE, Fence(ZONE, token)) == 1
+    assert await q.withdraw(ZONE, "o-kept") is False
+    held = [c for c, o, _ in await offers(world) if o == "o-kept"]
+    assert len(held) == 1 and await m.wait_offer("o-kept", timeout_s=1) == held[0]
+
+
+async def test_a_courier_missing_from_the_index_is_found_in_the_table(
+    world: dict[str, Any],
+) -> None:
+    m = matcher(world)
+    where = f"{world['prefix']}geo:where"
+    for cid in await world["redis"].hkeys(where):
+        await world["geo"].remove(cid)  # the index lags: nobody listed at all
+    await m.enqueue(ZONE, "o-lag", lat=STORE[0], lng=STORE[1])
+    async with world["sessions"]() as s, s.begin():
+        token = await next_token(s, name=f"zone:{ZONE}")
+    assert await m.match_once(ZONE, Fence(ZONE, token)) == 1
+    assert await m.wait_offer("o-lag", timeout_s=1) is not None
+    assert await world["redis"].hlen(where) > 0  # what the table said is listed again
+
+
+async def test_a_refused_offer_puts_the_order_back_with_its_enqueue_time(
+    world: dict[str, Any],
+) -> None:
+    m = matcher(world)
+    await m.enqueue(ZONE, "o-back", lat=STORE[0], lng=STORE[1])
+    since = await world["redis"].zscore(m.queue.pending(ZONE), "o-back")
+    async with world["sessions"]() as s, s.begin():  # every courier taken behind the index
+        await s.execute(
+            Courier.__table__.update().values(current_order_id="someone-else")  # type: ignore[attr-defined]
+        )
+        token = await next_token(s, name=f"zone:{ZONE}")
+    assert await m.match_once(ZONE, Fence(ZONE, token)) == 0
+    assert await world["redis"].zscore(m.queue.pending(ZONE), "o-back") == since

@@ -66,3 +66,12 @@ def test_greedy_takes_the_nearest_for_the_first_order_batch_serves_both_well() -
     b = {m.order_id: m.courier_id for m in match_batch(orders, couriers)}
     assert g == {"o-0": "k-0", "o-1": "k-1"}
     assert b == {"o-0": "k-1", "o-1": "k-0"}
+
+
+def test_forbidden_pairs_are_never_proposed() -> None:
+    orders = [OpenOrder("o1", 31.23, 121.47), OpenOrder("o2", 31.23, 121.47)]
+    couriers = [FreeCourier("near", 31.231, 121.47), FreeCourier("far", 31.24, 121.47)]
+    got = match_batch(orders, couriers, forbidden={("o1", "near"), ("o2", "near")})
+    assert [(m.order_id, m.courier_id) for m in got] in ([("o1", "far")], [("o2", "far")])
+    only = match_batch(orders[:1], couriers[:1], forbidden={("o1", "near")})
+    assert only == []
