@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e '.[dev]'
 	touch $(STAMP)
 
-## up: the whole stack in the foreground (Ctrl-C stops what it started)
+## up: the whole stack in the foreground (Ctrl-C stops what it started), with a city of 200
+## simulated couriers around four stores (TRADEFLOW_SIM_COURIERS=0: only the demo's couriers)
 up: venv
-	exec $(BIN)/tradeflow up
+	TRADEFLOW_SIM_COURIERS=$${TRADEFLOW_SIM_COURIERS:-200} exec $(BIN)/tradeflow up
 
 ## test: the whole suite; a throwaway redis-server on :6379 if none answers there
 test: venv

@@ -100,7 +100,7 @@ class CourierActivities:
         zone = zone_of(at[0], at[1], d.resolution)
         zones = await store_zones(self._sessions, d.resolution)()
         shard = await shard_of(ShardRegistry(d.redis, d.prefix), zones, zone)
-        if shard is not None:
+        if shard is not None and await self._holder(inp.order_id) is None:
             # Waiting from now on, not only once request_match starts: if that shard has just
             # died, whoever takes the zone over matches the order meanwhile.
             await OrderQueue(d.redis, d.prefix).enqueue(

@@ -228,6 +228,27 @@ def run(args: argparse.Namespace | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is noise
     settings = load_settings()
+    if settings.sim_couriers > 0:
+        from cli.city_sim import CityConfig, parse_stores, simulate_city
+
+        config = CityConfig(
+            couriers=settings.sim_couriers,
+            accept_p=settings.sim_accept_p,
+            speed_kmh=settings.sim_speed_kmh,
+            time_scale=settings.sim_time_scale,
+            prefix=f"{courier_prefix()}city-",
+        )
+        asyncio.run(
+            simulate_city(
+                settings.resolved_api_url,
+                stores=parse_stores(settings.sim_stores),
+                config=config,
+                admin_token=settings.resolved_admin_token,
+                also=courier_prefix(),
+                step_s=settings.courier_step_s,
+            )
+        )
+        return 0
     asyncio.run(
         simulate(
             settings.resolved_api_url,

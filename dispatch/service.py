@@ -33,6 +33,7 @@ from infra.hashring import HashRing
 from infra.locks import LeaseLost, Redlock, RedlockConfig
 from infra.redis import make_redis
 from store import couriers as fleet
+from store import fencing
 from store.fencing import Fence, StaleFencingToken, token_source
 from store.models import Location
 
@@ -143,7 +144,12 @@ class ZoneMatcher:
                 continue
             try:
                 async with self.sessions() as s, s.begin():
-                    ok = await fleet.offer(
+                    # The fence row serialises this zone's writers, so the holder read below
+                    # cannot go stale before the offer: an order re-enqueued while its offer
+                    # was being written (a routed-again request) is never offered twice.
+                    await fencing.admit(s, zone=fence.zone, token=fence.token)
+                    holder = await fleet.holder_of(s, order_id=m.order_id)
+                    ok = holder is None and await fleet.offer(
                         s, order_id=m.order_id, courier_id=m.courier_id, fence=fence
                     )
             except StaleFencingToken as e:
@@ -152,6 +158,9 @@ class ZoneMatcher:
             except BaseException:
                 await q.requeue(zone, m.order_id, waiting[m.order_id])
                 raise
+            if holder is not None:  # offered already: tell whoever waits, nobody else
+                await q.publish(m.order_id, holder)
+                continue
             await self.geo.remove(m.courier_id)  # offered, or not free after all
             if ok:
                 await q.publish(m.order_id, m.courier_id)

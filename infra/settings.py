@@ -147,6 +147,20 @@ class Settings(BaseSettings):
     """The courier simulator plays the couriers whose ids start with this."""
     courier_step_s: float = Field(default=2.0, ge=0)
     """Simulated courier: seconds between accept, pick-up and delivery."""
+    sim_couriers: int = Field(default=0, ge=0)
+    """0: the courier simulator plays the existing couriers (accepting at once, steps
+    ``COURIER_STEP_S`` apart); N: the city simulation, N couriers around ``SIM_STORES``
+    (``make up`` runs 200)."""
+    sim_stores: str = (
+        "main:31.2304:121.4737,north:31.2700:121.4650,east:31.2250:121.5200,west:31.2200:121.4200"
+    )
+    """City simulation: the stores (``id:lat:lng``, comma-separated) its couriers live around;
+    created through the admin API unless they are ``main``."""
+    sim_accept_p: float = Field(default=0.9, ge=0, le=1)
+    """City simulation: probability that a courier accepts an offer (else it declines)."""
+    sim_speed_kmh: float = Field(default=25.0, gt=0)
+    sim_time_scale: float = Field(default=30.0, gt=0)
+    """City simulation: simulated seconds per real second of travel."""
     psp_rate: Rate = "50/s"
     """Calls to the PSP, all workers together (GCRA in Redis)."""
     psp_burst: int = Field(default=100, ge=1)

@@ -227,6 +227,7 @@ class DeliveryWorkflow:
                 retry_policy=options.FORWARD,
             )
             if route.zone is None or route.shard is None:
+                self._matching = None
                 return None, True
             req = MatchRequest(
                 inp.order_id, route.zone, route.lat, route.lng, list(self._state.tried)
@@ -247,8 +248,8 @@ class DeliveryWorkflow:
                 if is_cancelled_exception(e):  # the delivery is being cancelled
                     raise asyncio.CancelledError() from e
                 # The shard stopped or its queue went unpolled; the order may still be
-                # pending, or offered by the zone's next matcher: route and ask again.
-                self._matching = None
+                # pending, or offered by the zone's next matcher: route and ask again. An
+                # answer to that offer keeps waiting (``_matching`` stays set).
                 workflow.set_current_details("dispatch shard moved; routing again")
                 await workflow.sleep(REROUTE_PAUSE, summary="shard moved")
                 continue

@@ -139,7 +139,11 @@ async def put_courier(
     )
     await session.commit()
     # The geo index follows the table: the courier moves zone, or leaves it when off shift.
-    geo = CourierGeoIndex(state.redis, resolution=state.settings.zone_resolution)
+    geo = CourierGeoIndex(
+        state.redis,
+        resolution=state.settings.zone_resolution,
+        prefix=state.settings.dispatch_key_prefix,
+    )
     await sync_courier(state.sessionmaker, geo, courier_id)
     return row
 

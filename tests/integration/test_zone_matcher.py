@@ -197,3 +197,20 @@ async def test_a_refused_offer_puts_the_order_back_with_its_enqueue_time(
         token = await next_token(s, name=f"zone:{ZONE}")
     assert await m.match_once(ZONE, Fence(ZONE, token)) == 0
     assert await world["redis"].zscore(m.queue.pending(ZONE), "o-back") == since
+
+
+async def test_an_order_enqueued_again_while_a_courier_holds_it_is_not_offered_twice(
+    world: dict[str, Any],
+) -> None:
+    """A routed-again request puts the order back in the pending set while its first offer
+    stands: the matcher publishes the holder again instead of offering a second courier."""
+    m = matcher(world)
+    async with world["sessions"]() as s, s.begin():
+        token = await next_token(s, name=f"zone:{ZONE}")
+    await m.enqueue(ZONE, "o-twice", lat=STORE[0], lng=STORE[1])
+    assert await m.match_once(ZONE, Fence(ZONE, token)) == 1
+    first = await m.wait_offer("o-twice", timeout_s=1)
+    await m.enqueue(ZONE, "o-twice", lat=STORE[0], lng=STORE[1])
+    assert await m.match_once(ZONE, Fence(ZONE, token)) == 0
+    assert [c for c, o, _ in await offers(world) if o == "o-twice"] == [first]
+    assert await m.wait_offer("o-twice", timeout_s=1) == first

@@ -52,7 +52,7 @@ from workflows.checkout import OrderWorkflow
 REDIS_URL = os.environ.get("TRADEFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 """The zone matchers' Redis (keys under a prefix of their own per stack)."""
 DISPATCH_WINDOW_S = 0.2
-LEASE_TTL_S = 1.5
+LEASE_TTL_S = 3.0
 MAIN = (31.2304, 121.4737)
 MERCHANT_URL = "http://psp/v1/merchant/webhook"
 """The PSP simulator's merchant endpoint, as the in-process workers reach it."""
