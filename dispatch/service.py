@@ -17,8 +17,9 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -30,7 +31,7 @@ from dispatch.geoindex import CourierGeoIndex
 from dispatch.matcher import FreeCourier, OpenOrder, match_batch
 from dispatch.zones import zone_centre, zone_of, zone_reach_km, zones_around
 from infra.hashring import HashRing
-from infra.locks import LeaseLost, Redlock, RedlockConfig
+from infra.locks import LeaseLost, QuorumNotAchieved, Redlock, RedlockConfig
 from infra.redis import make_redis
 from store import couriers as fleet
 from store import fencing
@@ -58,21 +59,28 @@ def zone_redlock(
 
 @dataclass
 class ShardRegistry:
-    """Live dispatch shards: ``<prefix>shard:<n>`` keys with a TTL, renewed by a heartbeat."""
+    """Live dispatch shards: ``<prefix>shard:<n>:<process>`` keys with a TTL, renewed by a
+    heartbeat. A shard is live while any process serving it beats, so one of two replicas of
+    a shard leaving does not take the shard out of the ring."""
 
     redis: aioredis.Redis
     prefix: str = "dispatch:"
     ttl_s: float = 5.0
+    instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    def _key(self, shard: str) -> str:
+        return f"{self.prefix}shard:{shard}:{self.instance}"
 
     async def heartbeat(self, shard: str) -> None:
-        await self.redis.set(f"{self.prefix}shard:{shard}", "1", px=int(self.ttl_s * 1000))
+        await self.redis.set(self._key(shard), "1", px=int(self.ttl_s * 1000))
 
     async def leave(self, shard: str) -> None:
-        await self.redis.delete(f"{self.prefix}shard:{shard}")
+        await self.redis.delete(self._key(shard))
 
     async def members(self) -> list[str]:
         start = len(self.prefix) + len("shard:")
-        return sorted([str(k)[start:] async for k in self.redis.scan_iter(f"{self.prefix}shard:*")])
+        keys = [str(k)[start:] async for k in self.redis.scan_iter(f"{self.prefix}shard:*")]
+        return sorted({k.rsplit(":", 1)[0] for k in keys})
 
     async def zones_of(self, shard: str, zones: list[str]) -> list[str]:
         members = await self.members()
@@ -316,7 +324,10 @@ class ShardService:
                 await self.matcher.serve(zone)
             except LeaseLost as e:  # taken over, or Redis trouble: try for it again
                 log.info("shard %s lost zone %s: %s", self.shard, zone, e)
-            except Exception as e:  # QuorumNotAchieved after retries, DB trouble...
+            except QuorumNotAchieved:  # held elsewhere (a standby of this shard, or the
+                # shard the zone is leaving): wait for it
+                log.debug("shard %s: zone %s is held elsewhere", self.shard, zone)
+            except Exception as e:  # Redis or DB trouble...
                 log.warning("shard %s cannot serve zone %s yet: %r", self.shard, zone, e)
             await asyncio.sleep(self.matcher.window_s)
 

@@ -214,3 +214,16 @@ async def test_an_order_enqueued_again_while_a_courier_holds_it_is_not_offered_t
     assert await m.match_once(ZONE, Fence(ZONE, token)) == 0
     assert [c for c, o, _ in await offers(world) if o == "o-twice"] == [first]
     assert await m.wait_offer("o-twice", timeout_s=1) == first
+
+
+async def test_a_shard_stays_live_while_one_of_its_replicas_beats(world: dict[str, Any]) -> None:
+    one = ShardRegistry(world["redis"], prefix=world["prefix"], ttl_s=5)
+    two = ShardRegistry(world["redis"], prefix=world["prefix"], ttl_s=5)
+    await one.heartbeat("0")
+    await two.heartbeat("0")
+    await two.heartbeat("1")
+    assert await one.members() == ["0", "1"]
+    await one.leave("0")  # a replica of shard 0 stops gracefully: shard 0 stays in the ring
+    assert await two.members() == ["0", "1"]
+    await two.leave("0")
+    assert await two.members() == ["1"]
