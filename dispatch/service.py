@@ -30,6 +30,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from dispatch.geoindex import CourierGeoIndex
 from dispatch.matcher import FreeCourier, OpenOrder, match_batch
 from dispatch.zones import zone_centre, zone_of, zone_reach_km, zones_around
+from infra import metrics
 from infra.hashring import HashRing
 from infra.locks import LeaseLost, QuorumNotAchieved, Redlock, RedlockConfig
 from infra.redis import make_redis
@@ -172,6 +173,7 @@ class ZoneMatcher:
             await self.geo.remove(m.courier_id)  # offered, or not free after all
             if ok:
                 await q.publish(m.order_id, m.courier_id)
+                metrics.dispatch_offers.inc()
                 landed += 1
             else:
                 await q.requeue(zone, m.order_id, waiting[m.order_id])
@@ -298,25 +300,31 @@ class ShardService:
     async def run(self) -> None:
         try:
             while not self._stopping:
-                await self.registry.heartbeat(self.shard)
-                if self.zone_source is not None:
-                    try:
-                        self.zones = await self.zone_source()
-                    except Exception as e:  # the DB is down: keep the zones it had
-                        log.warning("shard %s: zones not re-read: %r", self.shard, e)
-                mine = set(await self.registry.zones_of(self.shard, self.zones))
-                for zone in mine - set(self.serving):
-                    self._serving[zone] = asyncio.create_task(self._serve(zone))
-                for zone in set(self.serving) - mine:
-                    self._serving[zone].cancel()  # the ring moved it: give the lease up
-                if sorted(mine) != self._announced:
-                    self._announced = sorted(mine)
-                    log.info(
-                        "dispatch shard %s serves zones [%s]", self.shard, ",".join(self._announced)
-                    )
+                try:
+                    await self._beat()
+                except Exception as e:  # Redis slow or down: the zones it serves keep their
+                    # leases (or lose them on their own); the next beat tries again. A beat
+                    # that raised must not end the service: nothing would match any more.
+                    log.warning("shard %s: heartbeat failed, retrying: %r", self.shard, e)
                 await asyncio.sleep(self.beat_s)
         finally:
             await self._drop_all()
+
+    async def _beat(self) -> None:
+        await self.registry.heartbeat(self.shard)
+        if self.zone_source is not None:
+            try:
+                self.zones = await self.zone_source()
+            except Exception as e:  # the DB is down: keep the zones it had
+                log.warning("shard %s: zones not re-read: %r", self.shard, e)
+        mine = set(await self.registry.zones_of(self.shard, self.zones))
+        for zone in mine - set(self.serving):
+            self._serving[zone] = asyncio.create_task(self._serve(zone))
+        for zone in set(self.serving) - mine:
+            self._serving[zone].cancel()  # the ring moved it: give the lease up
+        if sorted(mine) != self._announced:
+            self._announced = sorted(mine)
+            log.info("dispatch shard %s serves zones [%s]", self.shard, ",".join(self._announced))
 
     async def _serve(self, zone: str) -> None:
         while True:

@@ -37,7 +37,7 @@ from domain.messages import (
     OrderView,
     VoidInput,
 )
-from domain.names import UPDATE_CANCEL, payment_workflow_id
+from domain.names import UPDATE_CANCEL, delivery_workflow_id, payment_workflow_id
 from infra.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from infra.ratelimit import GcraLimiter, RateDecision
 from psp.app import create_app as create_psp_app
@@ -45,6 +45,7 @@ from psp.faults import Faults
 from store.db import make_engine, make_sessionmaker
 from tests.api.helpers import make_settings
 from tests.support import Stack, view_of, wait_for_view
+from tests.support.stack import dispatch_settings, dispatch_shard
 from worker import PSP_RATE_PREFIX, Dependencies, build_workers, psp_guards
 
 pytestmark = pytest.mark.slow
@@ -111,19 +112,24 @@ async def guarded_stack(
         httpx.AsyncClient(transport=transport, event_hooks={"request": [note]}) as worker_http,
         httpx.AsyncClient(transport=transport, base_url="http://psp") as test_http,
     ):
+        matching = dispatch_settings(suffix)
         deps = Dependencies(
             engine=engine,
             http=worker_http,
             psp_url="http://psp",
             psp_breaker=breaker,
             psp_limiter=limiter,
+            **matching,
         )
         stack = Stack(client, engine, test_http, f"orders-{suffix}", f"dispatch-{suffix}")
         workers = build_workers(
-            client, deps, roles={"orders": stack.orders_queue, "dispatch": stack.dispatch_queue}
+            client,
+            deps,
+            roles={"orders": stack.orders_queue, "dispatch": stack.dispatch_queue},
+            dispatch_shards=["0"],
         )
         try:
-            async with contextlib.AsyncExitStack() as es:
+            async with dispatch_shard(deps), contextlib.AsyncExitStack() as es:
                 for w in workers:
                     await es.enter_async_context(w)
                 yield Guarded(stack, breaker, limiter, requests)
@@ -132,6 +138,7 @@ async def guarded_stack(
             if keys:
                 await redis.delete(*keys)
             await redis.aclose()
+            await matching["dispatch_redis"].aclose()
             await psp.state.simulator.aclose()
             await engine.dispose()
 
@@ -182,10 +189,10 @@ async def until(
 
 
 async def _pending(handle: WorkflowHandle[Any, Any]) -> list[str]:
-    """What the order and its payment are doing (for a stuck order's message)."""
+    """What the order, its payment and its delivery are doing (for a stuck order's message)."""
     out: list[str] = []
     order_id = handle.id.removeprefix("order-")
-    for wf_id in (handle.id, payment_workflow_id(order_id)):
+    for wf_id in (handle.id, payment_workflow_id(order_id), delivery_workflow_id(order_id)):
         try:
             d = await handle._client.get_workflow_handle(wf_id).describe()
         except Exception as exc:

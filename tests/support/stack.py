@@ -247,15 +247,10 @@ async def order_stack(
     engine = make_engine(db_url)
     psp_http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://psp")
     suffix = uuid.uuid4().hex[:8]
-    redis = make_redis(REDIS_URL)
+    matching = dispatch_settings(suffix)
+    redis = matching["dispatch_redis"]
     deps = Dependencies(
-        engine=engine,
-        http=psp_http,
-        psp_url="http://psp",
-        merchant_url=merchant_url,
-        dispatch_redis=redis,
-        dispatch_prefix=f"stack-{suffix}:",
-        dispatch_window_s=DISPATCH_WINDOW_S,
+        engine=engine, http=psp_http, psp_url="http://psp", merchant_url=merchant_url, **matching
     )
     stack = Stack(client, engine, psp_http, f"orders-{suffix}", f"dispatch-{suffix}", merchant_url)
     workers = build_workers(
@@ -264,10 +259,8 @@ async def order_stack(
         roles={"orders": stack.orders_queue, "dispatch": stack.dispatch_queue},
         dispatch_shards=["0"],
     )
-    services = deps.shard_services(["0"], lock_urls=[REDIS_URL], lease_ttl_s=LEASE_TTL_S)
-    matchers = [asyncio.create_task(svc.run()) for svc in services]
     try:
-        async with contextlib.AsyncExitStack() as es:
+        async with dispatch_shard(deps), contextlib.AsyncExitStack() as es:
             for w in workers:
                 await es.enter_async_context(w)
             try:
@@ -275,11 +268,34 @@ async def order_stack(
             finally:
                 await stack.terminate_leftovers()
     finally:
-        await asyncio.gather(*(svc.stop() for svc in services), return_exceptions=True)
-        await asyncio.gather(*matchers, return_exceptions=True)
-        keys = [k async for k in redis.scan_iter(f"{deps.dispatch_prefix}*")]
-        if keys:
-            await redis.delete(*keys)
         await redis.aclose()
         await psp_http.aclose()
         await engine.dispose()
+
+
+def dispatch_settings(suffix: str) -> dict[str, Any]:
+    """The ``Dependencies`` fields of a test stack's zone matcher: the test Redis, a key prefix
+    of its own, a short window."""
+    return {
+        "dispatch_redis": make_redis(REDIS_URL),
+        "dispatch_prefix": f"stack-{suffix}:",
+        "dispatch_window_s": DISPATCH_WINDOW_S,
+    }
+
+
+@contextlib.asynccontextmanager
+async def dispatch_shard(deps: Dependencies) -> AsyncIterator[None]:
+    """Dispatch shard 0's zone matcher service for ``deps`` while the block runs (what
+    ``worker.py --dispatch-shards 0`` runs beside its workers); its keys are deleted after."""
+    services = deps.shard_services(["0"], lock_urls=[REDIS_URL], lease_ttl_s=LEASE_TTL_S)
+    matchers = [asyncio.create_task(svc.run()) for svc in services]
+    try:
+        yield
+    finally:
+        await asyncio.gather(*(svc.stop() for svc in services), return_exceptions=True)
+        await asyncio.gather(*matchers, return_exceptions=True)
+        redis = deps.dispatch_redis
+        if redis is not None:
+            keys = [k async for k in redis.scan_iter(f"{deps.dispatch_prefix}*")]
+            if keys:
+                await redis.delete(*keys)
