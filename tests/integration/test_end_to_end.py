@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,9 +32,9 @@ import pytest
 from tests.integration.test_launcher import (
     ROOT,
     RunningStack,
-    free_port,
     launched,
     launcher_env,
+    launcher_redis_url,
 )
 
 STORY = ROOT / "scripts" / "story.sh"
@@ -77,11 +76,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("e2e") / "data"
-    redis_url = (
-        f"redis://127.0.0.1:{free_port()}/0"
-        if shutil.which("redis-server")
-        else "redis://127.0.0.1:6379/9"
-    )
+    redis_url = launcher_redis_url()
     env = launcher_env(
         data_dir,
         REDIS_URL=redis_url,

@@ -11,7 +11,6 @@ pass."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +30,12 @@ from cli.checks import check_money, check_stock
 from dispatch.zones import zone_of
 from infra.hashring import HashRing
 from store.db import make_engine, make_sessionmaker
-from tests.integration.test_launcher import ROOT, free_port, launched, launcher_env
+from tests.integration.test_launcher import (
+    ROOT,
+    launched,
+    launcher_env,
+    launcher_redis_url,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -141,11 +145,7 @@ def test_orders_survive_a_dispatch_shard_stopped_and_killed(tmp_path: Path) -> N
     assert kill_stores == [s for s, z in zones.items() if two[z] == "2"]
 
     data_dir = tmp_path / "data"
-    redis_url = (
-        f"redis://127.0.0.1:{free_port()}/0"
-        if shutil.which("redis-server")
-        else "redis://127.0.0.1:6379/9"
-    )
+    redis_url = launcher_redis_url()
     env = launcher_env(
         data_dir,
         REDIS_URL=redis_url,

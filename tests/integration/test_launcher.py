@@ -39,6 +39,14 @@ READY_LINE = re.compile(r"^tradeflow ready: api=(http://\S+) ui=(http://\S+)$")
 CONFIG_VARIABLES = set(Settings.variables().values())
 
 
+def launcher_redis_url(fallback_db: int = 9) -> str:
+    """REDIS_URL for a launched stack: a free port, so that `tradeflow up` starts (and a test
+    may kill) its own redis-server; without redis-server installed, a db of the shared one."""
+    if shutil.which("redis-server"):
+        return f"redis://127.0.0.1:{free_port()}/0"
+    return f"redis://127.0.0.1:6379/{fallback_db}"
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -250,11 +258,7 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     data_dir = tmp_path_factory.mktemp("stack") / "data"
     # A Redis of its own (started by the launcher on a free port) keeps hot-SKU counters and
     # other keys of earlier runs out of the way; without redis-server use db 9 of the local one.
-    redis_url = (
-        f"redis://127.0.0.1:{free_port()}/0"
-        if shutil.which("redis-server")
-        else "redis://127.0.0.1:6379/9"
-    )
+    redis_url = launcher_redis_url()
     with launched(launcher_env(data_dir, REDIS_URL=redis_url)) as stack:
         yield stack
 

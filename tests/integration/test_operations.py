@@ -5,7 +5,6 @@ event stream followed with `tradeflow events tail`."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 import uuid
@@ -21,6 +20,7 @@ from tests.integration.test_launcher import (
     free_port,
     launched,
     launcher_env,
+    launcher_redis_url,
     tradeflow_command,
 )
 
@@ -34,11 +34,7 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[RunningStack, dict[str, str]]]:
     data_dir = tmp_path_factory.mktemp("ops") / "data"
-    redis_url = (
-        f"redis://127.0.0.1:{free_port()}/0"
-        if shutil.which("redis-server")
-        else "redis://127.0.0.1:6379/14"
-    )
+    redis_url = launcher_redis_url(fallback_db=14)
     env = launcher_env(
         data_dir, REDIS_URL=redis_url, TRADEFLOW_WORKER_METRICS_PORT=str(free_port())
     )

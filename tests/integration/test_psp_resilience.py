@@ -45,8 +45,8 @@ from psp.faults import Faults
 from store.db import make_engine, make_sessionmaker
 from tests.api.helpers import make_settings
 from tests.support import Stack, view_of, wait_for_view
-from tests.support.stack import dispatch_settings, dispatch_shard
-from worker import PSP_RATE_PREFIX, Dependencies, build_workers, psp_guards
+from tests.support.stack import dispatch_settings, serving
+from worker import PSP_RATE_PREFIX, Dependencies, psp_guards
 
 pytestmark = pytest.mark.slow
 
@@ -122,16 +122,8 @@ async def guarded_stack(
             **matching,
         )
         stack = Stack(client, engine, test_http, f"orders-{suffix}", f"dispatch-{suffix}")
-        workers = build_workers(
-            client,
-            deps,
-            roles={"orders": stack.orders_queue, "dispatch": stack.dispatch_queue},
-            dispatch_shards=["0"],
-        )
         try:
-            async with dispatch_shard(deps), contextlib.AsyncExitStack() as es:
-                for w in workers:
-                    await es.enter_async_context(w)
+            async with serving(stack, deps):
                 yield Guarded(stack, breaker, limiter, requests)
         finally:
             keys = [k async for k in redis.scan_iter(match=f"{prefix}*")]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,7 +19,13 @@ import httpx
 import pytest
 
 from tests.integration.test_end_to_end import STORY
-from tests.integration.test_launcher import ROOT, RunningStack, free_port, launched, launcher_env
+from tests.integration.test_launcher import (
+    ROOT,
+    RunningStack,
+    launched,
+    launcher_env,
+    launcher_redis_url,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -30,11 +35,7 @@ DEMO_CUSTOMER = "demo-customer"
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     data_dir = tmp_path_factory.mktemp("auth-e2e") / "data"
-    redis_url = (
-        f"redis://127.0.0.1:{free_port()}/0"
-        if shutil.which("redis-server")
-        else "redis://127.0.0.1:6379/9"
-    )
+    redis_url = launcher_redis_url()
     env = launcher_env(
         data_dir,
         REDIS_URL=redis_url,

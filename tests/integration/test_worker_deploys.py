@@ -6,7 +6,6 @@ v1, a worker drained by SIGTERM with activities in flight, and a rollback to v1 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,9 +24,9 @@ from temporalio.service import RPCError, RPCStatusCode
 from tests.integration.test_launcher import (
     ROOT,
     RunningStack,
-    free_port,
     launched,
     launcher_env,
+    launcher_redis_url,
 )
 
 pytestmark = pytest.mark.slow
@@ -42,11 +41,7 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[RunningStack, dict[str, str]]]:
     data_dir = tmp_path_factory.mktemp("deploys") / "data"
-    redis_url = (
-        f"redis://127.0.0.1:{free_port()}/0"
-        if shutil.which("redis-server")
-        else "redis://127.0.0.1:6379/13"
-    )
+    redis_url = launcher_redis_url(fallback_db=13)
     env = launcher_env(
         data_dir,
         REDIS_URL=redis_url,

@@ -253,16 +253,8 @@ async def order_stack(
         engine=engine, http=psp_http, psp_url="http://psp", merchant_url=merchant_url, **matching
     )
     stack = Stack(client, engine, psp_http, f"orders-{suffix}", f"dispatch-{suffix}", merchant_url)
-    workers = build_workers(
-        client,
-        deps,
-        roles={"orders": stack.orders_queue, "dispatch": stack.dispatch_queue},
-        dispatch_shards=["0"],
-    )
     try:
-        async with dispatch_shard(deps), contextlib.AsyncExitStack() as es:
-            for w in workers:
-                await es.enter_async_context(w)
+        async with serving(stack, deps):
             try:
                 yield stack
             finally:
@@ -281,6 +273,22 @@ def dispatch_settings(suffix: str) -> dict[str, Any]:
         "dispatch_prefix": f"stack-{suffix}:",
         "dispatch_window_s": DISPATCH_WINDOW_S,
     }
+
+
+@contextlib.asynccontextmanager
+async def serving(stack: Stack, deps: Dependencies) -> AsyncIterator[None]:
+    """The workers of ``stack``'s order and dispatch queues, and dispatch shard 0 with its
+    zone matcher, running on ``deps`` while the block runs."""
+    workers = build_workers(
+        stack.client,
+        deps,
+        roles={"orders": stack.orders_queue, "dispatch": stack.dispatch_queue},
+        dispatch_shards=["0"],
+    )
+    async with dispatch_shard(deps), contextlib.AsyncExitStack() as es:
+        for w in workers:
+            await es.enter_async_context(w)
+        yield
 
 
 @contextlib.asynccontextmanager
