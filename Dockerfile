@@ -11,7 +11,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY . .
+# Bytecode now: the workflow sandbox executes each workflow module again for every workflow
+# run, and with PYTHONDONTWRITEBYTECODE nothing at run time would write it (infra/bytecode.py).
 RUN pip install . \
+    && python -m compileall -q /app \
     && useradd --create-home --uid 10001 tradeflow \
     && mkdir -p /data /keys \
     && chown tradeflow /data /keys

@@ -52,6 +52,7 @@ from domain.names import (
     shard_task_queue,
 )
 from infra.breaker import CircuitBreaker
+from infra.bytecode import ensure_bytecode
 from infra.events import run_relay
 from infra.hot_stock import load_hot_counters
 from infra.metrics import MetricsInterceptor, poll_gauges, serve_worker_metrics
@@ -524,6 +525,8 @@ async def serve(
     if settings.worker_metrics_port:
         # Business metrics (infra.metrics) and the Temporal SDK's own, on one port.
         serve_worker_metrics(settings.bind_host, settings.worker_metrics_port)
+    compiled, _ = ensure_bytecode(wf for q in queues for wf in WORKFLOWS_BY_QUEUE[q])
+    log.info("workflow sandbox: %d source files served from bytecode", compiled)
     client = await connect(settings)
     deps = make_dependencies(settings)
     await load_hot_stock(deps)

@@ -198,10 +198,15 @@ async def run_baseline(
 
 async def serve_noop_worker(address: str, namespace: str, task_queue: str) -> None:
     """The baseline's worker, in a process of its own like tradeflow's ``worker.py``, with its
-    settings (``worker.build_workers``): sandboxed workflows, 100 activity slots."""
+    settings (``worker.build_workers``): sandboxed workflows, 100 activity slots, the workflow
+    module's bytecode written at start (``infra.bytecode``)."""
     from temporalio.client import Client
     from temporalio.worker import Worker
 
+    from infra.bytecode import ensure_bytecode
+
+    # As worker.py does for tradeflow's workflows: this module's bytecode, written once.
+    ensure_bytecode([NullOrderWorkflow, NullPaymentWorkflow])
     client = await Client.connect(address, namespace=namespace)
     worker = Worker(
         client,
