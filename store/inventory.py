@@ -65,24 +65,55 @@ async def _fence_row(
     return (row[0], row[1]) if row else None
 
 
-async def _set_state(
-    s: AsyncSession,
-    order_id: str,
-    location_id: str,
-    sku: str,
-    *,
-    frm: ReservationState,
-    to: ReservationState,
-) -> int | None:
-    """Move the fence from ``frm`` to ``to``; return its quantity if this call moved it."""
+async def _fence_state(s: AsyncSession, order_id: str, location_id: str, sku: str) -> str | None:
+    existing = await _fence_row(s, order_id, location_id, sku)
+    return existing[0] if existing else None
+
+
+@dataclass(frozen=True)
+class _Step:
+    """A fence transition and the stock columns its quantity moves between (the table above)."""
+
+    frm: ReservationState
+    to: ReservationState
+    take: str
+    put: str
+
+
+_CONFIRM = _Step(ReservationState.TRIED, ReservationState.CONFIRMED, take="reserved", put="sold")
+_CANCEL = _Step(
+    ReservationState.TRIED, ReservationState.CANCELLED, take="reserved", put="available"
+)
+_RETURN = _Step(ReservationState.CONFIRMED, ReservationState.RETURNED, take="sold", put="available")
+
+
+async def _move(
+    s: AsyncSession, order_id: str, location_id: str, sku: str, step: _Step, now: str | None = None
+) -> bool:
+    """Move the fence from ``step.frm`` to ``step.to`` and, if this call moved it, its quantity
+    from stock column ``step.take`` to ``step.put`` (same transaction). False: not moved."""
     res = await s.execute(
         update(R)
-        .where(_key(order_id, location_id, sku) & (R.c.state == frm.value))
-        .values(state=to.value, updated_at=utcnow_iso())
+        .where(_key(order_id, location_id, sku) & (R.c.state == step.frm.value))
+        .values(state=step.to.value, updated_at=utcnow_iso())
         .returning(R.c.quantity)
     )
     row = res.first()
-    return row[0] if row else None
+    if row is None:
+        return False
+    qty = row[0]
+    await s.execute(
+        update(S)
+        .where((S.c.location_id == location_id) & (S.c.sku == sku))
+        .values(
+            {
+                step.take: S.c[step.take] - qty,
+                step.put: S.c[step.put] + qty,
+                "updated_at": now or utcnow_iso(),
+            }
+        )
+    )
+    return True
 
 
 async def try_reserve(
@@ -114,8 +145,7 @@ async def try_reserve(
         fenced = (await s.execute(insert_ignore(s, R, fence_row))).first() is not None
         moved = fenced and (await s.execute(take.returning(S.c.sku))).first() is not None
     if not fenced:
-        existing = await _fence_row(s, order_id, location_id, sku)
-        state = existing[0] if existing else None
+        state = await _fence_state(s, order_id, location_id, sku)
         if state in (ReservationState.TRIED, ReservationState.CONFIRMED):
             return BranchOutcome(state=state, changed=False)
         raise FenceRefused(f"try refused: branch already {state} (anti-hanging)", state=state)
@@ -158,18 +188,9 @@ async def _try_in_one_statement(
 
 
 async def confirm(s: AsyncSession, *, order_id: str, location_id: str, sku: str) -> BranchOutcome:
-    qty = await _set_state(
-        s, order_id, location_id, sku, frm=ReservationState.TRIED, to=ReservationState.CONFIRMED
-    )
-    if qty is not None:
-        await s.execute(
-            update(S)
-            .where((S.c.location_id == location_id) & (S.c.sku == sku))
-            .values(reserved=S.c.reserved - qty, sold=S.c.sold + qty, updated_at=utcnow_iso())
-        )
+    if await _move(s, order_id, location_id, sku, _CONFIRM):
         return BranchOutcome(state=ReservationState.CONFIRMED, changed=True)
-    existing = await _fence_row(s, order_id, location_id, sku)
-    state = existing[0] if existing else None
+    state = await _fence_state(s, order_id, location_id, sku)
     if state == ReservationState.CONFIRMED:
         return BranchOutcome(state=state, changed=False)
     raise FenceRefused(f"confirm refused: branch is {state or 'not tried'}", state=state)
@@ -195,18 +216,9 @@ async def cancel(s: AsyncSession, *, order_id: str, location_id: str, sku: str) 
     )
     if inserted.first() is not None:
         return BranchOutcome(state=ReservationState.CANCELLED, changed=False)
-    qty = await _set_state(
-        s, order_id, location_id, sku, frm=ReservationState.TRIED, to=ReservationState.CANCELLED
-    )
-    if qty is not None:
-        await s.execute(
-            update(S)
-            .where((S.c.location_id == location_id) & (S.c.sku == sku))
-            .values(available=S.c.available + qty, reserved=S.c.reserved - qty, updated_at=now)
-        )
+    if await _move(s, order_id, location_id, sku, _CANCEL, now):
         return BranchOutcome(state=ReservationState.CANCELLED, changed=True)
-    existing = await _fence_row(s, order_id, location_id, sku)
-    state = existing[0] if existing else None
+    state = await _fence_state(s, order_id, location_id, sku)
     if state in (ReservationState.CANCELLED, ReservationState.RETURNED):
         return BranchOutcome(state=state, changed=False)
     raise FenceRefused(f"cancel refused: branch is {state}", state=state)
@@ -216,18 +228,9 @@ async def return_stock(
     s: AsyncSession, *, order_id: str, location_id: str, sku: str
 ) -> BranchOutcome:
     """Undo a confirmed branch (sold -> available). On a branch never confirmed, acts as cancel."""
-    qty = await _set_state(
-        s, order_id, location_id, sku, frm=ReservationState.CONFIRMED, to=ReservationState.RETURNED
-    )
-    if qty is not None:
-        await s.execute(
-            update(S)
-            .where((S.c.location_id == location_id) & (S.c.sku == sku))
-            .values(available=S.c.available + qty, sold=S.c.sold - qty, updated_at=utcnow_iso())
-        )
+    if await _move(s, order_id, location_id, sku, _RETURN):
         return BranchOutcome(state=ReservationState.RETURNED, changed=True)
-    existing = await _fence_row(s, order_id, location_id, sku)
-    if existing and existing[0] == ReservationState.RETURNED:
+    if await _fence_state(s, order_id, location_id, sku) == ReservationState.RETURNED:
         return BranchOutcome(state=ReservationState.RETURNED, changed=False)
     return await cancel(s, order_id=order_id, location_id=location_id, sku=sku)
 
