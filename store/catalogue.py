@@ -13,7 +13,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from store.models import Location, Product, utcnow_iso
-from store.sql import dialect_insert
+from store.sql import upsert
 
 PRODUCTS: Table = Product.__table__  # type: ignore[attr-defined]
 LOCATIONS: Table = Location.__table__  # type: ignore[attr-defined]
@@ -37,33 +37,32 @@ async def upsert_product(
     hot: bool | None,
 ) -> dict[str, Any]:
     """Create or replace a product; ``hot=None`` keeps the current flag (False when new)."""
-    ins = dialect_insert(session, PRODUCTS).values(
-        sku=sku,
-        name=name,
-        price_cents=price_cents,
-        currency=currency,
-        hot=bool(hot),
-        updated_at=utcnow_iso(),
+    stmt = upsert(
+        session,
+        PRODUCTS,
+        dict(
+            sku=sku,
+            name=name,
+            price_cents=price_cents,
+            currency=currency,
+            hot=bool(hot),
+            updated_at=utcnow_iso(),
+        ),
+        conflict_on=["sku"],
+        replace=["name", "price_cents", "currency", "updated_at"]
+        + (["hot"] if hot is not None else []),
     )
-    changes = ["name", "price_cents", "currency", "updated_at"] + (
-        ["hot"] if hot is not None else []
-    )
-    stmt = ins.on_conflict_do_update(
-        index_elements=["sku"], set_={c: ins.excluded[c] for c in changes}
-    ).returning(PRODUCTS)
-    row = (await session.exec(stmt)).mappings().one()
-    return dict(row)
+    return dict((await session.exec(stmt)).mappings().one())
 
 
 async def upsert_location(
     session: AsyncSession, *, location_id: str, name: str, lat: float, lng: float
 ) -> dict[str, Any]:
-    ins = dialect_insert(session, LOCATIONS).values(
-        location_id=location_id, name=name, lat=lat, lng=lng
+    stmt = upsert(
+        session,
+        LOCATIONS,
+        dict(location_id=location_id, name=name, lat=lat, lng=lng),
+        conflict_on=["location_id"],
+        replace=["name", "lat", "lng"],
     )
-    stmt = ins.on_conflict_do_update(
-        index_elements=["location_id"],
-        set_={c: ins.excluded[c] for c in ("name", "lat", "lng")},
-    ).returning(LOCATIONS)
-    row = (await session.exec(stmt)).mappings().one()
-    return dict(row)
+    return dict((await session.exec(stmt)).mappings().one())

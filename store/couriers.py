@@ -18,7 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession as ModelSession
 from store import fencing
 from store.fencing import Fence
 from store.models import Courier, Location, utcnow_iso
-from store.sql import dialect_insert
+from store.sql import upsert
 
 C: Table = Courier.__table__  # type: ignore[attr-defined]
 L: Table = Location.__table__  # type: ignore[attr-defined]
@@ -34,21 +34,22 @@ async def upsert_courier(
     s: AsyncSession, *, courier_id: str, lat: float, lng: float, available: bool
 ) -> dict[str, Any]:
     """Position and shift only: the courier's offer/assignment belongs to dispatch."""
-    ins = dialect_insert(s, C).values(
-        courier_id=courier_id,
-        lat=lat,
-        lng=lng,
-        available=available,
-        current_order_id=None,
-        assignment=None,
-        updated_at=utcnow_iso(),
+    stmt = upsert(
+        s,
+        C,
+        dict(
+            courier_id=courier_id,
+            lat=lat,
+            lng=lng,
+            available=available,
+            current_order_id=None,
+            assignment=None,
+            updated_at=utcnow_iso(),
+        ),
+        conflict_on=["courier_id"],
+        replace=["lat", "lng", "available", "updated_at"],
     )
-    stmt = ins.on_conflict_do_update(
-        index_elements=["courier_id"],
-        set_={c: ins.excluded[c] for c in ("lat", "lng", "available", "updated_at")},
-    ).returning(C)
-    row = (await s.execute(stmt)).mappings().one()
-    return dict(row)
+    return dict((await s.execute(stmt)).mappings().one())
 
 
 async def list_couriers(

@@ -8,7 +8,7 @@ Decisions are taken from ``RETURNING`` rows, never from ``rowcount``: psycopg re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Table
@@ -43,3 +43,19 @@ def insert_ignore(
         .on_conflict_do_nothing(index_elements=conflict_on)
         .returning(*table.primary_key.columns)
     )
+
+
+def upsert(
+    s: AsyncSession | AsyncConnection,
+    table: Table,
+    values: dict[str, Any],
+    *,
+    conflict_on: Sequence[str],
+    replace: Iterable[str],
+) -> Any:
+    """``INSERT ... ON CONFLICT (conflict_on) DO UPDATE SET <replace> = the new values
+    RETURNING *``: the row as it is now, new, or old with the ``replace`` columns overwritten."""
+    ins = dialect_insert(s, table).values(**values)
+    return ins.on_conflict_do_update(
+        index_elements=list(conflict_on), set_={c: ins.excluded[c] for c in replace}
+    ).returning(table)
