@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -40,7 +40,7 @@ from activities.notify import NotifyActivities
 from activities.orders import OrderActivities
 from activities.payments import PaymentActivities
 from activities.reconciler import ReconcilerActivities, ensure_reconciler_schedule
-from activities.refunds import RefundActivities
+from activities.refunds import PaymentActivitiesArgs, RefundActivities
 from activities.sweeper import SweeperActivities, ensure_sweeper_schedule
 from dispatch.geoindex import CourierGeoIndex
 from dispatch.service import ShardRegistry, ShardService, ZoneMatcher, store_zones, zone_redlock
@@ -207,21 +207,16 @@ class Dependencies:
         inventory = InventoryActivities(sessionmaker=sessions, redis=self.redis)
         orders = OrderActivities(sessionmaker=sessions)
         couriers = CourierActivities(sessionmaker=sessions, geo=self.geo, dispatch=self.dispatch)
-        payments = PaymentActivities(
-            http=self.http,
-            sessionmaker=sessions,
-            psp_url=self.psp_url,
-            breaker=self.psp_breaker,
-            limiter=self.psp_limiter,
-        )
-        refunds = RefundActivities(
-            http=self.http,
-            sessionmaker=sessions,
-            psp_url=self.psp_url,
-            breaker=self.psp_breaker,
-            limiter=self.psp_limiter,
-            redis=self.redis,
-        )
+        # One guarded PSP client's arguments for both: the same breaker and rate limiter.
+        psp: PaymentActivitiesArgs = {
+            "http": self.http,
+            "sessionmaker": sessions,
+            "psp_url": self.psp_url,
+            "breaker": self.psp_breaker,
+            "limiter": self.psp_limiter,
+        }
+        payments = PaymentActivities(**psp)
+        refunds = RefundActivities(redis=self.redis, **psp)
         notify = NotifyActivities(
             http=self.http,
             sessionmaker=sessions,
@@ -473,18 +468,12 @@ async def install_sweeper(client: Client, settings: Settings) -> None:
     ttl = OrderTimeouts(
         payment_timeout_s=settings.payment_timeout_s, reservation_ttl_s=settings.reservation_ttl_s
     ).effective_reservation_ttl_s
-    try:
-        outcome = await ensure_sweeper_schedule(
+    await _install_schedule(
+        "inventory sweeper",
+        ensure_sweeper_schedule(
             client, task_queue=ORDERS_TASK_QUEUE, every_s=settings.sweep_interval_s, ttl_s=ttl
-        )
-    except Exception as e:  # an old server without schedules must not stop the worker
-        log.warning("inventory sweeper schedule not installed: %s", e)
-        return
-    log.info(
-        "inventory sweeper schedule %s: every %.0fs (TTL %.0fs)",
-        outcome,
-        settings.sweep_interval_s,
-        ttl,
+        ),
+        f"every {settings.sweep_interval_s:.0f}s (TTL {ttl:.0f}s)",
     )
 
 
@@ -494,20 +483,24 @@ async def install_reconciler(client: Client, settings: Settings) -> None:
         grace_s=settings.reconcile_grace_s,
         restart_within_s=settings.reconcile_restart_within_s,
     )
-    try:
-        outcome = await ensure_reconciler_schedule(
+    await _install_schedule(
+        "reconciler",
+        ensure_reconciler_schedule(
             client, task_queue=ORDERS_TASK_QUEUE, every_s=settings.reconcile_interval_s, inp=inp
-        )
-    except Exception as e:  # an old server without schedules must not stop the worker
-        log.warning("reconciler schedule not installed: %s", e)
-        return
-    log.info(
-        "reconciler schedule %s: every %.0fs (grace %.0fs, restart within %.0fs)",
-        outcome,
-        settings.reconcile_interval_s,
-        inp.grace_s,
-        inp.restart_within_s,
+        ),
+        f"every {settings.reconcile_interval_s:.0f}s"
+        f" (grace {inp.grace_s:.0f}s, restart within {inp.restart_within_s:.0f}s)",
     )
+
+
+async def _install_schedule(what: str, ensure: Awaitable[str], settings_line: str) -> None:
+    """Await a schedule's ``ensure_*`` and log what it did; a failure is logged, not raised."""
+    try:
+        outcome = await ensure
+    except Exception as e:  # an old server without schedules must not stop the worker
+        log.warning("%s schedule not installed: %s", what, e)
+        return
+    log.info("%s schedule %s: %s", what, outcome, settings_line)
 
 
 async def serve(
