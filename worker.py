@@ -51,6 +51,7 @@ from domain.names import (
     ORDERS_TASK_QUEUE,
     shard_task_queue,
 )
+from infra import eventloop
 from infra.breaker import CircuitBreaker
 from infra.bytecode import ensure_bytecode
 from infra.events import run_relay
@@ -548,13 +549,14 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info(
-        "worker serving %s%s on %s (%s), build %s, versioning %s",
+        "worker serving %s%s on %s (%s), build %s, versioning %s, %s loop",
         ", ".join(queues),
         f" (dispatch shards {','.join(shards)})" if shards else "",
         settings.temporal_address,
         settings.temporal_namespace,
         build,
         f"on ({settings.deployment_name}:{build})" if deployment else "off",
+        eventloop.loop_in_use(),
     )
     runs = [asyncio.create_task(w.run()) for w in workers]
     background = [
@@ -625,7 +627,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(serve(settings, queues, build_id=args.build_id, shards=shards))
+    eventloop.run(
+        serve(settings, queues, build_id=args.build_id, shards=shards), settings.event_loop
+    )
 
 
 if __name__ == "__main__":

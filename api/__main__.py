@@ -23,6 +23,7 @@ def main() -> None:
             host=settings.bind_host,
             port=settings.api_port,
             log_level="info",
+            loop=settings.event_loop,  # infra/eventloop.py: uvloop where installed
             # Shutdown: uvicorn stops accepting, drains in-flight requests, runs the lifespan exit.
             timeout_graceful_shutdown=10,
         )

@@ -14,8 +14,10 @@ each round runs:
    server: the null shape of the path to PAID, 5 sequential no-op activities with a child
    workflow ``BenchNullPayment`` (one no-op activity) after the third. A worker process of
    its own serves them on its own task queue (``python -m bench.orders --serve-noop-worker``)
-   with the settings of tradeflow's ``worker.py`` (sandboxed, 100 activity slots); each
-   workflow counts when the server closes it;
+   with the settings of tradeflow's ``worker.py`` (sandboxed, 100 activity slots, bytecode
+   written at start) on plain asyncio; each workflow counts when the server closes it.
+   ``--worker-processes N``: N such processes, and N ``worker.py`` in the started stack
+   (``TRADEFLOW_WORKER_PROCESSES``), their CPU summed as "worker";
 2. **tradeflow**: ``tradeflow load`` places N orders through the API, C at a time; each order
    counts when its timeline says ``PAID`` (record, reserve stock, payment child workflow that
    authorizes at the PSP simulator, confirm stock, record).
@@ -51,7 +53,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -741,7 +743,7 @@ def history_lines(null: dict[str, Any], order: dict[str, Any]) -> list[dict[str,
 async def measure(
     stack: Stack,
     task_queue: str,
-    worker_pid: int,
+    worker_pids: list[int],
     *,
     n: int,
     concurrency: int,
@@ -751,9 +753,16 @@ async def measure(
     report: Callable[[str], None],
 ) -> tuple[list[Figures], list[Figures], tuple[list[float], list[float]]]:
     # The processes each side keeps busy: Temporal serves both; the baseline's worker is ours.
+    from cli.up import worker_names
+
     server = {k: v for k, v in stack.pids.items() if k == "temporal"}
     sides = {
-        "baseline": {**server, "worker": worker_pid} if server else {},
+        "baseline": {
+            **server,
+            **dict(zip(worker_names(len(worker_pids)), worker_pids, strict=True)),
+        }
+        if server
+        else {},
         "tradeflow": dict(stack.pids),
     }
 
@@ -776,7 +785,10 @@ async def measure(
         await quiesce(report)  # the work the run set off, to its end
         after = cpu_seconds(pids) if pids else None
         if before is not None and after is not None:
-            figures.cpu_s = {k: after[k] - before[k] for k in before}
+            figures.cpu_s = {}
+            for k in before:  # worker-2, worker-3, ... count as "worker"
+                group = "worker" if k.startswith("worker") else k
+                figures.cpu_s[group] = figures.cpu_s.get(group, 0.0) + after[k] - before[k]
         return figures
 
     if warmup:
@@ -851,6 +863,15 @@ def main(argv: list[str] | None = None) -> int:
         help=f"longest wait for a quiet machine before each phase [{QUIET_WAIT_S:.0f}]",
     )
     parser.add_argument("--keep", action="store_true", help="keep the started stack's data dir")
+    parser.add_argument(
+        "--worker-processes",
+        type=int,
+        default=1,
+        choices=range(1, 9),
+        metavar="N",
+        help="worker processes on each side: the stack's worker.py (TRADEFLOW_WORKER_PROCESSES) "
+        "and the baseline's null-shape workers [1]",
+    )
     parser.add_argument("--serve-noop-worker", metavar="TASK_QUEUE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_noop_worker:
@@ -871,14 +892,14 @@ def main(argv: list[str] | None = None) -> int:
 
     extra: list[dict[str, Any]] = []
 
-    async def both(stack: Stack, task_queue: str, worker_pid: int) -> Any:
+    async def both(stack: Stack, task_queue: str, worker_pids: list[int]) -> Any:
         if not args.no_history:
             null, order = await delivered_order_history(stack, task_queue, report=report)
             extra.extend(history_lines(null, order))
         baselines, orders, (null_serial, order_serial) = await measure(
             stack,
             task_queue,
-            worker_pid,
+            worker_pids,
             n=args.orders,
             concurrency=args.concurrency,
             rounds=args.rounds,
@@ -892,9 +913,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def go(stack: Stack) -> tuple[list[Figures], list[Figures]]:
         task_queue = f"bench-null-{uuid.uuid4().hex[:8]}"
-        with noop_worker(stack.temporal_address, stack.namespace, task_queue) as worker_pid:
+        with ExitStack() as workers:
+            worker_pids = [
+                workers.enter_context(
+                    noop_worker(stack.temporal_address, stack.namespace, task_queue)
+                )
+                for _ in range(args.worker_processes)
+            ]
             result: tuple[list[Figures], list[Figures]] = asyncio.run(
-                both(stack, task_queue, worker_pid)
+                both(stack, task_queue, worker_pids)
             )
             return result
 
@@ -913,7 +940,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         baselines, orders = go(stack)
     else:
-        with launched_stack(report, keep=args.keep) as stack:
+        processes = {"TRADEFLOW_WORKER_PROCESSES": str(args.worker_processes)}
+        with launched_stack(report, keep=args.keep, extra_env=processes) as stack:
             baselines, orders = go(stack)
 
     report(f"done: {load_average()}")

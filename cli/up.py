@@ -105,6 +105,11 @@ def find_temporal_cli() -> str:
     )
 
 
+def worker_names(count: int) -> list[str]:
+    """The worker processes' names (their logs, ``pids.json``): ``worker``, ``worker-2``, ..."""
+    return ["worker", *(f"worker-{i}" for i in range(2, count + 1))]
+
+
 def find_worker_script() -> Path:
     spec = importlib.util.find_spec("worker")
     if spec is not None and spec.origin and spec.origin.endswith(".py"):
@@ -316,16 +321,27 @@ class Launcher:
     def _start_apps(self) -> None:
         py = sys.executable
         env = self._child_env()
+        worker = [py, str(find_worker_script())]
         apps = [
-            ("psp", [py, "-m", "psp"]),
-            ("worker", [py, str(find_worker_script())]),
-            ("api", [py, "-m", "api"]),
+            ("psp", [py, "-m", "psp"], env),
+            *(
+                (name, worker, self._worker_env(env, i))
+                for i, name in enumerate(worker_names(self.settings.worker_processes))
+            ),
+            ("api", [py, "-m", "api"], env),
         ]
         if self.settings.courier_simulator:
-            apps.append(("courier-sim", [py, "-m", "cli.courier_sim"]))
-        for name, argv in apps:
+            apps.append(("courier-sim", [py, "-m", "cli.courier_sim"], env))
+        for name, argv, child_env in apps:
             say(f"starting {name}: {' '.join(argv[1:])}")
-            self._start(Child(name, argv, self.log_dir / f"{name}.log", env=env), self.apps)
+            self._start(Child(name, argv, self.log_dir / f"{name}.log", env=child_env), self.apps)
+
+    def _worker_env(self, env: dict[str, str], index: int) -> dict[str, str]:
+        """The ``index``-th worker's environment: a metrics port of its own when they are on."""
+        port = self.settings.worker_metrics_port
+        if index == 0 or not port:
+            return env
+        return {**env, "TRADEFLOW_WORKER_METRICS_PORT": str(port + index)}
 
     def _wait_ready(self) -> None:
         last = "no answer"

@@ -113,6 +113,8 @@ class Settings(BaseSettings):
     webhook_secret: str | None = Field(default=None, repr=False)
     """HMAC secret of the PSP's webhooks; default: random per data dir."""
     courier_simulator: bool = True
+    worker_processes: int = Field(default=1, ge=1, le=16)
+    """How many ``worker.py`` processes ``tradeflow up`` starts (each serves every role)."""
     payment_timeout_s: float = Field(default=900.0, gt=0)
     offer_timeout_s: float = Field(default=30.0, gt=0)
     max_offers: int = Field(default=5, ge=1)
@@ -230,6 +232,8 @@ class Settings(BaseSettings):
     ``on``: always (a one-step deploy); ``off``: the operator promotes it."""
     worker_grace_s: float = Field(default=8.0, ge=0)
     """On SIGTERM, running activities get this long to finish before they are cancelled."""
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    """The worker's and the API's event loop; ``auto``: uvloop when installed (infra/eventloop.py)."""
 
     # -- payload codec (infra/codec.py, docs/operations.md) --------------------------------
     codec: bool = True

@@ -19,6 +19,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
+    import workflows.options as options
     from activities.couriers import CourierActivities
     from domain import errors, names
     from domain.messages import (
@@ -34,7 +35,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from domain.names import shard_task_queue
     from domain.status import CourierEventType, DeliveryStatus
-    from workflows import options
     from workflows.parent import tell_parent
 
 

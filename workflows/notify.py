@@ -15,11 +15,11 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
+    import workflows.options as options
     from activities.notify import NotifyActivities
     from domain import names
     from domain.messages import MerchantEvent, NotificationOutcome, NotifyAttempt
     from domain.status import NotificationStatus
-    from workflows import options
 
 
 async def notify_merchant(ev: MerchantEvent, *, about: str) -> None:

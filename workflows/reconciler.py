@@ -26,6 +26,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    import workflows.options as options
     from activities.couriers import CourierActivities
     from activities.inventory import InventoryActivities
     from activities.payments import PaymentActivities
@@ -48,7 +49,6 @@ with workflow.unsafe.imports_passed_through():
         VoidInput,
     )
     from domain.reconcile import Decision, Done, order_decision, refund_decision
-    from workflows import options
 
 _A = TypeVar("_A")
 _R = TypeVar("_R")

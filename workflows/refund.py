@@ -29,6 +29,7 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
+    import workflows.options as options
     from activities.refunds import RefundActivities
     from domain import errors, names
     from domain.messages import (
@@ -40,7 +41,6 @@ with workflow.unsafe.imports_passed_through():
         SettleRefund,
     )
     from domain.status import MerchantEventType, RefundStatus
-    from workflows import options
     from workflows.notify import notify_merchant
 
 EXCEEDS_CAPTURED_AT_PSP = "exceeds_captured_at_psp"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    import workflows.options as options
     from activities.sweeper import SweeperActivities
     from domain import names
     from domain.messages import ReleaseReport, SweepInput, SweepReport
-    from workflows import options
 
 
 @workflow.defn(name=names.SWEEP_WORKFLOW)

@@ -254,12 +254,14 @@ def registered_search_attributes(address: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     """The whole stack from `tradeflow up`: Temporal, Redis and every process started by the
-    launcher on free ports, demo catalogue seeded, simulated couriers on."""
+    launcher on free ports, demo catalogue seeded, simulated couriers on, two worker
+    processes (TRADEFLOW_WORKER_PROCESSES) serving the same task queues."""
     data_dir = tmp_path_factory.mktemp("stack") / "data"
     # A Redis of its own (started by the launcher on a free port) keeps hot-SKU counters and
     # other keys of earlier runs out of the way; without redis-server use db 9 of the local one.
     redis_url = launcher_redis_url()
-    with launched(launcher_env(data_dir, REDIS_URL=redis_url)) as stack:
+    env = launcher_env(data_dir, REDIS_URL=redis_url, TRADEFLOW_WORKER_PROCESSES="2")
+    with launched(env) as stack:
         yield stack
 
 
@@ -278,11 +280,18 @@ def test_up_prints_where_the_stack_answers_and_every_part_answers(
         assert http.get(f"{stack.psp_url}/healthz").status_code == 200
         assert http.get(stack.ui_url).status_code == 200, "Temporal web UI"
 
-    assert {"temporal", "redis", "psp", "worker", "api", "courier-sim"} <= set(stack.children)
+    apps = {"temporal", "redis", "psp", "worker", "worker-2", "api", "courier-sim"}
+    assert apps <= set(stack.children)
     for name, pid in stack.children.items():
         assert alive(pid), f"{name} is not running\n{stack.transcript()}"
-    for name in ("api", "psp", "worker", "courier-sim", "temporal", "redis"):
+    for name in apps:
         assert (stack.data_dir / "logs" / f"{name}.log").exists(), name
+    for worker in ("worker", "worker-2"):  # both poll: each logged that it serves
+        deadline = time.monotonic() + 30
+        log = stack.data_dir / "logs" / f"{worker}.log"
+        while "worker serving orders, dispatch" not in log.read_text():
+            assert time.monotonic() < deadline, f"{worker} never served\n{log.read_text()}"
+            time.sleep(0.2)
 
     registered = registered_search_attributes(stack.temporal_address)
     for name, kind in SEARCH_ATTRIBUTE_TYPES.items():
