@@ -68,14 +68,13 @@ class InventoryActivities:
             )
         holds = claim is not None and claim.holds_units
         try:
-            async with self._sessions() as s, s.begin():
-                out = await ledger.try_reserve(
-                    s,
-                    order_id=key.order_id,
-                    location_id=key.location_id,
-                    sku=key.sku,
-                    quantity=key.quantity,
-                )
+            out = await ledger.try_reserve(
+                self._sessions,
+                order_id=key.order_id,
+                location_id=key.location_id,
+                sku=key.sku,
+                quantity=key.quantity,
+            )
         except ledger.OutOfStock as e:
             if holds:  # Redis granted what the DB has not got: the counter was too high.
                 await self._after_db(self._hot_write_off(key), key)

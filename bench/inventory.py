@@ -15,8 +15,9 @@ round so a noisy neighbour hurts both sides of a ratio alike. Rates are medians 
   sold-out hot SKU: the whole path a flash sale's loser takes, to the ``OutOfStock`` error.
 * ``pg_raw_update``: one autocommit conditional ``UPDATE stock ... WHERE available >= 1`` per
   reservation on a raw psycopg connection per task - the limit for the DB path.
-* ``db_try_reserve``: ``store.inventory.try_reserve`` in its own transaction through the
-  SQLAlchemy engine (fence insert + conditional update), as the activity runs it.
+* ``db_try_reserve``: ``store.inventory.try_reserve`` through the SQLAlchemy engine's pool,
+  as the activity calls it (fence insert + conditional update; on PostgreSQL one autocommit
+  call of the ``tradeflow_try_reserve`` function).
 
 All DB loops hit one stock row, as a flash sale does. PostgreSQL gets a throwaway schema.
 Prints one JSON line per figure: ``{"name", "value", "unit", "concurrency"}``, plus
@@ -182,10 +183,9 @@ class Postgres:
     async def try_reserve(self, n: int) -> None:
         from store import inventory as ledger
 
-        async with self.sessions() as s, s.begin():
-            await ledger.try_reserve(
-                s, order_id=f"o-{n}", location_id="main", sku=self.sku, quantity=1
-            )
+        await ledger.try_reserve(
+            self.sessions, order_id=f"o-{n}", location_id="main", sku=self.sku, quantity=1
+        )
 
     async def close(self) -> None:
         from sqlalchemy import create_engine

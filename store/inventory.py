@@ -5,7 +5,8 @@ transaction as the stock change it guards, as Seata's tcc_fence_log and DTM's ba
 
 * try      inserts the fence (TRIED) and moves ``available -> reserved`` with one conditional
            UPDATE; not enough stock rolls the whole transaction back, fence row included. On
-           PostgreSQL both are one statement (a data-modifying CTE: one round trip).
+           PostgreSQL both are one autocommit call of a PL/pgSQL function (migration 0009):
+           one round trip, its RAISE on out-of-stock rolling the fence row back.
 * confirm  TRIED -> CONFIRMED and ``reserved -> sold``; a repeat is a no-op.
 * cancel   TRIED -> CANCELLED and ``reserved -> available``; with no fence row it records an
            empty rollback (CANCELLED, quantity 0) so a try arriving later is refused.
@@ -20,11 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, exists, func, select, update
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table, func, select, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from domain.status import TERMINAL_STATUSES, ReservationState
+from store.db import engine_of
 from store.models import Order, Product, Reservation, Stock, utcnow_iso
 from store.sql import dialect_insert, insert_ignore
 
@@ -117,74 +119,98 @@ async def _move(
 
 
 async def try_reserve(
-    s: AsyncSession, *, order_id: str, location_id: str, sku: str, quantity: int
+    sessions: async_sessionmaker[Any],
+    *,
+    order_id: str,
+    location_id: str,
+    sku: str,
+    quantity: int,
 ) -> BranchOutcome:
-    """Call inside ``async with session.begin()``; raising rolls the fence row back too."""
+    """The try in a transaction of its own; not enough stock rolls the fence row back too.
+
+    PostgreSQL: one autocommit call of ``tradeflow_try_reserve`` (migration 0009), one round
+    trip. SQLite: the fence insert and the conditional update in one transaction.
+    """
     if quantity < 1:
         raise ValueError("quantity must be >= 1")
     now = utcnow_iso()
-    fence_row = dict(
-        order_id=order_id,
-        location_id=location_id,
-        sku=sku,
-        quantity=quantity,
-        state=ReservationState.TRIED.value,
-        created_at=now,
-        updated_at=now,
-    )
-    take = (
-        update(S)
-        .where((S.c.location_id == location_id) & (S.c.sku == sku) & (S.c.available >= quantity))
-        .values(
-            available=S.c.available - quantity, reserved=S.c.reserved + quantity, updated_at=now
-        )
-    )
-    if s.get_bind().dialect.name == "postgresql":
-        fenced, moved = await _try_in_one_statement(s, fence_row, take)
-    else:
-        fenced = (await s.execute(insert_ignore(s, R, fence_row))).first() is not None
-        moved = fenced and (await s.execute(take.returning(S.c.sku))).first() is not None
-    if not fenced:
-        state = await _fence_state(s, order_id, location_id, sku)
-        if state in (ReservationState.TRIED, ReservationState.CONFIRMED):
-            return BranchOutcome(state=state, changed=False)
-        raise FenceRefused(f"try refused: branch already {state} (anti-hanging)", state=state)
-    if not moved:
-        raise OutOfStock(f"{sku} at {location_id}: fewer than {quantity} available")
+    engine = engine_of(sessions)
+    if engine.dialect.name == "postgresql":
+        found = await _try_in_one_call(engine, (order_id, location_id, sku, quantity, now))
+        if found is None:
+            return BranchOutcome(state=ReservationState.TRIED, changed=True)
+        return _repeat_outcome(found or None)
+    async with sessions() as s:
+        async with s.begin():
+            fenced = (
+                await s.execute(
+                    insert_ignore(
+                        s,
+                        R,
+                        dict(
+                            order_id=order_id,
+                            location_id=location_id,
+                            sku=sku,
+                            quantity=quantity,
+                            state=ReservationState.TRIED.value,
+                            created_at=now,
+                            updated_at=now,
+                        ),
+                    )
+                )
+            ).first() is not None
+            if not fenced:
+                return _repeat_outcome(await _fence_state(s, order_id, location_id, sku))
+            take = (
+                update(S)
+                .where(
+                    (S.c.location_id == location_id)
+                    & (S.c.sku == sku)
+                    & (S.c.available >= quantity)
+                )
+                .values(
+                    available=S.c.available - quantity,
+                    reserved=S.c.reserved + quantity,
+                    updated_at=now,
+                )
+                .returning(S.c.sku)
+            )
+            if (await s.execute(take)).first() is None:
+                raise OutOfStock(f"{sku} at {location_id}: fewer than {quantity} available")
     return BranchOutcome(state=ReservationState.TRIED, changed=True)
 
 
-async def _try_in_one_statement(
-    s: AsyncSession, fence_row: dict[str, object], take: Any
-) -> tuple[bool, bool]:
-    """(fence inserted, stock moved) from one statement:
+def _repeat_outcome(state: str | None) -> BranchOutcome:
+    """The try found the branch's fence row already there: a repeat, or refused."""
+    if state in (ReservationState.TRIED, ReservationState.CONFIRMED):
+        return BranchOutcome(state=state, changed=False)
+    raise FenceRefused(f"try refused: branch already {state} (anti-hanging)", state=state)
 
-        WITH fence AS (INSERT INTO reservations ... ON CONFLICT DO NOTHING RETURNING ...),
-             moved AS (UPDATE stock ... WHERE available >= :q AND EXISTS (SELECT FROM fence)
-                       RETURNING ...)
-        SELECT (SELECT count(*) FROM fence), (SELECT count(*) FROM moved)
 
-    The stock moves only if this call inserted the fence: a racing repeat of the same branch
-    waits on the fence's unique index, then inserts nothing and moves nothing. Racing orders
-    for the same row queue on its row lock and re-check ``available`` on the version they get.
+_TRY_CALL = "SELECT tradeflow_try_reserve(%s, %s, %s, %s, %s)"
+_OUT_OF_STOCK_SQLSTATE = "TF001"  # raised by the function (migration 0009)
+
+
+async def _try_in_one_call(engine: AsyncEngine, args: tuple[str, str, str, int, str]) -> str | None:
+    """None if this call inserted the fence and moved the stock; else the state of the fence
+    row it found ('' if none). Raises OutOfStock (the function's RAISE rolled the fence back).
+
+    The function inserts the fence (ON CONFLICT DO NOTHING) and moves stock only if it did:
+    a racing repeat of the same branch waits on the fence's unique index for the first
+    call's commit, then inserts nothing and moves nothing. Racing orders for the same stock
+    row queue on its row lock and re-check ``available`` on the version they get. The call
+    runs in autocommit (no BEGIN, no COMMIT round trip) as a driver-level statement (no
+    compilation); psycopg prepares it after a few calls.
     """
-    fence = (
-        postgresql.insert(R)
-        .values(**fence_row)
-        .on_conflict_do_nothing()
-        .returning(R.c.quantity)
-        .cte("fence")
-    )
-    moved = take.where(exists(select(fence.c.quantity))).returning(S.c.sku).cte("moved")
-    row = (
-        await s.execute(
-            select(
-                select(func.count()).select_from(fence).scalar_subquery(),
-                select(func.count()).select_from(moved).scalar_subquery(),
-            )
-        )
-    ).one()
-    return bool(row[0]), bool(row[1])
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            found = (await conn.exec_driver_sql(_TRY_CALL, args)).scalar()
+        except DBAPIError as e:
+            if getattr(e.orig, "sqlstate", None) == _OUT_OF_STOCK_SQLSTATE:
+                raise OutOfStock(f"{args[2]} at {args[1]}: fewer than {args[3]} available") from e
+            raise
+    return None if found is None else str(found)
 
 
 async def confirm(s: AsyncSession, *, order_id: str, location_id: str, sku: str) -> BranchOutcome:

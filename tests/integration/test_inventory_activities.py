@@ -16,7 +16,7 @@ from activities.inventory import InventoryActivities
 from domain import errors
 from domain.messages import ReservationKey
 from store.db import make_engine, make_sessionmaker
-from store.models import Product, Stock
+from store.models import Product, Reservation, Stock
 
 
 @pytest.fixture
@@ -101,6 +101,9 @@ async def test_out_of_stock_try_leaves_nothing_a_later_cancel_would_misread(inv)
         await run(acts.try_reserve, key("o-big", 21))
     assert err.value.type == errors.OUT_OF_STOCK
     assert err.value.non_retryable
+    async with engine.connect() as c:
+        fence = (await c.execute(select(Reservation).where(Reservation.order_id == "o-big"))).all()
+    assert fence == []
     # The failed try's transaction rolled back its fence row: the cancel is an empty rollback,
     # and must not hand back 21 units that were never taken.
     res = await run(acts.cancel_reservation, key("o-big", 21))
