@@ -49,7 +49,9 @@ class StockWrites:
     charged to the order whose fence statement ran earlier in the same transaction (and
     to nobody if there was none, which ``unattributed`` reports). A statement with
     data-modifying CTEs (PostgreSQL's one-statement try: ``WITH fence AS (INSERT INTO
-    reservations ...), moved AS (UPDATE stock ...) SELECT ...``) counts as each write in it.
+    reservations ...), moved AS (UPDATE stock ...) SELECT ...``) counts as each write in it,
+    and so does a call of ``tradeflow_try_reserve`` (PostgreSQL's try since migration 0009:
+    a fence INSERT and a stock UPDATE); in autocommit it counts as committed once it returns.
     """
 
     _WRITE = re.compile(r"^\s*(INSERT\s+INTO|UPDATE)\s+\"?(stock|reservations)\"?[\s(]", re.I)
@@ -57,6 +59,8 @@ class StockWrites:
         r"\bAS\s*\(\s*(INSERT\s+INTO|UPDATE)\s+\"?(stock|reservations)\"?[\s(]", re.I
     )
     _READ = re.compile(r"^\s*SELECT\b.*\bFROM\s+\"?reservations\"?\b", re.I | re.S)
+    _TRY_CALL = re.compile(r"^\s*SELECT\s+tradeflow_try_reserve\s*\(", re.I)
+    _TRY_WRITES = (("INSERT", "reservations"), ("UPDATE", "stock"))
 
     def __init__(self, engine: AsyncEngine, *, order_prefixes: tuple[str, ...] = ("o_", "o-")):
         self.writes: list[tuple[str, str, str | None]] = []
@@ -68,11 +72,13 @@ class StockWrites:
         self._prefixes = order_prefixes
         self._engine = engine.sync_engine
         event.listen(self._engine, "before_cursor_execute", self._on_execute)
+        event.listen(self._engine, "after_cursor_execute", self._on_executed)
         event.listen(self._engine, "commit", self._on_commit)
         event.listen(self._engine, "rollback", self._on_rollback)
 
     def close(self) -> None:
         event.remove(self._engine, "before_cursor_execute", self._on_execute)
+        event.remove(self._engine, "after_cursor_execute", self._on_executed)
         event.remove(self._engine, "commit", self._on_commit)
         event.remove(self._engine, "rollback", self._on_rollback)
 
@@ -88,15 +94,28 @@ class StockWrites:
             for m in self._CTE_WRITE.finditer(statement):
                 self._write(conn, m, parameters)
             return
+        if self._TRY_CALL.match(statement):
+            if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+                self._on_rollback(conn)  # its own transaction: nothing before it is pending
+            for verb, table in self._TRY_WRITES:
+                self._record(conn, verb, table, parameters)
+            return
         m = self._WRITE.match(statement)
         if m:
             self._write(conn, m, parameters)
         elif self._READ.match(statement):
             self.reads.append(self._order_in(parameters))
 
+    def _on_executed(self, conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        # An autocommit statement that returned has committed; no commit event will come.
+        autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+        if autocommit and self._TRY_CALL.match(statement):
+            self._on_commit(conn)
+
     def _write(self, conn, m: re.Match[str], parameters: Any) -> None:  # type: ignore[no-untyped-def]
-        verb = m.group(1).split()[0].upper()
-        table = m.group(2).lower()
+        self._record(conn, m.group(1).split()[0].upper(), m.group(2).lower(), parameters)
+
+    def _record(self, conn, verb: str, table: str, parameters: Any) -> None:  # type: ignore[no-untyped-def]
         order = self._order_in(parameters)
         if table == "reservations" and order:
             conn.info["tf_order"] = order
