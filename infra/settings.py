@@ -68,6 +68,15 @@ SECRET_BYTES = {"admin_token": 24, "webhook_secret": 24, "merchant_secret": 24, 
 """The secrets a data dir keeps, by field (and file) name, with their random bytes."""
 
 
+def new_secret(nbytes: int = 24) -> str:
+    """A URL-safe random secret that does not begin with ``-``: pasted after a command-line
+    option (``tradeflow load --admin-token <token>``), such a token reads as an option."""
+    while True:
+        token = secrets.token_urlsafe(nbytes)
+        if not token.startswith("-"):
+            return token
+
+
 def _secret_file(data_dir: Path, name: str, nbytes: int = 24) -> str:
     """A random secret kept per data dir, so restarts keep the same value. Processes starting
     at once on one data dir agree: the file appears whole (a hard link of a private temporary
@@ -79,7 +88,7 @@ def _secret_file(data_dir: Path, name: str, nbytes: int = 24) -> str:
     tmp = data_dir / f".{name}.{os.getpid()}.{secrets.token_hex(4)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_urlsafe(nbytes) + "\n")
+        f.write(new_secret(nbytes) + "\n")
     try:
         os.link(tmp, path)
     except FileExistsError:

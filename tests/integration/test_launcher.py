@@ -354,8 +354,7 @@ def test_load_generator_places_orders_that_all_reach_paid(running_stack: Running
             "load",
             "--api",
             running_stack.api_url,
-            "--admin-token",
-            running_stack.admin_token,
+            f"--admin-token={running_stack.admin_token}",  # a token may begin with "-"
             "--seed",
             "--couriers",
             "0",
@@ -398,8 +397,7 @@ def test_load_report_writes_json_and_png_plots_per_status(
             "load",
             "--api",
             running_stack.api_url,
-            "--admin-token",
-            running_stack.admin_token,
+            f"--admin-token={running_stack.admin_token}",  # a token may begin with "-"
             "--seed",
             "--couriers",
             "0",

@@ -386,3 +386,12 @@ def test_zone_leases_use_the_listed_redis_nodes_or_else_the_main_redis(
         "redis://b:7002/0",
         "redis://c:7003/0",
     ]
+
+
+def test_new_secrets_never_begin_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token beginning with "-" reads as an option after --admin-token (seen in CI)."""
+    from infra import settings as settings_module
+
+    drawn = iter(["-starts-with-dash", "ok-token"])
+    monkeypatch.setattr(settings_module.secrets, "token_urlsafe", lambda n: next(drawn))
+    assert settings_module.new_secret(24) == "ok-token"
