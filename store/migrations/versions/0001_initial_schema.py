@@ -1,8 +1,9 @@
 """initial schema"""
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
+
+from store.migrations import columns as col
 
 revision = "0001"
 down_revision = None
@@ -11,13 +12,13 @@ down_revision = None
 def upgrade() -> None:
     op.create_table(
         "couriers",
-        sa.Column("courier_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("lat", sa.Float(), nullable=False),
-        sa.Column("lng", sa.Float(), nullable=False),
-        sa.Column("available", sa.Boolean(), nullable=False),
-        sa.Column("current_order_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
-        sa.Column("assignment", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True),
-        sa.Column("updated_at", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        col.varchar("courier_id", 64),
+        col.real("lat"),
+        col.real("lng"),
+        col.boolean("available"),
+        col.varchar("current_order_id", 64, nullable=True),
+        col.varchar("assignment", 16, nullable=True),
+        col.timestamp("updated_at"),
         sa.PrimaryKeyConstraint("courier_id"),
     )
     with op.batch_alter_table("couriers", schema=None) as batch_op:
@@ -27,35 +28,35 @@ def upgrade() -> None:
 
     op.create_table(
         "locations",
-        sa.Column("location_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-        sa.Column("lat", sa.Float(), nullable=False),
-        sa.Column("lng", sa.Float(), nullable=False),
+        col.varchar("location_id", 64),
+        col.varchar("name", 200),
+        col.real("lat"),
+        col.real("lng"),
         sa.PrimaryKeyConstraint("location_id"),
     )
     op.create_table(
         "order_timeline",
-        sa.Column("order_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("seq", sa.Integer(), nullable=False),
-        sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("at", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        col.varchar("order_id", 64),
+        col.integer("seq"),
+        col.varchar("status", 32),
+        col.timestamp("at"),
         sa.PrimaryKeyConstraint("order_id", "seq"),
     )
     op.create_table(
         "orders",
-        sa.Column("order_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("customer_id", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
-        sa.Column("idempotency_key", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
-        sa.Column("request_hash", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("location_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("failure_reason", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
-        sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
-        sa.Column("total_cents", sa.Integer(), nullable=False),
-        sa.Column("seq", sa.Integer(), nullable=False),
-        sa.Column("view", sa.JSON(), nullable=False),
-        sa.Column("created_at", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("updated_at", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        col.varchar("order_id", 64),
+        col.varchar("customer_id", 128),
+        col.varchar("idempotency_key", 255),
+        col.varchar("request_hash", 64),
+        col.varchar("location_id", 64),
+        col.varchar("status", 32),
+        col.varchar("failure_reason", 32, nullable=True),
+        col.varchar("currency", 3),
+        col.integer("total_cents"),
+        col.integer("seq"),
+        col.json("view"),
+        col.timestamp("created_at"),
+        col.timestamp("updated_at"),
         sa.PrimaryKeyConstraint("order_id"),
         sa.UniqueConstraint("customer_id", "idempotency_key", name="uq_orders_customer_key"),
     )
@@ -70,16 +71,16 @@ def upgrade() -> None:
 
     op.create_table(
         "payments",
-        sa.Column("order_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("payment_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
-        sa.Column("idempotency_key", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
-        sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
-        sa.Column("amount_cents", sa.Integer(), nullable=False),
-        sa.Column("authorized_cents", sa.Integer(), nullable=False),
-        sa.Column("captured_cents", sa.Integer(), nullable=False),
-        sa.Column("refunded_cents", sa.Integer(), nullable=False),
-        sa.Column("updated_at", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        col.varchar("order_id", 64),
+        col.varchar("payment_id", 64, nullable=True),
+        col.varchar("idempotency_key", 255),
+        col.varchar("status", 32),
+        col.varchar("currency", 3),
+        col.integer("amount_cents"),
+        col.integer("authorized_cents"),
+        col.integer("captured_cents"),
+        col.integer("refunded_cents"),
+        col.timestamp("updated_at"),
         sa.PrimaryKeyConstraint("order_id"),
     )
     with op.batch_alter_table("payments", schema=None) as batch_op:
@@ -87,23 +88,23 @@ def upgrade() -> None:
 
     op.create_table(
         "products",
-        sa.Column("sku", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-        sa.Column("price_cents", sa.Integer(), nullable=False),
-        sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
-        sa.Column("hot", sa.Boolean(), nullable=False),
-        sa.Column("updated_at", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        col.varchar("sku", 64),
+        col.varchar("name", 200),
+        col.integer("price_cents"),
+        col.varchar("currency", 3),
+        col.boolean("hot"),
+        col.timestamp("updated_at"),
         sa.PrimaryKeyConstraint("sku"),
     )
     op.create_table(
         "reservations",
-        sa.Column("order_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("location_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("sku", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("quantity", sa.Integer(), nullable=False),
-        sa.Column("state", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-        sa.Column("created_at", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("updated_at", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        col.varchar("order_id", 64),
+        col.varchar("location_id", 64),
+        col.varchar("sku", 64),
+        col.integer("quantity"),
+        col.varchar("state", 16),
+        col.timestamp("created_at"),
+        col.timestamp("updated_at"),
         sa.PrimaryKeyConstraint("order_id", "location_id", "sku"),
     )
     with op.batch_alter_table("reservations", schema=None) as batch_op:
@@ -111,13 +112,13 @@ def upgrade() -> None:
 
     op.create_table(
         "stock",
-        sa.Column("location_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("sku", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("available", sa.Integer(), nullable=False),
-        sa.Column("reserved", sa.Integer(), nullable=False),
-        sa.Column("sold", sa.Integer(), nullable=False),
-        sa.Column("stocked", sa.Integer(), nullable=False),
-        sa.Column("updated_at", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        col.varchar("location_id", 64),
+        col.varchar("sku", 64),
+        col.integer("available"),
+        col.integer("reserved"),
+        col.integer("sold"),
+        col.integer("stocked"),
+        col.timestamp("updated_at"),
         sa.CheckConstraint("available >= 0", name="ck_stock_available"),
         sa.CheckConstraint("reserved >= 0", name="ck_stock_reserved"),
         sa.CheckConstraint("sold >= 0", name="ck_stock_sold"),

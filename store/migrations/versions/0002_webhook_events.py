@@ -1,8 +1,9 @@
 """webhook events: PSP webhook dedupe by event_id"""
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
+
+from store.migrations import columns as col
 
 revision = "0002"
 down_revision = "0001"
@@ -11,15 +12,15 @@ down_revision = "0001"
 def upgrade() -> None:
     op.create_table(
         "webhook_events",
-        sa.Column("event_id", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
-        sa.Column("type", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("order_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("payment_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("amount_cents", sa.Integer(), nullable=False),
-        sa.Column("outcome", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-        sa.Column("detail", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
-        sa.Column("received_at", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("processed_at", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
+        col.varchar("event_id", 128),
+        col.varchar("type", 64),
+        col.varchar("order_id", 64),
+        col.varchar("payment_id", 64),
+        col.integer("amount_cents"),
+        col.varchar("outcome", 16),
+        col.varchar("detail", 200, nullable=True),
+        col.timestamp("received_at"),
+        col.timestamp("processed_at", nullable=True),
         sa.PrimaryKeyConstraint("event_id"),
     )
     with op.batch_alter_table("webhook_events", schema=None) as batch_op:

@@ -3,6 +3,8 @@
 import sqlalchemy as sa
 from alembic import op
 
+from store.migrations import columns as col
+
 revision = "0003"
 down_revision = "0002"
 
@@ -14,7 +16,7 @@ def upgrade() -> None:
         sa.Column("order_id", sa.String(length=64), nullable=False),
         sa.Column("type", sa.String(length=32), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("attempts", sa.Integer(), nullable=False),
+        col.integer("attempts"),
         sa.Column("last_error", sa.String(length=500), nullable=True),
         sa.Column("updated_at", sa.String(length=32), nullable=False),
         sa.PrimaryKeyConstraint("event_id"),

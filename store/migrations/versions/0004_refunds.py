@@ -1,8 +1,9 @@
 """refunds: the refunds table and the refund cap on payments"""
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
+
+from store.migrations import columns as col
 
 revision = "0004"
 down_revision = "0003"
@@ -11,19 +12,19 @@ down_revision = "0003"
 def upgrade() -> None:
     op.create_table(
         "refunds",
-        sa.Column("refund_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("order_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("idempotency_key", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
-        sa.Column("request_hash", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("amount_cents", sa.Integer(), nullable=False),
-        sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
-        sa.Column("reason", sqlmodel.sql.sqltypes.AutoString(length=1000), nullable=False),
-        sa.Column("restock", sa.JSON(), nullable=False),
-        sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-        sa.Column("failure_reason", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
-        sa.Column("psp_refund_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
-        sa.Column("created_at", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("updated_at", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        col.varchar("refund_id", 64),
+        col.varchar("order_id", 64),
+        col.varchar("idempotency_key", 255),
+        col.varchar("request_hash", 64),
+        col.integer("amount_cents"),
+        col.varchar("currency", 3),
+        col.varchar("reason", 1000),
+        col.json("restock"),
+        col.varchar("status", 16),
+        col.varchar("failure_reason", 200, nullable=True),
+        col.varchar("psp_refund_id", 64, nullable=True),
+        col.timestamp("created_at"),
+        col.timestamp("updated_at"),
         sa.CheckConstraint("amount_cents > 0", name="ck_refunds_amount"),
         sa.PrimaryKeyConstraint("refund_id"),
         sa.UniqueConstraint("order_id", "idempotency_key", name="uq_refunds_order_key"),

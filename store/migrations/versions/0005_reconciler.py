@@ -1,8 +1,9 @@
 """reconciler: the order's checkout input, and the reconciler's record of what it did"""
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
+
+from store.migrations import columns as col
 
 revision = "0005"
 down_revision = "0004"
@@ -12,13 +13,13 @@ def upgrade() -> None:
     # Nullable, no default: rows from before keep NULL (the reconciler fails those instead of
     # restarting them, and a retry with their key rebuilds the input as it always did).
     with op.batch_alter_table("orders", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("checkout_input", sa.JSON(), nullable=True))
+        batch_op.add_column(col.json("checkout_input", nullable=True))
     op.create_table(
         "reconciliations",
-        sa.Column("subject_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("action", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("detail", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
-        sa.Column("at", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        col.varchar("subject_id", 64),
+        col.varchar("action", 32),
+        col.varchar("detail", 500),
+        col.timestamp("at"),
         sa.PrimaryKeyConstraint("subject_id", "action"),
     )
 

@@ -1,8 +1,9 @@
 """dispatch fencing: lease token counters, the highest token per zone, the token on offers"""
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
+
+from store.migrations import columns as col
 
 revision = "0006"
 down_revision = "0005"
@@ -11,19 +12,19 @@ down_revision = "0005"
 def upgrade() -> None:
     op.create_table(
         "fencing_counters",
-        sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("value", sa.Integer(), nullable=False),
+        col.varchar("name", 64),
+        col.integer("value"),
         sa.PrimaryKeyConstraint("name"),
     )
     op.create_table(
         "zone_fences",
-        sa.Column("zone", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("token", sa.Integer(), nullable=False),
-        sa.Column("updated_at", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        col.varchar("zone", 64),
+        col.integer("token"),
+        col.timestamp("updated_at"),
         sa.PrimaryKeyConstraint("zone"),
     )
     with op.batch_alter_table("couriers", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("fencing_token", sa.Integer(), nullable=True))
+        batch_op.add_column(col.integer("fencing_token", nullable=True))
 
 
 def downgrade() -> None:

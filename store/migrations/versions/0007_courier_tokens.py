@@ -1,8 +1,9 @@
 """courier tokens: per-courier API credentials, stored as SHA-256 hashes"""
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
+
+from store.migrations import columns as col
 
 revision = "0007"
 down_revision = "0006"
@@ -11,10 +12,10 @@ down_revision = "0006"
 def upgrade() -> None:
     op.create_table(
         "courier_tokens",
-        sa.Column("token_hash", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("courier_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("created_at", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("revoked_at", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
+        col.varchar("token_hash", 64),
+        col.varchar("courier_id", 64),
+        col.timestamp("created_at"),
+        col.timestamp("revoked_at", nullable=True),
         sa.PrimaryKeyConstraint("token_hash"),
     )
     with op.batch_alter_table("courier_tokens", schema=None) as batch_op:

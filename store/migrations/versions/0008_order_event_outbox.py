@@ -1,8 +1,9 @@
 """order event outbox: one row per status change, written with the read model, relayed to a broker"""
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
+
+from store.migrations import columns as col
 
 revision = "0008"
 down_revision = "0007"
@@ -17,13 +18,13 @@ def upgrade() -> None:
             autoincrement=True,
             nullable=False,
         ),
-        sa.Column("event_id", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
-        sa.Column("order_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("seq", sa.Integer(), nullable=False),
-        sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("payload", sa.JSON(), nullable=False),
-        sa.Column("created_at", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("published_at", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
+        col.varchar("event_id", 100),
+        col.varchar("order_id", 64),
+        col.integer("seq"),
+        col.varchar("status", 32),
+        col.json("payload"),
+        col.timestamp("created_at"),
+        col.timestamp("published_at", nullable=True),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("event_id"),
     )
