@@ -106,8 +106,19 @@ class StopSignals:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for sig in self.SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
+        # With the signals blocked, none can land between the C-level trip and the Python
+        # handler's run: one tripped before the block runs (its handler is still ours) when
+        # pthread_sigmask returns, and one that comes during the swap stays pending in the
+        # kernel and is discarded at the unblock, since by then it is ignored. Swapped
+        # unblocked, a signal that trips the C handler just before signal.signal() installs
+        # SIG_IGN finds SIG_IGN when Python runs it, and CPython prints "Signal 2 ignored due
+        # to race condition" to stderr.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+        try:
+            for sig in self.SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         signal.set_wakeup_fd(self._previous_wakeup_fd)
         os.close(self._read_fd)
         os.close(self._write_fd)

@@ -55,4 +55,5 @@ def test_a_flood_of_stop_signals_is_one_request_to_stop_and_never_a_hang() -> No
     stopping = [line for line in lines if line.startswith("stopping on ")]
     assert lines[-1] == "stopped" and len(stopping) == 1, (out[-500:], err)
     assert "Traceback" not in err, err
+    assert "race condition" not in err, err  # a signal that found SIG_IGN mid-swap
     assert sent > 1000
