@@ -21,6 +21,9 @@ ALREADY_APPLIED = "AlreadyApplied"
 TOO_MANY_EVENTS = "TooManyEvents"
 """A client sent more updates for one order than any real delivery needs."""
 NOT_REPAIRABLE = "NotRepairable"
+NOT_WAITING = "NotWaiting"
+"""The order is not waiting for this PSP word (not authorizing, another intent, or it has
+one already): the webhook is acknowledged and ignored."""
 
 # Payment activities (non-retryable).
 ALREADY_CAPTURED = "AlreadyCaptured"

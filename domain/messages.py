@@ -299,6 +299,14 @@ class PaymentOutcome:
 
 
 @dataclass(frozen=True)
+class PaymentOutcomeResult:
+    """The order's answer to the update ``payment_outcome``: it took the PSP's word."""
+
+    accepted: bool
+    status: OrderStatus
+
+
+@dataclass(frozen=True)
 class AbortPayment:
     reason: str
 

@@ -15,10 +15,9 @@ trace::
     └── StartWorkflow:OrderWorkflow
         └── RunWorkflow:OrderWorkflow            (worker)
             ├── StartActivity:try_reserve → RunActivity:try_reserve → UPDATE stock ...
-            └── StartChildWorkflow:PaymentWorkflow → RunWorkflow:PaymentWorkflow
-                └── StartActivity:authorize_payment → RunActivity:authorize_payment
-                    ├── EVALSHA                  PSP breaker and rate limiter
-                    └── POST                     httpx → the PSP
+            └── StartActivity:authorize_payment → RunActivity:authorize_payment
+                ├── EVALSHA                      PSP breaker and rate limiter
+                └── POST                         httpx → the PSP
 
 A later request that signals or updates the order's workflows (the PSP webhook, a courier
 event) starts its own trace; it carries a link to the order's trace and the workflow's

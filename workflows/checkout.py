@@ -56,6 +56,8 @@ with workflow.unsafe.imports_passed_through():
         MerchantEvent,
         OrderView,
         PaymentInput,
+        PaymentOutcome,
+        PaymentOutcomeResult,
         PaymentProgress,
         PaymentResult,
         PaymentView,
@@ -76,9 +78,16 @@ with workflow.unsafe.imports_passed_through():
         MerchantEventType,
         OrderStatus,
         PaymentStatus,
+        PspEventType,
         check_transition,
     )
     from workflows.notify import notify_merchant
+    from workflows.payment import (
+        after_customer_action,
+        failed_authorization,
+        settled,
+        start_authorization,
+    )
     from workflows.saga import Compensation, Saga
 
 PATCH_LOCAL_STEPS = "local-steps"
@@ -96,6 +105,21 @@ replay the old ones. On the new branch:
 - ``PAID`` is written together with ``DISPATCHING``, which always follows it in the same
   workflow task (or the end, on a cancel in between): one transaction, both timeline entries
   and both outbox events."""
+
+PATCH_INLINE_PAYMENT = "inline-payment"
+"""Runs that reach the payment with this patch authorize inline (``_authorize_inline``): the
+PSP call is an activity of the order workflow, and when the customer must act (3-D Secure,
+QR) the order itself waits for the PSP's word, which the webhook hands over as the update
+``payment_outcome``. Before it, a child workflow (``payment-<order_id>``, ``PaymentWorkflow``)
+ran the same steps, at the cost of its start, its own workflow tasks and two signals: runs
+that started their child before the patch replay and finish that way (docs/replay.md)."""
+
+PSP_WORD_STORED = timedelta(milliseconds=1)
+"""After taking the PSP's word (the update ``payment_outcome``) the order ends its workflow
+task on this timer before it acts: the update is accepted in history only when that task
+completes, and the next step (confirming stock, a local activity) runs inside the task. A
+task lost before it completes (the server paused, the worker killed) would lose the word
+but not the stock it confirmed; with the timer, the word is in history first."""
 
 _Arg = TypeVar("_Arg")
 _Result = TypeVar("_Result")
@@ -158,6 +182,15 @@ class OrderWorkflow:
         """Set once the saga has decided on a terminal outcome; no more cancels accepted."""
         self._awaiting_action = False
         self._abort_sent = False
+        self._authorizing: workflow.ActivityHandle[Any] | None = None
+        """The inline PSP authorization while it runs (``PATCH_INLINE_PAYMENT``)."""
+        self._taking_word = False
+        """Between the start of an inline authorization and its end: a PSP word is taken."""
+        self._psp_word: PaymentOutcome | None = None
+        """The PSP's final word on our intent, once a webhook brought it."""
+        self._early_words: list[PaymentOutcome] = []
+        """Words that came before the PSP call told us our intent; ours is picked after."""
+        self._psp_events: set[str] = set()
         self._picked_up = False
         self._delivered = False
         self._children: list[ChildWorkflowHandle[object, object]] = []
@@ -284,6 +317,38 @@ class OrderWorkflow:
             self._courier_id = p.courier_id
         self._touch()
 
+    @workflow.update(name=names.UPDATE_PAYMENT_OUTCOME)
+    async def payment_outcome(self, ev: PaymentOutcome) -> PaymentOutcomeResult:
+        """The PSP's final word on the intent (webhook -> API), for an inline authorization."""
+        self._psp_events.add(ev.event_id)
+        if self._payment_id is None:
+            self._early_words.append(ev)
+        else:
+            self._psp_word = ev
+        return PaymentOutcomeResult(accepted=True, status=self._status)
+
+    @payment_outcome.validator
+    def _validate_payment_outcome(self, ev: PaymentOutcome) -> None:
+        # Webhooks come at least once and maybe out of order: the first final word for this
+        # intent wins. A refused update leaves no history, so repeats cannot grow it.
+        if ev.event_id in self._psp_events:
+            raise ApplicationError(
+                f"event {ev.event_id} was taken already", type=errors.ALREADY_APPLIED
+            )
+        if not self._taking_word:
+            raise ApplicationError(
+                f"order is {self._status} and not authorizing a payment", type=errors.NOT_WAITING
+            )
+        if ev.type not in (PspEventType.SUCCEEDED, PspEventType.FAILED):
+            raise ApplicationError(f"{ev.type} is not a final word", type=errors.NOT_WAITING)
+        if self._psp_word is not None:
+            raise ApplicationError("the PSP's word was taken already", type=errors.NOT_WAITING)
+        if self._payment_id is not None and ev.payment_id != self._payment_id:
+            raise ApplicationError(
+                f"event {ev.event_id} is for intent {ev.payment_id}, not {self._payment_id}",
+                type=errors.NOT_WAITING,
+            )
+
     @workflow.signal(name=names.SIGNAL_PAYMENT_PROGRESS)
     def payment_progress(self, p: PaymentProgress) -> None:
         self._payment_status = p.status
@@ -381,10 +446,13 @@ class OrderWorkflow:
         self._check_cancel()
         await self._transition(OrderStatus.RESERVED)
 
-        # 4. Authorize through the payment child workflow.
+        # 4. Authorize: inline, or (runs from before the patch) through a payment child.
         self._check_cancel()
         saga.add("payment", self._undo_payment)
-        payment = await self._authorize()
+        if workflow.patched(PATCH_INLINE_PAYMENT):
+            payment = await self._authorize_inline()
+        else:
+            payment = await self._authorize()
         self._payment_id = payment.payment_id
         self._authorized_cents = payment.authorized_cents
         self._payment_status = PaymentStatus.AUTHORIZED
@@ -442,20 +510,111 @@ class OrderWorkflow:
             await self._transition(OrderStatus.DELIVERED)
         self._details("delivered")
 
+    def _payment_input(self) -> PaymentInput:
+        inp = self._inp
+        return PaymentInput(
+            order_id=inp.order_id,
+            customer_id=inp.customer_id,
+            amount_cents=inp.total_cents,
+            currency=inp.currency,
+            token=inp.payment_token,
+            payment_timeout_s=inp.timeouts.payment_timeout_s,
+            parent_workflow_id=workflow.info().workflow_id,
+        )
+
+    async def _authorize_inline(self) -> PaymentResult:
+        """Authorize in this workflow (``PATCH_INLINE_PAYMENT``): the PSP call, then, when the
+        customer must act, the wait for the PSP's word, all under the reservation's TTL.
+
+        A cancel accepted meanwhile, or the TTL, stops the call in flight and waits for it
+        to end, so the void finds any intent it created; once the customer must act, either
+        ends the wait. A cancel wins over whatever the PSP says, as it did over the child's
+        result."""
+        inp = self._inp
+        self._details("authorizing payment")
+        ttl = timedelta(seconds=inp.timeouts.effective_reservation_ttl_s)
+        expires_at = workflow.now() + ttl
+        expired = f"reservation expired after {ttl}"
+        self._taking_word = True
+        try:
+            auth = self._authorizing = start_authorization(self._payment_input())
+            await self._wait_until(
+                lambda: auth.done() or self._cancel_reason is not None,
+                expires_at,
+                "reservation TTL",
+            )
+            if not auth.done():
+                await self._stop_authorizing()
+                self._check_cancel()
+                raise _Failed(FailureReason.PAYMENT_TIMEOUT, expired)
+            try:
+                answer = auth.result()
+            except ActivityError as e:
+                return self._authorization_outcome(failed_authorization(e))
+            self._payment_id = answer.payment_id
+            # Events that came before we knew our intent: the first for ours is the word.
+            ours = [w for w in self._early_words if w.payment_id == answer.payment_id]
+            self._psp_word = ours[0] if ours else None
+            for w in self._early_words:
+                if w.payment_id != answer.payment_id:
+                    workflow.logger.warning("early event %s was for another intent", w.event_id)
+            result = settled(answer)
+            if result is not None:
+                return self._authorization_outcome(result)
+
+            # REQUIRES_ACTION: show it, then wait for the PSP's word, a cancel or a deadline.
+            self._payment_status = PaymentStatus.REQUIRES_ACTION
+            self._check_cancel()
+            await self._transition(OrderStatus.AWAITING_PAYMENT)
+            self._details(
+                f"waiting up to {inp.timeouts.payment_timeout_s:.0f}s for the customer to complete payment"
+            )
+            pay_by = workflow.now() + timedelta(seconds=inp.timeouts.payment_timeout_s)
+            came = await self._wait_until(
+                lambda: self._psp_word is not None or self._cancel_reason is not None,
+                min(pay_by, expires_at),
+                "payment timeout" if pay_by < expires_at else "reservation TTL",
+            )
+            self._check_cancel()
+            if not came:
+                raise _Failed(
+                    FailureReason.PAYMENT_TIMEOUT,
+                    "customer did not complete payment" if pay_by < expires_at else expired,
+                )
+            await workflow.sleep(PSP_WORD_STORED, summary="PSP word stored")
+            assert self._psp_word is not None
+            return self._authorization_outcome(
+                after_customer_action(self._psp_word, inp.total_cents)
+            )
+        finally:
+            self._taking_word = False
+
+    async def _stop_authorizing(self) -> None:
+        """Cancel an inline authorization still in flight and wait until it has ended."""
+        auth = self._authorizing
+        if auth is not None and not auth.done():
+            auth.cancel()
+            with contextlib.suppress(ActivityError, asyncio.CancelledError):
+                await auth
+
+    async def _wait_until(self, done: Callable[[], bool], deadline: datetime, what: str) -> bool:
+        """Wait for ``done`` until ``deadline`` (at least a second); False when it passed."""
+        try:
+            await workflow.wait_condition(
+                done,
+                timeout=max(deadline - workflow.now(), timedelta(seconds=1)),
+                timeout_summary=what,
+            )
+        except TimeoutError:
+            return done()
+        return True
+
     async def _authorize(self) -> PaymentResult:
         inp = self._inp
         self._details("authorizing payment")
         child = await workflow.start_child_workflow(
             names.PAYMENT_WORKFLOW,
-            PaymentInput(
-                order_id=inp.order_id,
-                customer_id=inp.customer_id,
-                amount_cents=inp.total_cents,
-                currency=inp.currency,
-                token=inp.payment_token,
-                payment_timeout_s=inp.timeouts.payment_timeout_s,
-                parent_workflow_id=workflow.info().workflow_id,
-            ),
+            self._payment_input(),
             id=names.payment_workflow_id(inp.order_id),
             task_queue=workflow.info().task_queue,
             result_type=PaymentResult,
@@ -685,6 +844,7 @@ class OrderWorkflow:
             if not write.done():
                 with contextlib.suppress(ActivityError):
                     await write
+        await self._stop_authorizing()
         for child in self._children:
             if not child.done():
                 child.cancel()

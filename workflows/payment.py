@@ -1,8 +1,12 @@
-"""Authorization of one order's payment (``payment-<order_id>``), a child of the order.
+"""Authorization of one order's payment: its steps, and ``payment-<order_id>``, the child
+workflow that ran them for orders started before ``PATCH_INLINE_PAYMENT``.
 
 Creates the PSP intent under a key derived from the order, and when the card needs customer
 action (3-D Secure, QR) waits for the PSP's webhook, an abort from the order, or the timeout.
-Capture and void are run by the order workflow, which owns the decision to take the money.
+Orders started since the patch run the same steps inline (``OrderWorkflow._authorize_inline``)
+and take the PSP's word as the update ``payment_outcome``; this workflow stays registered so
+the children of older orders finish, and replay, as they began. Capture and void are run by
+the order workflow, which owns the decision to take the money.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.exceptions import TimeoutError as ActivityTimeout
-from temporalio.workflow import ActivityCancellationType
+from temporalio.workflow import ActivityCancellationType, ActivityHandle
 
 with workflow.unsafe.imports_passed_through():
     # Not ``from workflows import options``: the sandbox loads the ``workflows`` package
@@ -24,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.messages import (
         AbortPayment,
         AuthorizeInput,
+        AuthorizeResult,
         PaymentInput,
         PaymentOutcome,
         PaymentProgress,
@@ -66,62 +71,17 @@ class PaymentWorkflow:
     async def run(self, inp: PaymentInput) -> PaymentResult:
         workflow.set_current_details("authorizing with the PSP")
         try:
-            auth = await workflow.execute_activity_method(
-                PaymentActivities.authorize_payment,
-                AuthorizeInput(
-                    order_id=inp.order_id,
-                    amount_cents=inp.amount_cents,
-                    currency=inp.currency,
-                    token=inp.token,
-                    idempotency_key=f"authorize:{inp.order_id}",
-                ),
-                start_to_close_timeout=options.PSP_CALL,
-                schedule_to_close_timeout=options.authorize_deadline(inp.payment_timeout_s),
-                retry_policy=options.FORWARD,
-                # If the order gives up on the payment (its TTL, an outside cancel), this
-                # workflow closes only once the attempt in flight has ended: the order's void
-                # then finds the intent that attempt may have created, instead of looking
-                # before it exists and leaving an authorization behind.
-                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            )
+            auth = await start_authorization(inp)
         except ActivityError as e:
-            cause = e.__cause__
-            if isinstance(cause, ApplicationError) and cause.type in (
-                errors.PAYMENT_INVALID,
-                errors.PAYMENT_DECLINED,
-            ):
-                return self._done(
-                    PaymentResult(status=AuthorizationOutcome.DECLINED, detail=str(cause))
-                )
-            # Anything else means no usable answer within the payment window: retries ran out
-            # at the schedule-to-close deadline (the cause is then the PSP's last error, not a
-            # timeout) or the PSP answered nonsense. The order fails cleanly; its void
-            # compensation looks the intent up by order in case one landed.
-            detail = (
-                "PSP did not answer in time"
-                if isinstance(cause, ActivityTimeout)
-                else str(cause or e)
-            )
-            return self._done(
-                PaymentResult(
-                    status=AuthorizationOutcome.TIMEOUT, detail=f"{detail} ({e.retry_state})"
-                )
-            )
+            return self._done(failed_authorization(e))
         self._payment_id = auth.payment_id
         if self._outcome is not None and self._outcome.payment_id != auth.payment_id:
             # An event that came before we knew our intent, for another one: not ours.
             workflow.logger.warning("early event %s was for another intent", self._outcome.event_id)
             self._outcome = None
-        if auth.status == PaymentStatus.AUTHORIZED:
-            return self._done(
-                PaymentResult(
-                    AuthorizationOutcome.AUTHORIZED, auth.payment_id, auth.authorized_cents
-                )
-            )
-        if auth.status == PaymentStatus.DECLINED:
-            return self._done(
-                PaymentResult(AuthorizationOutcome.DECLINED, auth.payment_id, detail=auth.detail)
-            )
+        result = settled(auth)
+        if result is not None:
+            return self._done(result)
 
         # REQUIRES_ACTION: tell the order, then wait for the webhook, an abort or the timeout.
         await tell_parent(
@@ -146,16 +106,8 @@ class PaymentWorkflow:
                     detail="customer did not complete payment",
                 )
             )
-        if self._outcome is not None and self._outcome.type == PspEventType.SUCCEEDED:
-            return self._done(
-                PaymentResult(AuthorizationOutcome.AUTHORIZED, auth.payment_id, inp.amount_cents)
-            )
         if self._outcome is not None:
-            return self._done(
-                PaymentResult(
-                    AuthorizationOutcome.DECLINED, auth.payment_id, detail="customer action failed"
-                )
-            )
+            return self._done(after_customer_action(self._outcome, inp.amount_cents))
         return self._done(
             PaymentResult(AuthorizationOutcome.ABORTED, auth.payment_id, detail=self._abort)
         )
@@ -165,3 +117,67 @@ class PaymentWorkflow:
             f"{result.status}" + (f": {result.detail}" if result.detail else "")
         )
         return result
+
+
+# The steps of an authorization, shared by this workflow (runs started before
+# ``PATCH_INLINE_PAYMENT``, and a payment started on its own) and the order workflow, which
+# now authorizes inline (``OrderWorkflow._authorize_inline``).
+
+
+def start_authorization(inp: PaymentInput) -> ActivityHandle[AuthorizeResult]:
+    """Start the PSP authorization: the intent under a key derived from the order, retried
+    until the PSP answers or the payment window closes."""
+    return workflow.start_activity_method(
+        PaymentActivities.authorize_payment,
+        AuthorizeInput(
+            order_id=inp.order_id,
+            amount_cents=inp.amount_cents,
+            currency=inp.currency,
+            token=inp.token,
+            idempotency_key=f"authorize:{inp.order_id}",
+        ),
+        start_to_close_timeout=options.PSP_CALL,
+        schedule_to_close_timeout=options.authorize_deadline(inp.payment_timeout_s),
+        retry_policy=options.FORWARD,
+        # If the order gives up on the payment (its TTL, a cancel), the attempt in flight
+        # is waited for: the order's void then finds the intent that attempt may have
+        # created, instead of looking before it exists and leaving an authorization behind.
+        cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+    )
+
+
+def failed_authorization(e: ActivityError) -> PaymentResult:
+    """The result of an authorization that raised: declined for a business refusal; for
+    anything else a timeout, since there was no usable answer within the payment window
+    (retries ran out at the schedule-to-close deadline, the cause then being the PSP's last
+    error, not a timeout; or the PSP answered nonsense). The order fails cleanly and its void
+    looks the intent up by order in case one landed."""
+    cause = e.__cause__
+    if isinstance(cause, ApplicationError) and cause.type in (
+        errors.PAYMENT_INVALID,
+        errors.PAYMENT_DECLINED,
+    ):
+        return PaymentResult(status=AuthorizationOutcome.DECLINED, detail=str(cause))
+    detail = "PSP did not answer in time" if isinstance(cause, ActivityTimeout) else str(cause or e)
+    return PaymentResult(status=AuthorizationOutcome.TIMEOUT, detail=f"{detail} ({e.retry_state})")
+
+
+def settled(auth: AuthorizeResult) -> PaymentResult | None:
+    """The result when the PSP settled the authorization at once; None when the customer
+    must act first (3-D Secure, QR: ``REQUIRES_ACTION``)."""
+    if auth.status == PaymentStatus.AUTHORIZED:
+        return PaymentResult(
+            AuthorizationOutcome.AUTHORIZED, auth.payment_id, auth.authorized_cents
+        )
+    if auth.status == PaymentStatus.DECLINED:
+        return PaymentResult(AuthorizationOutcome.DECLINED, auth.payment_id, detail=auth.detail)
+    return None
+
+
+def after_customer_action(word: PaymentOutcome, amount_cents: int) -> PaymentResult:
+    """The result once the PSP said how the customer's action ended."""
+    if word.type == PspEventType.SUCCEEDED:
+        return PaymentResult(AuthorizationOutcome.AUTHORIZED, word.payment_id, amount_cents)
+    return PaymentResult(
+        AuthorizationOutcome.DECLINED, word.payment_id, detail="customer action failed"
+    )

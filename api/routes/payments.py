@@ -1,21 +1,25 @@
-"""PSP webhooks: checked on the raw body, deduplicated by event id, turned into a signal.
+"""PSP webhooks: checked on the raw body, deduplicated by event id, handed to the order.
 
 ``POST /v1/payments/webhook`` answers 200 to every authentic event it has dealt with, so the
-PSP stops retrying: the first delivery signals ``payment-<order_id>``; a repeat is a
-``duplicate`` and changes nothing; an event for an order whose payment is no longer waiting
-(finished, or never ours) is acknowledged and ignored. Only an event that could not be handed
-over (the workflow service is down) gets a 503, which the PSP retries.
+PSP stops retrying: the first delivery hands the word to ``order-<order_id>`` as the update
+``payment_outcome`` (an order authorizing inline waits for it), or, when that order is not
+waiting for it, signals the payment child ``payment-<order_id>`` that orders started before
+``PATCH_INLINE_PAYMENT`` run; a repeat is a ``duplicate`` and changes nothing; an event for an
+order whose payment is no longer waiting (finished, or never ours) is acknowledged and
+ignored. Only an event that could not be handed over (the workflow service is down) gets a
+503, which the PSP retries.
 
 Dedupe under racing deliveries (two API replicas, the PSP retrying while the first attempt is
 still in flight) is two layers:
 
 1. ``webhook_events`` has the event id as its primary key. The first delivery inserts it as
-   ``received`` (``INSERT ... ON CONFLICT DO NOTHING``, atomic on SQLite and PostgreSQL), signals,
-   then marks it ``signalled``/``ignored``. A later delivery that finds a finished row answers
-   ``duplicate`` without touching Temporal.
+   ``received`` (``INSERT ... ON CONFLICT DO NOTHING``, atomic on SQLite and PostgreSQL), hands
+   it over, then marks it ``signalled``/``ignored``. A later delivery that finds a finished row
+   answers ``duplicate`` without touching Temporal.
 2. A delivery that finds the row still ``received`` (another replica is mid-way, or crashed or
-   hit a Temporal outage after inserting) signals again instead of trusting it: the payment
-   workflow keeps the event ids it has seen and drops repeats, so the effect happens once while
+   hit a Temporal outage after inserting) hands it over again instead of trusting it: the
+   order keeps the event ids it has taken and refuses a repeat (``AlreadyApplied``, no
+   history), the payment child drops repeats likewise, so the effect happens once while
    a crash between insert and signal can never lose the event. A dedupe marker alone (a Redis
    ``SET NX`` or the insert) taken as "done" would lose it exactly then.
 """
@@ -36,9 +40,15 @@ from api.errors import TEMPORAL_UNAVAILABLE, VALIDATION_ERROR, ApiProblem, unava
 from api.openapi import problems
 from api.schemas import EventAmountCents
 from api.state import AppState
-from api.temporal_calls import NOT_CONNECTED, TemporalCalls, WorkflowNotRunning
-from domain.messages import PaymentOutcome
-from domain.names import SIGNAL_PAYMENT_OUTCOME, payment_workflow_id
+from api.temporal_calls import NOT_CONNECTED, TemporalCalls, UpdateRefused, WorkflowNotRunning
+from domain import errors as business
+from domain.messages import PaymentOutcome, PaymentOutcomeResult
+from domain.names import (
+    SIGNAL_PAYMENT_OUTCOME,
+    UPDATE_PAYMENT_OUTCOME,
+    order_workflow_id,
+    payment_workflow_id,
+)
 from domain.status import PspEventType
 from psp.signing import DEFAULT_TOLERANCE_S, SIGNATURE_HEADER, verify
 from store import payments as payment_book
@@ -184,20 +194,37 @@ async def _note_outcome(state: AppState, event: PspEvent) -> None:
 
 
 async def _signal(state: AppState, event: PspEvent) -> tuple[str, str | None]:
-    """Hand the event to the payment workflow: (``signalled`` | ``ignored``, why ignored)."""
+    """Hand the event to the order, else to its payment child: (``signalled`` | ``ignored``,
+    why ignored)."""
     outcome = PaymentOutcome(
         event_id=event.event_id,
         type=event.type,
         payment_id=event.payment_id,
         amount_cents=event.amount_cents,
     )
+    calls = TemporalCalls(state)
     try:
-        await TemporalCalls(state).signal(
-            payment_workflow_id(event.order_id), SIGNAL_PAYMENT_OUTCOME, outcome
+        await calls.update(
+            order_workflow_id(event.order_id),
+            UPDATE_PAYMENT_OUTCOME,
+            outcome,
+            PaymentOutcomeResult,
         )
+        return SIGNALLED, None
     except WorkflowNotRunning:
-        # Closed (the order moved on or finished) or never existed: nobody waits for this.
-        return IGNORED, "no running payment workflow (order finished or unknown)"
+        # Closed (the order finished) or never existed; a payment workflow started on its
+        # own is the one place left that may wait for this.
+        why = "no running order or payment workflow (order finished or unknown)"
+    except UpdateRefused as refused:
+        if refused.error_type == business.ALREADY_APPLIED:
+            return SIGNALLED, None  # a repeat of a word the order took: its effect happened
+        # Not waiting for it (or a worker from before the update): a payment child of an
+        # order started before PATCH_INLINE_PAYMENT may be.
+        why = str(refused)
+    try:
+        await calls.signal(payment_workflow_id(event.order_id), SIGNAL_PAYMENT_OUTCOME, outcome)
+    except WorkflowNotRunning:
+        return IGNORED, why
     return SIGNALLED, None
 
 
@@ -276,9 +303,6 @@ async def receive_psp_webhook(
         )
     else:
         log.info(
-            "PSP webhook %s (%s) signalled to %s",
-            event.event_id,
-            event.type,
-            payment_workflow_id(event.order_id),
+            "PSP webhook %s (%s) handed to order %s", event.event_id, event.type, event.order_id
         )
     return WebhookReceived(duplicate=earlier is not None)

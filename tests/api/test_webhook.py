@@ -2,12 +2,14 @@
 
 Two harnesses on the Temporal dev server:
 
-* the contract: the API (``api_factory``) in front of the real ``PaymentWorkflow`` whose
-  authorize activity is a stand-in that always needs customer action, so each test holds a
-  payment waiting for exactly the webhook it sends;
-* the whole path: the real order, payment and delivery workers (``order_stack``), the API, and
-  the PSP simulator posting its signed webhooks to the API, so a ``tok_action`` card goes
-  REQUIRES_ACTION -> webhook -> AUTHORIZED -> PAID exactly as in production.
+* the contract: the API (``api_factory``) in front of the real ``PaymentWorkflow`` (the
+  child that orders started before ``PATCH_INLINE_PAYMENT`` run, and the API's fallback when
+  no order takes the word) whose authorize activity is a stand-in that always needs customer
+  action, so each test holds a payment waiting for exactly the webhook it sends;
+* the whole path: the real order and delivery workers (``order_stack``), the API, and the PSP
+  simulator posting its signed webhooks to the API, so a ``tok_action`` card goes
+  REQUIRES_ACTION -> webhook -> the order's update ``payment_outcome`` -> AUTHORIZED -> PAID
+  exactly as in production.
 """
 
 from __future__ import annotations
@@ -276,7 +278,7 @@ async def test_events_for_finished_or_unknown_orders_are_acknowledged_and_ignore
         assert r.json() == {"received": True, "duplicate": False}
     for event_id in (late_id, unknown_id):
         [(outcome, detail)] = await stored(api, event_id)
-        assert outcome == "ignored" and detail and "no running payment workflow" in detail
+        assert outcome == "ignored" and detail and "no running order or payment workflow" in detail
 
 
 async def test_an_event_type_tradeflow_does_not_handle_is_acknowledged(
@@ -432,8 +434,9 @@ async def test_a_card_needing_action_is_paid_by_the_psps_webhook_and_delivered(
     )
     statuses = [t.status for t in paid.timeline]
     assert statuses[:4] == ["PENDING", "RESERVED", "AWAITING_PAYMENT", "PAID"], statuses
-    assert [r.status_code for r in world.sender.responses] == [200]
-    assert world.sender.responses[0].json() == {"received": True, "duplicate": False}
+    responses = await world.sender.answered(1)
+    assert [r.status_code for r in responses] == [200]
+    assert responses[0].json() == {"received": True, "duplicate": False}
     # The payment row says what the PSP said at once, long before the capture at pick-up.
     total = 2 * PRICE + FEE
     assert await payment_row(stack, inp.order_id) == ("AUTHORIZED", total, 0)
@@ -473,7 +476,8 @@ async def test_a_psp_that_delivers_every_webhook_twice_at_once_pays_once(world: 
     handle = await stack.start(inp)
 
     await wait_for_view(handle, lambda v: v.status in ("PAID", "DISPATCHING"))
-    assert sorted(r.json()["duplicate"] for r in world.sender.responses) == [False, True]
+    responses = await world.sender.answered(2)
+    assert sorted(r.json()["duplicate"] for r in responses) == [False, True]
     cancelled = await handle.execute_update(
         UPDATE_CANCEL, CancelRequest("changed my mind"), result_type=CancelResult
     )

@@ -29,7 +29,7 @@ from temporalio.worker import Replayer
 from api.app import create_app
 from cli.history import REPLAY_WORKFLOWS
 from domain.messages import CheckoutInput, OrderView
-from domain.names import delivery_workflow_id, order_workflow_id, payment_workflow_id
+from domain.names import delivery_workflow_id, order_workflow_id
 from infra.codec import ENCODING
 from infra.temporal import data_converter
 from tests.api.helpers import ADMIN_TOKEN, closed_port, make_settings
@@ -113,7 +113,6 @@ async def test_an_order_history_on_the_server_holds_no_address_or_coordinates(
 
             workflow_ids = [
                 order_workflow_id(order_id),
-                payment_workflow_id(order_id),
                 delivery_workflow_id(order_id),
             ]
             histories = {w: await raw_history(client, w) for w in workflow_ids}

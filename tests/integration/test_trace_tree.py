@@ -215,11 +215,10 @@ async def test_one_order_is_one_trace_from_the_api_to_sql_redis_and_the_psp(
             act,
             [c.name for c in tree.children(ran)],
         )
-    # The payment child workflow, its PSP call over HTTP, the PSP answering in the same trace.
-    child = tree.child(start, "StartChildWorkflow:PaymentWorkflow")
-    tree.child(child, "RunWorkflow:PaymentWorkflow")
+    # The payment, authorized by the order itself: its PSP call over HTTP, the PSP answering
+    # in the same trace.
     payment = tree.child(
-        tree.child(child, "StartActivity:authorize_payment"), "RunActivity:authorize_payment"
+        tree.child(start, "StartActivity:authorize_payment"), "RunActivity:authorize_payment"
     )
     calls = [c for c in tree.children(payment) if c.kind == SpanKind.CLIENT and c.name == "POST"]
     assert calls, [c.name for c in tree.children(payment)]
@@ -227,17 +226,17 @@ async def test_one_order_is_one_trace_from_the_api_to_sql_redis_and_the_psp(
     [psp_span] = tree.children(calls[0])
     assert psp_span.kind == SpanKind.SERVER and psp_span.name == "POST /v1/payment_intents"
     assert any(is_redis(c) for c in tree.children(payment))  # breaker and limiter scripts
-    assert {s.context.trace_id for s in (start, child, payment, psp_span)} == {trace_id}
+    assert {s.context.trace_id for s in (start, payment, psp_span)} == {trace_id}
 
     # The webhook: its own trace (the PSP sent no traceparent), linked to the order's trace;
-    # the signal it sent is handled inside the order's trace, linked back to the webhook.
+    # the update it sent is handled inside the order's trace, linked back to the webhook.
     hook = tree.one("POST /v1/payments/webhook")
     assert hook.kind == SpanKind.SERVER and hook.context.trace_id != trace_id
     assert trace_id in {link.context.trace_id for link in hook.links}
     handled = [
         s
         for s in tree.spans
-        if s.name.startswith("HandleSignal:") and s.context.trace_id == trace_id
+        if s.name == "HandleUpdate:payment_outcome" and s.context.trace_id == trace_id
     ]
     assert any(
         link.context.trace_id == hook.context.trace_id for s in handled for link in s.links

@@ -145,10 +145,10 @@ async def task_builds(client: Client, workflow_id: str) -> list[str]:
 
 async def authorize_in_flight(client: Client, order_id: str) -> bool:
     try:
-        desc = await client.get_workflow_handle(f"payment-{order_id}").describe()
+        desc = await client.get_workflow_handle(f"order-{order_id}").describe()
     except RPCError as e:
         if e.status == RPCStatusCode.NOT_FOUND:
-            return False  # the payment has not started yet
+            return False  # the order has not started yet
         raise
     return any(
         a.activity_type.name == "authorize_payment" and a.state == 2  # STARTED
@@ -158,7 +158,7 @@ async def authorize_in_flight(client: Client, order_id: str) -> bool:
 
 async def authorize_attempts(client: Client, order_id: str) -> list[tuple[int, str, str]]:
     """(attempt, worker identity, outcome) of the order's authorize activity."""
-    handle = client.get_workflow_handle(f"payment-{order_id}")
+    handle = client.get_workflow_handle(f"order-{order_id}")
     scheduled: set[int] = set()
     started: dict[int, tuple[int, str]] = {}
     out = []

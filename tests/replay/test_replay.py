@@ -18,7 +18,13 @@ from temporalio.workflow import NondeterminismError
 
 from cli.history import REPLAY_WORKFLOWS, load_history
 from domain import names
-from domain.messages import CheckoutInput, OrderView, ReservationKey, ReservationResult
+from domain.messages import (
+    CheckoutInput,
+    OrderView,
+    PaymentResult,
+    ReservationKey,
+    ReservationResult,
+)
 from tests.support import scenarios
 from tests.support.scenarios import SCENARIOS
 from worker import WORKFLOWS_BY_QUEUE
@@ -149,21 +155,57 @@ async def test_replay_detects_a_step_moved_back_from_local_to_regular_activity()
     assert "LocalActivity" in str(result.replay_failure)
 
 
+@workflow.defn(name=names.ORDER_WORKFLOW, sandboxed=False)
+class _PaymentChildAgainOrderWorkflow(OrderWorkflow):
+    """Today's saga with one careless edit: the payment goes back into a child workflow on
+    runs that took the ``inline-payment`` branch (the patch reverted in place, not retired)."""
+
+    @workflow.run
+    async def run(self, inp: CheckoutInput) -> OrderView:
+        return await super().run(inp)
+
+    async def _authorize_inline(self) -> PaymentResult:
+        return await self._authorize()
+
+
+async def test_replay_detects_the_payment_moved_back_into_a_child_workflow() -> None:
+    history = load_history(HISTORIES / "happy_path.OrderWorkflow.json")
+    replayer = Replayer(
+        workflows=[_PaymentChildAgainOrderWorkflow, PaymentWorkflow, DeliveryWorkflow]
+    )
+
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+
+    assert isinstance(result.replay_failure, NondeterminismError), result.replay_failure
+    # The child workflow the edit starts meets the authorize activity the history scheduled.
+    failure = str(result.replay_failure)
+    assert "child workflow" in failure.lower() and names.ACT_AUTHORIZE_PAYMENT in failure, failure
+
+
+async def test_a_payment_child_of_an_order_from_before_inline_payment_still_replays() -> None:
+    """Orders in flight at the deploy: their history has the child, and the child's own."""
+    pinned = HISTORIES / "pinned"
+    for name in ("payment_after_customer_action", "cancel_awaiting_payment"):
+        for kind in ("OrderWorkflow", "PaymentWorkflow"):
+            history = load_history(pinned / f"{name}.before-inline-payment.{kind}.json")
+            await Replayer(workflows=REPLAY_WORKFLOWS).replay_workflow(history)
+
+
 async def test_history_replay_command_exits_1_when_a_history_no_longer_replays(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from cli.history import replay
 
-    good = HISTORIES / "payment_declined.PaymentWorkflow.json"
+    good = HISTORIES / "payment_declined.OrderWorkflow.json"
     (tmp_path / good.name).write_text(good.read_text())
     # The same run, as if the workflow had once called another activity first.
     tampered = good.read_text().replace(
         f'"name": "{names.ACT_AUTHORIZE_PAYMENT}"', f'"name": "{names.ACT_VOID_PAYMENT}"'
     )
     assert tampered != good.read_text()
-    (tmp_path / "tampered.PaymentWorkflow.json").write_text(tampered)
+    (tmp_path / "tampered.OrderWorkflow.json").write_text(tampered)
 
     assert await replay(tmp_path) == 1
     out = capsys.readouterr().out
     assert f"ok    {good.name}" in out
-    assert "FAIL  tampered.PaymentWorkflow.json" in out
+    assert "FAIL  tampered.OrderWorkflow.json" in out

@@ -30,6 +30,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.exceptions import CancelledError as TemporalCancelledError
 
+from domain.errors import ALREADY_APPLIED
 from domain.messages import (
     CancelRequest,
     CancelResult,
@@ -38,7 +39,9 @@ from domain.messages import (
     NotificationOutcome,
     OrderTimeouts,
     OrderView,
+    PaymentInput,
     PaymentOutcome,
+    PaymentOutcomeResult,
     RefundView,
     RepairRequest,
     RepairResult,
@@ -59,6 +62,7 @@ from domain.names import (
     SIGNAL_PAYMENT_OUTCOME,
     SWEEP_WORKFLOW,
     UPDATE_CANCEL,
+    UPDATE_PAYMENT_OUTCOME,
     UPDATE_REPAIR,
     delivery_workflow_id,
     notify_workflow_id,
@@ -69,6 +73,7 @@ from domain.names import (
 from domain.status import MerchantEventType, OrderStatus
 from store.db import make_sessionmaker
 from tests.support.stack import Stack, view_of, wait_for_view
+from workflows.payment import PaymentWorkflow
 
 if TYPE_CHECKING:
     from api.state import AppState
@@ -174,14 +179,14 @@ async def _accept_and_deliver(
     return await handle.result()
 
 
-@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+@scenario(ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 async def happy_path(stack: Stack) -> list[str]:
     """Authorized, offered to the nearest courier, accepted, picked up (captured), delivered."""
     run = _run_id("happy_path")
     async with _couriers(stack, run, 0.5) as (courier,):
         inp, h = await _order(stack, run, quantity=2, timeouts=PATIENT)
         _expect(await _accept_and_deliver(stack, inp, h, courier), "DELIVERED")
-    return _ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+    return _ids(inp.order_id, ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 
 
 @scenario(ORDER_WORKFLOW)
@@ -196,16 +201,16 @@ async def out_of_stock(stack: Stack) -> list[str]:
     return _ids(inp.order_id, ORDER_WORKFLOW)
 
 
-@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW)
+@scenario(ORDER_WORKFLOW)
 async def payment_declined(stack: Stack) -> list[str]:
     """The card is declined at authorization: stock is returned, FAILED/PAYMENT_DECLINED."""
     run = _run_id("payment_declined")
     inp, h = await _order(stack, run, token="tok_decline", timeouts=PATIENT)
     _expect(await h.result(), "FAILED", "PAYMENT_DECLINED")
-    return _ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW)
+    return _ids(inp.order_id, ORDER_WORKFLOW)
 
 
-@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW)
+@scenario(ORDER_WORKFLOW)
 async def payment_timeout(stack: Stack) -> list[str]:
     """The customer never completes 3-D Secure: the payment timer fires, FAILED/PAYMENT_TIMEOUT."""
     run = _run_id("payment_timeout")
@@ -213,33 +218,87 @@ async def payment_timeout(stack: Stack) -> list[str]:
     inp, h = await _order(stack, run, token="tok_action_never", timeouts=timeouts)
     await wait_for_view(h, lambda v: v.status == "AWAITING_PAYMENT")
     _expect(await h.result(), "FAILED", "PAYMENT_TIMEOUT")
-    return _ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW)
+    return _ids(inp.order_id, ORDER_WORKFLOW)
 
 
-@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+@scenario(ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 async def payment_after_customer_action(stack: Stack) -> list[str]:
     """3-D Secure: the PSP's webhook says the customer completed it; paid, then delivered."""
     run = _run_id("payment_after_customer_action")
     async with _couriers(stack, run, 0.5) as (courier,):
         inp, h = await _order(stack, run, token="tok_action_never", timeouts=PATIENT)
         view = await wait_for_view(h, lambda v: v.status == "AWAITING_PAYMENT")
-        payment_id = view.payment.payment_id
-        r = await stack.psp.post(
-            f"/v1/test/payment_intents/{payment_id}/complete", json={"outcome": "succeeded"}
-        )
-        r.raise_for_status()
-        # What the webhook route does with the PSP's event, sent twice as webhooks may be.
+        payment_id = await _complete_at_psp(stack, view.payment.payment_id)
+        # What the webhook route does with the PSP's event, sent twice as webhooks may be:
+        # the order takes the first and refuses the repeat (no history).
         outcome = PaymentOutcome(
-            f"evt-{run}", "payment_intent.succeeded", payment_id or "", view.amounts.total_cents
+            f"evt-{run}", "payment_intent.succeeded", payment_id, view.amounts.total_cents
         )
-        payment = stack.client.get_workflow_handle(payment_workflow_id(inp.order_id))
-        for _ in range(2):
-            await payment.signal(SIGNAL_PAYMENT_OUTCOME, outcome)
+        await h.execute_update(UPDATE_PAYMENT_OUTCOME, outcome, result_type=PaymentOutcomeResult)
+        try:
+            await h.execute_update(
+                UPDATE_PAYMENT_OUTCOME, outcome, result_type=PaymentOutcomeResult
+            )
+            raise ScenarioFailed("the order took the same PSP event twice")
+        except WorkflowUpdateFailedError as e:
+            if not (isinstance(e.cause, ApplicationError) and e.cause.type == ALREADY_APPLIED):
+                raise
         _expect(await _accept_and_deliver(stack, inp, h, courier), "DELIVERED")
-    return _ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+    return _ids(inp.order_id, ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 
 
-@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW)
+async def _complete_at_psp(stack: Stack, payment_id: str | None) -> str:
+    """The customer completes the PSP's challenge for ``payment_id``."""
+    if not payment_id:
+        raise ScenarioFailed("the payment waits for the customer without an intent")
+    r = await stack.psp.post(
+        f"/v1/test/payment_intents/{payment_id}/complete", json={"outcome": "succeeded"}
+    )
+    r.raise_for_status()
+    return payment_id
+
+
+@scenario(PAYMENT_WORKFLOW)
+async def payment_child_after_customer_action(stack: Stack) -> list[str]:
+    """The payment child that orders started before ``PATCH_INLINE_PAYMENT`` run (started
+    here on its own): 3-D Secure, then the PSP's word as a signal, twice; AUTHORIZED."""
+    run = _run_id("payment_child_after_customer_action")
+    order_id = f"o-{run}"
+    handle = await stack.client.start_workflow(
+        PaymentWorkflow.run,
+        PaymentInput(
+            order_id=order_id,
+            customer_id=f"c-{run}",
+            amount_cents=PRICE + DELIVERY_FEE_CENTS,
+            currency="USD",
+            token="tok_action_never",
+            payment_timeout_s=PATIENT.payment_timeout_s,
+            parent_workflow_id=order_workflow_id(order_id),  # none: the progress note is lost
+        ),
+        id=payment_workflow_id(order_id),
+        task_queue=stack.orders_queue,
+    )
+    payment_id = ""
+    for _ in range(500):  # until the PSP holds the intent, waiting for the customer
+        r = await stack.psp.get("/v1/payment_intents", params={"order_id": order_id})
+        r.raise_for_status()
+        if items := r.json()["items"]:
+            payment_id = items[0]["id"]
+            break
+        await asyncio.sleep(0.02)
+    await _complete_at_psp(stack, payment_id)
+    outcome = PaymentOutcome(
+        f"evt-{run}", "payment_intent.succeeded", payment_id, PRICE + DELIVERY_FEE_CENTS
+    )
+    for _ in range(2):
+        await handle.signal(SIGNAL_PAYMENT_OUTCOME, outcome)
+    result = await handle.result()
+    if result.status != "AUTHORIZED":
+        raise ScenarioFailed(f"payment {order_id}: {result.status} ({result.detail})")
+    return [payment_workflow_id(order_id)]
+
+
+@scenario(ORDER_WORKFLOW)
 async def cancel_awaiting_payment(stack: Stack) -> list[str]:
     """Cancelled while waiting for the customer: payment aborted, intent voided, CANCELLED."""
     run = _run_id("cancel_awaiting_payment")
@@ -247,10 +306,10 @@ async def cancel_awaiting_payment(stack: Stack) -> list[str]:
     await wait_for_view(h, lambda v: v.status == "AWAITING_PAYMENT")
     await _cancel(h, "changed my mind")
     _expect(await h.result(), "CANCELLED")
-    return _ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW)
+    return _ids(inp.order_id, ORDER_WORKFLOW)
 
 
-@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+@scenario(ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 async def cancel_before_pickup(stack: Stack) -> list[str]:
     """Cancelled after a courier accepted: authorization voided, stock returned, courier freed."""
     run = _run_id("cancel_before_pickup")
@@ -261,10 +320,10 @@ async def cancel_before_pickup(stack: Stack) -> list[str]:
         await wait_for_view(h, lambda v: v.status == "COURIER_ASSIGNED")
         await _cancel(h, "changed my mind")
         _expect(await h.result(), "CANCELLED")
-    return _ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+    return _ids(inp.order_id, ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 
 
-@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+@scenario(ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 async def cancel_while_dispatching(stack: Stack) -> list[str]:
     """Cancelled while a courier holds the offer: dispatch is cancelled and frees the courier."""
     run = _run_id("cancel_while_dispatching")
@@ -273,10 +332,10 @@ async def cancel_while_dispatching(stack: Stack) -> list[str]:
         await _until_offered(h, courier)
         await _cancel(h, "changed my mind")
         _expect(await h.result(), "CANCELLED")
-    return _ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+    return _ids(inp.order_id, ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 
 
-@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+@scenario(ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 async def outside_cancel_while_dispatching(stack: Stack) -> list[str]:
     """Cancelled from the UI while a courier holds the offer: the dispatch frees whichever
     courier it bound, the saga compensates to the end, the run closes as cancelled."""
@@ -295,7 +354,7 @@ async def outside_cancel_while_dispatching(stack: Stack) -> list[str]:
         _expect(await view_of(h), "CANCELLED")
         if await stack.courier(courier) != (None, None):
             raise ScenarioFailed(f"courier {courier} is still bound to the cancelled order")
-    return _ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+    return _ids(inp.order_id, ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 
 
 async def _while_matching(stack: Stack, order_id: str) -> None:
@@ -313,7 +372,7 @@ async def _while_matching(stack: Stack, order_id: str) -> None:
     raise ScenarioFailed("the delivery never waited for its zone matcher")
 
 
-@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+@scenario(ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 async def cancel_while_matching(stack: Stack) -> list[str]:
     """Cancelled while its delivery waits for the zone matcher (nobody free): the delivery
     withdraws the order from the zone's pending set and frees any courier an offer reached
@@ -333,10 +392,10 @@ async def cancel_while_matching(stack: Stack) -> list[str]:
     ]
     if ACT_WITHDRAW_MATCH not in scheduled:
         raise ScenarioFailed(f"the cancel did not withdraw the match: {scheduled}")
-    return _ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+    return _ids(inp.order_id, ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 
 
-@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW)
+@scenario(ORDER_WORKFLOW)
 async def needs_attention_repaired(stack: Stack) -> list[str]:
     """A compensation is refused for good (the fence row was changed outside), the order
     parks in NEEDS_ATTENTION; the operator fixes the row and repairs it: CANCELLED."""
@@ -363,10 +422,10 @@ async def needs_attention_repaired(stack: Stack) -> list[str]:
     if result.remaining:
         raise ScenarioFailed(f"repair left {result.remaining}")
     _expect(await h.result(), "CANCELLED")
-    return _ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW)
+    return _ids(inp.order_id, ORDER_WORKFLOW)
 
 
-@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+@scenario(ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 async def cancel_after_pickup_refused(stack: Stack) -> list[str]:
     """A cancel after pick-up is refused by the validator; the order is delivered."""
     run = _run_id("cancel_after_pickup_refused")
@@ -385,10 +444,10 @@ async def cancel_after_pickup_refused(stack: Stack) -> list[str]:
         await wait_for_view(h, lambda v: v.status == "OUT_FOR_DELIVERY")
         await stack.courier_says(inp.order_id, courier, "delivered")
         _expect(await h.result(), "DELIVERED")
-    return _ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+    return _ids(inp.order_id, ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 
 
-@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+@scenario(ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 async def offer_timeout_reoffer(stack: Stack) -> list[str]:
     """The nearest courier lets the offer lapse; the next one accepts and delivers."""
     run = _run_id("offer_timeout_reoffer")
@@ -399,10 +458,10 @@ async def offer_timeout_reoffer(stack: Stack) -> list[str]:
         inp, h = await _order(stack, run, timeouts=timeouts)
         await _until_offered(h, silent)
         _expect(await _accept_and_deliver(stack, inp, h, willing), "DELIVERED")
-    return _ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+    return _ids(inp.order_id, ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 
 
-@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+@scenario(ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 async def offer_declined(stack: Stack) -> list[str]:
     """The nearest courier declines; the next one accepts and delivers."""
     run = _run_id("offer_declined")
@@ -411,17 +470,17 @@ async def offer_declined(stack: Stack) -> list[str]:
         await _until_offered(h, busy)
         await stack.courier_says(inp.order_id, busy, "declined")
         _expect(await _accept_and_deliver(stack, inp, h, willing), "DELIVERED")
-    return _ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+    return _ids(inp.order_id, ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 
 
-@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+@scenario(ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 async def no_courier(stack: Stack) -> list[str]:
     """Nobody is on shift: dispatch gives up, authorization voided, FAILED/NO_COURIER."""
     run = _run_id("no_courier")
     timeouts = OrderTimeouts(payment_timeout_s=60, offer_timeout_s=1, max_offers=2)
     inp, h = await _order(stack, run, timeouts=timeouts)
     _expect(await h.result(), "FAILED", "NO_COURIER")
-    return _ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+    return _ids(inp.order_id, ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 
 
 # ------------------------------------------------------------------- refunds, notifications
@@ -492,7 +551,7 @@ def _expect_refund(refund: RefundView, status: str, reason: str | None = None) -
         )
 
 
-@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW, REFUND_WORKFLOW, NOTIFY_WORKFLOW)
+@scenario(ORDER_WORKFLOW, DELIVERY_WORKFLOW, REFUND_WORKFLOW, NOTIFY_WORKFLOW)
 async def refund_full(stack: Stack) -> list[str]:
     """A delivered order is refunded in full through the API's path: checked at the PSP,
     refunded, recorded SUCCEEDED, nothing restocked; the merchant webhook is configured, so
@@ -512,12 +571,12 @@ async def refund_full(stack: Stack) -> list[str]:
     if (outcome := await _notification(stack, event_id)).status != "DELIVERED":
         raise ScenarioFailed(f"notification {event_id}: {outcome}")
     return [
-        *_ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW),
+        *_ids(inp.order_id, ORDER_WORKFLOW, DELIVERY_WORKFLOW),
         refund_workflow_id(refund_id),
     ]
 
 
-@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW, REFUND_WORKFLOW)
+@scenario(ORDER_WORKFLOW, DELIVERY_WORKFLOW, REFUND_WORKFLOW)
 async def refund_partial_with_restock(stack: Stack) -> list[str]:
     """One of two delivered units is refunded and put back on sale before SUCCEEDED; no
     merchant webhook configured at the API, so no notification."""
@@ -531,12 +590,12 @@ async def refund_partial_with_restock(stack: Stack) -> list[str]:
     if (stock := await stack.stock(sku)) != (4, 0, 1):  # 5 seeded, 2 sold, 1 back on sale
         raise ScenarioFailed(f"{sku} after the restock: (available, reserved, sold) = {stock}")
     return [
-        *_ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW),
+        *_ids(inp.order_id, ORDER_WORKFLOW, DELIVERY_WORKFLOW),
         refund_workflow_id(refund_id),
     ]
 
 
-@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW, REFUND_WORKFLOW)
+@scenario(ORDER_WORKFLOW, DELIVERY_WORKFLOW, REFUND_WORKFLOW)
 async def refund_exceeds_at_psp(stack: Stack) -> list[str]:
     """Refunded at the PSP's dashboard first: tradeflow's refund fits its own cap, not what the
     PSP has left, so it ends FAILED/exceeds_captured_at_psp and its amount is released."""
@@ -555,7 +614,7 @@ async def refund_exceeds_at_psp(stack: Stack) -> list[str]:
     refund_id = await _request_refund(stack, inp.order_id, 1000)
     _expect_refund(await _refund_result(stack, refund_id), "FAILED", EXCEEDS_CAPTURED_AT_PSP)
     return [
-        *_ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW),
+        *_ids(inp.order_id, ORDER_WORKFLOW, DELIVERY_WORKFLOW),
         refund_workflow_id(refund_id),
     ]
 
@@ -574,7 +633,7 @@ async def _notification(stack: Stack, event_id: str) -> NotificationOutcome:
     return await handle.result()
 
 
-@scenario(ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW, NOTIFY_WORKFLOW)
+@scenario(ORDER_WORKFLOW, DELIVERY_WORKFLOW, NOTIFY_WORKFLOW)
 async def notify_delivered(stack: Stack) -> list[str]:
     """An order with ``notify_merchant``: on PAID it starts the merchant notification as an
     abandoned child, which the merchant endpoint takes on the first try; delivered."""
@@ -586,7 +645,7 @@ async def notify_delivered(stack: Stack) -> list[str]:
         raise ScenarioFailed(f"notification {event_id}: {outcome}")
     await _merchant_received(stack, event_id)
     # The notification is the order's child: ``record`` finds it in the order's history.
-    return _ids(inp.order_id, ORDER_WORKFLOW, PAYMENT_WORKFLOW, DELIVERY_WORKFLOW)
+    return _ids(inp.order_id, ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 
 
 @scenario(NOTIFY_WORKFLOW)

@@ -40,6 +40,16 @@ class ApiSender:
         self.responses.extend(replies)
         return replies[0].status_code
 
+    async def answered(self, n: int, within_s: float = 10.0) -> list[httpx.Response]:
+        """The responses once ``n`` have come. The order may move on before the API's answer
+        reaches the PSP: the update that hands the word over returns once the order has
+        taken it, and the API then records the event before it answers."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within_s):
+                for _ in iter(lambda: len(self.responses) >= n, True):
+                    await asyncio.sleep(0.01)
+        return list(self.responses)
+
 
 @dataclass
 class World:

@@ -1,6 +1,6 @@
 """Payment stories on the time-skipping server with the real PSP simulator in-process: the
 flaky and slow tokens, capture and void that fail and are retried, and a webhook that arrives
-before the payment workflow waits for it."""
+before the order waits for it."""
 
 from __future__ import annotations
 
@@ -9,11 +9,19 @@ import uuid
 from pathlib import Path
 
 import pytest
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from domain.messages import CancelRequest, CancelResult, OrderTimeouts, PaymentOutcome
-from domain.names import SIGNAL_PAYMENT_OUTCOME, UPDATE_CANCEL, payment_workflow_id
+from domain.errors import ALREADY_APPLIED, NOT_WAITING
+from domain.messages import (
+    CancelRequest,
+    CancelResult,
+    OrderTimeouts,
+    PaymentOutcome,
+    PaymentOutcomeResult,
+)
+from domain.names import QUERY_ORDER, UPDATE_CANCEL, UPDATE_PAYMENT_OUTCOME
 from psp.app import create_app
 from tests.support import Stack, order_stack, wait_for_view
 
@@ -103,37 +111,37 @@ async def test_early_duplicate_out_of_order_and_foreign_webhooks_leave_only_the_
         timeouts=OrderTimeouts(payment_timeout_s=600, offer_timeout_s=10, max_offers=3),
     )
     h = await stack.start(inp)
-    payment = stack.client.get_workflow_handle(payment_workflow_id(inp.order_id))
-    for _ in range(200):  # as soon as the payment workflow exists, usually before authorize returns
+
+    async def hand_over(ev: PaymentOutcome) -> str | None:
+        """The webhook's update; None when the order took the word, else why it refused."""
         try:
-            await payment.describe()
-            break
-        except Exception:
-            await asyncio.sleep(0.01)
-    # An event for another intent, possibly before the workflow knows its own: must not count.
-    await payment.signal(
-        SIGNAL_PAYMENT_OUTCOME,
-        PaymentOutcome(f"evt_{uuid.uuid4().hex}", "payment_intent.succeeded", "pi_someone_else", 1),
+            await h.execute_update(UPDATE_PAYMENT_OUTCOME, ev, result_type=PaymentOutcomeResult)
+        except WorkflowUpdateFailedError as e:
+            assert isinstance(e.cause, ApplicationError), e
+            return e.cause.type
+        return None
+
+    # An event for another intent, as early as the order takes one (usually before the
+    # authorization returns, when the order does not know its intent yet): must not count.
+    foreign = PaymentOutcome(
+        f"evt_{uuid.uuid4().hex}", "payment_intent.succeeded", "pi_someone_else", 1
     )
+    for _ in range(500):
+        refused = await hand_over(foreign)
+        if refused is None or (await h.query(QUERY_ORDER)).status != "RESERVED":
+            break  # taken early, or refused as another intent once the order knew its own
+        assert refused == NOT_WAITING, refused
+        await asyncio.sleep(0.005)
     v = await wait_for_view(h, lambda v: v.status == "AWAITING_PAYMENT")
     pid = v.payment.payment_id
     assert pid
     r = await stack.psp.post(f"/v1/test/payment_intents/{pid}/complete")
     assert r.status_code == 200, r.text
-    await payment.signal(
-        SIGNAL_PAYMENT_OUTCOME,
-        PaymentOutcome("evt_1", "payment_intent.succeeded", pid, PRICE + FEE),
-    )
-    for ev in (
-        PaymentOutcome("evt_1", "payment_intent.succeeded", pid, PRICE + FEE),  # duplicate
-        PaymentOutcome("evt_2", "payment_intent.failed", pid, PRICE + FEE),  # late, contrary
-    ):
-        try:
-            await payment.signal(SIGNAL_PAYMENT_OUTCOME, ev)
-        except RPCError as e:
-            # The payment may already have closed on the first word (a loaded machine runs
-            # its tasks between two signals): then the repeat cannot reach it at all.
-            assert e.status == RPCStatusCode.NOT_FOUND, e
+    word = PaymentOutcome("evt_1", "payment_intent.succeeded", pid, PRICE + FEE)
+    assert await hand_over(word) is None
+    assert await hand_over(word) == ALREADY_APPLIED  # a repeat: no second effect, no history
+    late = PaymentOutcome("evt_2", "payment_intent.failed", pid, PRICE + FEE)
+    assert await hand_over(late) == NOT_WAITING  # late and contrary: the first word stands
     await wait_for_view(h, lambda v: v.delivery.offered_to == "k-1", within=60)
     await _deliver(stack, inp.order_id)
     final = await h.result()
