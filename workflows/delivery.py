@@ -36,12 +36,19 @@ with workflow.unsafe.imports_passed_through():
     from domain.names import shard_task_queue
     from domain.status import CourierEventType, DeliveryStatus
     from workflows.parent import tell_parent
+    from workflows.steps import short_step
 
 
 PATCH_RELEASE_BOUND_COURIER = "release-bound-courier-on-cancel"
 """Runs before it released only an open offer's courier; an accepted one could leak."""
 PATCH_BATCH_DISPATCH = "batch-dispatch"
 """Runs before it searched and offered itself (greedy); since, the zone matcher offers."""
+PATCH_LOCAL_DISPATCH_STEPS = "local-dispatch-steps"
+"""Runs started with it take the short database / Redis steps (``route_dispatch``,
+``assign_courier``, ``release_courier``, ``withdraw_match``) as local activities
+(``workflows.steps.short_step``): a marker each inside the workflow task, instead of an
+activity task through the server. ``request_match`` waits on the zone's shard queue for the
+matcher and stays a regular activity. Runs started before it replay their regular ones."""
 
 MATCH_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -69,6 +76,8 @@ class DeliveryWorkflow:
         """The courier whose row may point at this order (an offer sent, or accepted), until
         it is released: whoever it is, a cancel frees it."""
         self._declined: set[str] = set()
+        self._local = False
+        """Short steps as local activities (``PATCH_LOCAL_DISPATCH_STEPS``); set at the start."""
         self._matching: MatchRequest | None = None
         """The zone matcher may be writing an offer of this order to some courier right now
         (``request_match`` running): an answer waits for it, a cancel withdraws it."""
@@ -94,11 +103,11 @@ class DeliveryWorkflow:
         self._state.status = DeliveryStatus.ASSIGNED
         self._state.courier_id = ev.courier_id
         self._state.offered_to = None
-        await workflow.execute_activity_method(
+        await short_step(
             CourierActivities.assign_courier,
             CourierOffer(self._inp.order_id, ev.courier_id),
-            start_to_close_timeout=options.SHORT,
-            retry_policy=options.FORWARD,
+            options.FORWARD,
+            local=self._local,
         )
         await self._tell_parent(DeliveryProgress(DeliveryStatus.ASSIGNED, None, ev.courier_id))
         self._assigned = True
@@ -130,6 +139,7 @@ class DeliveryWorkflow:
     @workflow.run
     async def run(self, inp: DeliveryInput) -> DeliveryResult:
         offers = 0
+        self._local = workflow.patched(PATCH_LOCAL_DISPATCH_STEPS)
         try:
             batch = workflow.patched(PATCH_BATCH_DISPATCH)
             for _ in range(inp.max_offers):
@@ -220,11 +230,11 @@ class DeliveryWorkflow:
         queue, for an offer; the matcher writes it under its zone lease (fenced). (None, True):
         nobody free within the wait, no live shard, or an unknown store."""
         while True:
-            route = await workflow.execute_activity_method(
+            route = await short_step(
                 CourierActivities.route_dispatch,
                 FindCourierInput(inp.order_id, inp.location_id, list(self._state.tried)),
-                start_to_close_timeout=options.SHORT,
-                retry_policy=options.FORWARD,
+                options.FORWARD,
+                local=self._local,
             )
             if route.zone is None or route.shard is None:
                 self._matching = None
@@ -263,11 +273,8 @@ class DeliveryWorkflow:
             return courier, True
 
     async def _withdraw(self, req: MatchRequest) -> None:
-        await workflow.execute_activity_method(
-            CourierActivities.withdraw_match,
-            req,
-            start_to_close_timeout=options.SHORT,
-            retry_policy=options.COMPENSATION,
+        await short_step(
+            CourierActivities.withdraw_match, req, options.COMPENSATION, local=self._local
         )
 
     async def _release_bound(self) -> None:
@@ -280,11 +287,11 @@ class DeliveryWorkflow:
             self._bound = None
 
     async def _release(self, courier: str) -> None:
-        await workflow.execute_activity_method(
+        await short_step(
             CourierActivities.release_courier,
             CourierOffer(self._inp.order_id, courier),
-            start_to_close_timeout=options.SHORT,
-            retry_policy=options.COMPENSATION,
+            options.COMPENSATION,
+            local=self._local,
         )
 
     async def _tell_parent(self, progress: DeliveryProgress) -> None:

@@ -20,6 +20,8 @@ from cli.history import REPLAY_WORKFLOWS, load_history
 from domain import names
 from domain.messages import (
     CheckoutInput,
+    DeliveryInput,
+    DeliveryResult,
     OrderView,
     PaymentResult,
     ReservationKey,
@@ -153,6 +155,34 @@ async def test_replay_detects_a_step_moved_back_from_local_to_regular_activity()
     assert isinstance(result.replay_failure, NondeterminismError), result.replay_failure
     # The history's marker for the local try has no local activity to match it.
     assert "LocalActivity" in str(result.replay_failure)
+
+
+@workflow.defn(name=names.DELIVERY_WORKFLOW, sandboxed=False)
+class _RevertedLocalDispatchStepsWorkflow(DeliveryWorkflow):
+    """Today's dispatch with one careless edit: its short steps are regular activities
+    again on runs that took the ``local-dispatch-steps`` branch (reverted in place)."""
+
+    @workflow.run
+    async def run(self, inp: DeliveryInput) -> DeliveryResult:
+        return await super().run(inp)
+
+    @property  # type: ignore[override]
+    def _local(self) -> bool:
+        return False  # whatever the patch says
+
+    @_local.setter
+    def _local(self, patched: bool) -> None:
+        pass
+
+
+async def test_replay_detects_dispatch_steps_moved_back_from_local_to_regular() -> None:
+    history = load_history(HISTORIES / "happy_path.DeliveryWorkflow.json")
+    replayer = Replayer(workflows=[OrderWorkflow, _RevertedLocalDispatchStepsWorkflow])
+
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+
+    assert isinstance(result.replay_failure, NondeterminismError), result.replay_failure
+    assert "LocalActivity" in str(result.replay_failure), result.replay_failure
 
 
 @workflow.defn(name=names.ORDER_WORKFLOW, sandboxed=False)

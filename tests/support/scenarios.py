@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -25,7 +26,12 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import text
-from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowHistory,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.exceptions import CancelledError as TemporalCancelledError
@@ -108,6 +114,8 @@ def scenario(*workflows: str) -> Callable[[ScenarioFn], ScenarioFn]:
 
 
 PRICE = 1299
+LOCAL_ACTIVITY_MARKER = "core_local_activity"
+"""The marker a local activity leaves in history (the SDK core's name for it)."""
 
 # The dev server runs in real time: timeouts a path lets fire are short, the others generous
 # (a timer that does not fire costs nothing, and a slow machine must not change the path).
@@ -357,6 +365,21 @@ async def outside_cancel_while_dispatching(stack: Stack) -> list[str]:
     return _ids(inp.order_id, ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 
 
+def activities_in(history: WorkflowHistory) -> list[str]:
+    """The activity types a history ran, regular (scheduled) and local (their markers)."""
+    names: list[str] = []
+    for e in history.events:
+        if e.HasField("activity_task_scheduled_event_attributes"):
+            names.append(e.activity_task_scheduled_event_attributes.activity_type.name)
+        elif (
+            e.HasField("marker_recorded_event_attributes")
+            and e.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER
+        ):
+            [data] = e.marker_recorded_event_attributes.details["data"].payloads
+            names.append(json.loads(data.data)["activity_type"])
+    return names
+
+
 async def _while_matching(stack: Stack, order_id: str) -> None:
     """Until the order's delivery waits in ``request_match`` for its zone matcher."""
     delivery = stack.client.get_workflow_handle(delivery_workflow_id(order_id))
@@ -385,13 +408,9 @@ async def cancel_while_matching(stack: Stack) -> list[str]:
     history = await h._client.get_workflow_handle(
         delivery_workflow_id(inp.order_id)
     ).fetch_history()
-    scheduled = [
-        e.activity_task_scheduled_event_attributes.activity_type.name
-        for e in history.events
-        if e.HasField("activity_task_scheduled_event_attributes")
-    ]
-    if ACT_WITHDRAW_MATCH not in scheduled:
-        raise ScenarioFailed(f"the cancel did not withdraw the match: {scheduled}")
+    ran = activities_in(history)
+    if ACT_WITHDRAW_MATCH not in ran:
+        raise ScenarioFailed(f"the cancel did not withdraw the match: {ran}")
     return _ids(inp.order_id, ORDER_WORKFLOW, DELIVERY_WORKFLOW)
 
 
