@@ -144,17 +144,26 @@ class _RevertedLocalStepsOrderWorkflow(OrderWorkflow):
         )
 
 
-async def test_replay_detects_a_step_moved_back_from_local_to_regular_activity() -> None:
-    history = load_history(HISTORIES / "happy_path.OrderWorkflow.json")
-    replayer = Replayer(
-        workflows=[_RevertedLocalStepsOrderWorkflow, PaymentWorkflow, DeliveryWorkflow]
+async def nondeterminism(history: str, *workflows: type) -> str:
+    """Replay today's ``history`` file on ``workflows`` (one of them carelessly edited):
+    it must fail with a ``NondeterminismError``, whose text this returns."""
+    replayer = Replayer(workflows=list(workflows))
+    result = await replayer.replay_workflow(
+        load_history(HISTORIES / history), raise_on_replay_failure=False
     )
-
-    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
-
     assert isinstance(result.replay_failure, NondeterminismError), result.replay_failure
+    return str(result.replay_failure)
+
+
+async def test_replay_detects_a_step_moved_back_from_local_to_regular_activity() -> None:
+    failure = await nondeterminism(
+        "happy_path.OrderWorkflow.json",
+        _RevertedLocalStepsOrderWorkflow,
+        PaymentWorkflow,
+        DeliveryWorkflow,
+    )
     # The history's marker for the local try has no local activity to match it.
-    assert "LocalActivity" in str(result.replay_failure)
+    assert "LocalActivity" in failure
 
 
 @workflow.defn(name=names.DELIVERY_WORKFLOW, sandboxed=False)
@@ -176,13 +185,10 @@ class _RevertedLocalDispatchStepsWorkflow(DeliveryWorkflow):
 
 
 async def test_replay_detects_dispatch_steps_moved_back_from_local_to_regular() -> None:
-    history = load_history(HISTORIES / "happy_path.DeliveryWorkflow.json")
-    replayer = Replayer(workflows=[OrderWorkflow, _RevertedLocalDispatchStepsWorkflow])
-
-    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
-
-    assert isinstance(result.replay_failure, NondeterminismError), result.replay_failure
-    assert "LocalActivity" in str(result.replay_failure), result.replay_failure
+    failure = await nondeterminism(
+        "happy_path.DeliveryWorkflow.json", OrderWorkflow, _RevertedLocalDispatchStepsWorkflow
+    )
+    assert "LocalActivity" in failure, failure
 
 
 @workflow.defn(name=names.ORDER_WORKFLOW, sandboxed=False)
@@ -199,16 +205,13 @@ class _PaymentChildAgainOrderWorkflow(OrderWorkflow):
 
 
 async def test_replay_detects_the_payment_moved_back_into_a_child_workflow() -> None:
-    history = load_history(HISTORIES / "happy_path.OrderWorkflow.json")
-    replayer = Replayer(
-        workflows=[_PaymentChildAgainOrderWorkflow, PaymentWorkflow, DeliveryWorkflow]
+    failure = await nondeterminism(
+        "happy_path.OrderWorkflow.json",
+        _PaymentChildAgainOrderWorkflow,
+        PaymentWorkflow,
+        DeliveryWorkflow,
     )
-
-    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
-
-    assert isinstance(result.replay_failure, NondeterminismError), result.replay_failure
     # The child workflow the edit starts meets the authorize activity the history scheduled.
-    failure = str(result.replay_failure)
     assert "child workflow" in failure.lower() and names.ACT_AUTHORIZE_PAYMENT in failure, failure
 
 
