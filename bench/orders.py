@@ -872,6 +872,11 @@ def main(argv: list[str] | None = None) -> int:
         help="worker processes on each side: the stack's worker.py (TRADEFLOW_WORKER_PROCESSES) "
         "and the baseline's null-shape workers [1]",
     )
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="the started stack's DATABASE_URL (an empty PostgreSQL database, say) [its SQLite]",
+    )
     parser.add_argument("--serve-noop-worker", metavar="TASK_QUEUE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_noop_worker:
@@ -941,6 +946,8 @@ def main(argv: list[str] | None = None) -> int:
         baselines, orders = go(stack)
     else:
         processes = {"TRADEFLOW_WORKER_PROCESSES": str(args.worker_processes)}
+        if args.database_url:
+            processes["DATABASE_URL"] = args.database_url
         with launched_stack(report, keep=args.keep, extra_env=processes) as stack:
             baselines, orders = go(stack)
 
