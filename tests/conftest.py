@@ -11,6 +11,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import sqlalchemy as sa
@@ -28,7 +29,28 @@ TEMPORAL_TEST_SERVER = VENV_BIN / "temporal-test-server"
 PG_URL = os.environ.get(
     "TRADEFLOW_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-REDIS_URL = os.environ.get("TRADEFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _redis_url_of_this_process() -> str:
+    """TRADEFLOW_TEST_REDIS_URL [redis://127.0.0.1:6379/0]; in a pytest-xdist worker (``make
+    test`` runs several) db 1 + the worker's number of that Redis instead, exported again so
+    that tests/api/helpers.py, tests/support/stack.py and the launched stacks use it too. Tests
+    leave keys behind and some use fixed ones (courier ``kz-1``, the default ``dispatch:``
+    prefix): one db per worker keeps two tests running at once from seeing each other's keys,
+    as when the suite ran serially. (No test uses pub/sub, whose channels span the dbs; the
+    ``SCRIPT FLUSH`` of test_ratelimit does too, and every script is registered through
+    redis-py, which loads it again on NOSCRIPT.)"""
+    url = os.environ.get("TRADEFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    if not worker.startswith("gw") or not worker[2:].isdigit() or int(worker[2:]) >= 8:
+        return url  # dbs 1-8; 9, 13 and 14 are the launcher tests' fallbacks, 15 the bench's
+    parts = urlsplit(url)
+    url = urlunsplit(parts._replace(path=f"/{1 + int(worker[2:])}"))
+    os.environ["TRADEFLOW_TEST_REDIS_URL"] = url
+    return url
+
+
+REDIS_URL = _redis_url_of_this_process()
 
 _INDEXED = {
     "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
