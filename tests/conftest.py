@@ -171,7 +171,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]
     drop_postgres_schema(schema)
 
 
-# -- pytest-xdist (``make test`` runs ``-n 3 --dist loadgroup``) ---------------------------------
+# -- pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``) ---------------------------------
 #
 # pytest-xdist 3.8's own loadgroup reads ``xdist_group`` marks by renaming each item's nodeid,
 # which pytest 9.2 no longer lets a plugin do (Node.nodeid comes from ``_id``): the marks are
