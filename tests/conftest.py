@@ -11,6 +11,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import sqlalchemy as sa
@@ -28,7 +29,28 @@ TEMPORAL_TEST_SERVER = VENV_BIN / "temporal-test-server"
 PG_URL = os.environ.get(
     "TRADEFLOW_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-REDIS_URL = os.environ.get("TRADEFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _redis_url_of_this_process() -> str:
+    """TRADEFLOW_TEST_REDIS_URL [redis://127.0.0.1:6379/0]; in a pytest-xdist worker (``make
+    test`` runs several) db 1 + the worker's number of that Redis instead, exported again so
+    that tests/api/helpers.py, tests/support/stack.py and the launched stacks use it too. Tests
+    leave keys behind and some use fixed ones (courier ``kz-1``, the default ``dispatch:``
+    prefix): one db per worker keeps two tests running at once from seeing each other's keys,
+    as when the suite ran serially. (No test uses pub/sub, whose channels span the dbs; the
+    ``SCRIPT FLUSH`` of test_ratelimit does too, and every script is registered through
+    redis-py, which loads it again on NOSCRIPT.)"""
+    url = os.environ.get("TRADEFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    if not worker.startswith("gw") or not worker[2:].isdigit() or int(worker[2:]) >= 8:
+        return url  # dbs 1-8; 9, 13 and 14 are the launcher tests' fallbacks, 15 the bench's
+    parts = urlsplit(url)
+    url = urlunsplit(parts._replace(path=f"/{1 + int(worker[2:])}"))
+    os.environ["TRADEFLOW_TEST_REDIS_URL"] = url
+    return url
+
+
+REDIS_URL = _redis_url_of_this_process()
 
 _INDEXED = {
     "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
@@ -147,3 +169,81 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]
     migrate(url)
     yield url
     drop_postgres_schema(schema)
+
+
+# -- pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``) ---------------------------------
+#
+# pytest-xdist 3.8's own loadgroup reads ``xdist_group`` marks by renaming each item's nodeid,
+# which pytest 9.2 no longer lets a plugin do (Node.nodeid comes from ``_id``): the marks are
+# silently ignored and every test goes anywhere. So the groups are decided here, from the node
+# id alone, by the scheduler below.
+
+XDIST_GROUPS: dict[str, tuple[str, ...]] = {
+    # Everything that runs `tradeflow up` (a Temporal dev server, Redis, API, PSP, workers, a
+    # courier simulator) or kills servers: one unit, so one launched stack at a time, as in a
+    # serial run. Two side by side (the chaos suite on one worker, the launcher tests on the
+    # other) failed runs: a stack's PSP unreachable under `tradeflow load`, a chaos round's
+    # Redis not restarted within 60 s, a rollout's API refusing connections. The chaos suite
+    # first: with its module-scoped stacks it is the longest part.
+    "launched-stack": (
+        "tests/chaos/test_chaos.py",
+        "tests/api/test_schemathesis.py",
+        "tests/integration/test_end_to_end.py",
+        "tests/integration/test_handover_orders.py",
+        "tests/integration/test_launcher.py",
+        "tests/integration/test_launcher_signals.py",
+        "tests/integration/test_operations.py",
+        "tests/integration/test_story_with_auth.py",
+        "tests/integration/test_up_codec.py",
+        "tests/integration/test_worker_deploys.py",
+    ),
+}
+_GROUP_OF_MODULE = {path: group for group, paths in XDIST_GROUPS.items() for path in paths}
+
+XDIST_EARLY = (
+    "launched-stack",
+    # Modules of 25-55 s each (serial): started early, so that none is left for the end.
+    "tests/integration/test_psp_resilience.py",
+    "tests/workflows/test_nothing_lost.py",
+    "tests/integration/test_flash_sale.py",
+    # test_rabbitmq_restart_and_dropped_connections_lose_nothing closes every connection of
+    # the shared RabbitMQ broker and restarts it; the module's other RabbitMQ test is a unit
+    # with it, and no other module uses RabbitMQ.
+    "tests/integration/test_order_events.py",
+    "tests/integration/test_concurrent_checkout.py",
+    "tests/integration/test_reconciler.py",
+)
+"""Units handed out first, in this order; the others follow, the biggest first."""
+
+
+def xdist_unit(nodeid: str) -> str:
+    """The unit of work a test belongs to: its group in XDIST_GROUPS, else its module (so that a
+    module-scoped fixture, a launched stack or a server, is set up once, on one worker, as in a
+    serial run). A unit runs on one worker, its tests in collection order."""
+    path = nodeid.split("::", 1)[0]
+    return _GROUP_OF_MODULE.get(path, path)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_unit(nodeid)
+
+        def _assign_work_unit(self, node: object) -> None:
+            if not getattr(self, "_ordered", False):
+                self._ordered = True
+                rank = {unit: i for i, unit in enumerate(XDIST_EARLY)}
+                units = sorted(
+                    self.workqueue.items(),
+                    key=lambda kv: (rank.get(kv[0], len(rank)), -len(kv[1])),
+                )
+                self.workqueue.clear()
+                self.workqueue.update(units)
+            super()._assign_work_unit(node)
+
+    return UnitScheduling(config, log)

@@ -10,11 +10,28 @@ process never hands out the same port twice.
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import threading
 
 _LOW, _HIGH = 20000, 32000  # below /proc/sys/net/ipv4/ip_local_port_range (32768-60999 here)
+
+
+def _slice_of_this_process(low: int, high: int) -> tuple[int, int]:
+    """Under pytest-xdist, worker ``gwN`` of ``W`` draws from the N-th of W equal slices only:
+    two workers probing the same free port at once would otherwise both be handed it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit()):
+        return low, high
+    index, width = int(worker[2:]), (high - low) // max(int(count), 1)
+    if index >= int(count) or width < 100:
+        return low, high
+    return low + index * width, low + (index + 1) * width
+
+
+_LOW, _HIGH = _slice_of_this_process(_LOW, _HIGH)
 _given: set[int] = set()
 _lock = threading.Lock()
 _rng = random.SystemRandom()
