@@ -149,7 +149,7 @@ class CourierActivities:
         """The order was cancelled while matching: leave the pending set and free a courier an
         offer may have reached meanwhile."""
         d = self._matching()
-        await OrderQueue(d.redis, d.prefix).withdraw(req.zone, req.order_id)
+        await OrderQueue(d.redis, d.prefix).leave(req.zone, req.order_id, grace_s=CLAIM_GRACE_S)
         async with self._sessions() as s, s.begin():
             freed = await fleet.release_offers_of(s, order_id=req.order_id)
         for courier_id in freed:

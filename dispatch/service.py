@@ -240,6 +240,22 @@ class OrderQueue:
             await self.redis.hdel(self.pickup, order_id)  # type: ignore[misc]
         return removed
 
+    async def leave(self, zone: str, order_id: str, *, grace_s: float) -> None:
+        """Leave the zone for good (the order was cancelled), also when a matcher holds the
+        order this instant: its ZREM claimed it, and it either publishes an offer (the caller
+        then frees that courier) or, the courier being taken, puts the order back in the
+        pending set, where the next window would offer a cancelled order. So while the order
+        is claimed (out of the pending set, its pickup entry still there) this waits, up to
+        ``grace_s``, and withdraws again whatever the matcher did."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + grace_s
+        while not await self.withdraw(zone, order_id):
+            claimed = await self.redis.hexists(self.pickup, order_id)  # type: ignore[misc]
+            left = until - loop.time()
+            if not claimed or left <= 0:
+                return  # published (or never waiting); or the matcher is stuck: reconciler
+            await self.wait_offer(order_id, min(left, 0.2))
+
     async def publish(self, order_id: str, courier_id: str) -> None:
         pipe = self.redis.pipeline(transaction=True)
         pipe.hdel(self.pickup, order_id)

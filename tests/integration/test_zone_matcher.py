@@ -227,3 +227,45 @@ async def test_a_shard_stays_live_while_one_of_its_replicas_beats(world: dict[st
     assert await two.members() == ["0", "1"]
     await two.leave("0")
     assert await two.members() == ["1"]
+
+
+async def test_a_cancelled_order_leaves_the_zone_even_when_a_matcher_holds_it_then_puts_it_back(
+    world: dict[str, Any],
+) -> None:
+    """The matcher claimed the order (its ZREM) just before the cancel's withdraw, then found
+    the courier taken and put the order back: the order must not stay pending, or the next
+    window would offer a cancelled order to a courier."""
+    q = matcher(world).queue
+    await q.enqueue(ZONE, "o-back-late", lat=STORE[0], lng=STORE[1])
+    since = await world["redis"].zscore(q.pending(ZONE), "o-back-late")
+    assert await world["redis"].zrem(q.pending(ZONE), "o-back-late")  # the matcher's claim
+    leaving = asyncio.ensure_future(q.leave(ZONE, "o-back-late", grace_s=5))
+    await asyncio.sleep(0.3)
+    assert not leaving.done()  # it waits while the matcher holds the order
+    await q.requeue(ZONE, "o-back-late", since)  # the courier was taken: back it goes
+    await asyncio.wait_for(leaving, 2)
+    assert await world["redis"].zscore(q.pending(ZONE), "o-back-late") is None
+    assert not await world["redis"].hexists(q.pickup, "o-back-late")
+
+
+async def test_a_cancelled_order_leaves_once_the_matcher_holding_it_publishes_its_offer(
+    world: dict[str, Any],
+) -> None:
+    q = matcher(world).queue
+    await q.enqueue(ZONE, "o-offered-late", lat=STORE[0], lng=STORE[1])
+    assert await world["redis"].zrem(q.pending(ZONE), "o-offered-late")  # the matcher's claim
+    started = time.monotonic()
+    leaving = asyncio.ensure_future(q.leave(ZONE, "o-offered-late", grace_s=5))
+    await asyncio.sleep(0.3)
+    assert not leaving.done()
+    await q.publish("o-offered-late", "k-1")  # the offer landed: the caller frees k-1 next
+    await asyncio.wait_for(leaving, 2)
+    assert 0.3 <= time.monotonic() - started < 2
+    assert await world["redis"].zscore(q.pending(ZONE), "o-offered-late") is None
+
+
+async def test_an_order_that_was_not_waiting_leaves_at_once(world: dict[str, Any]) -> None:
+    q = matcher(world).queue
+    started = time.monotonic()
+    await q.leave(ZONE, "o-never-waited", grace_s=5)
+    assert time.monotonic() - started < 0.5
