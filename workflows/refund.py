@@ -61,7 +61,7 @@ class RefundWorkflow:
     async def run(self, inp: RefundInput) -> RefundView:
         self._refund_id = inp.refund_id
         try:
-            return await self._refund(inp)
+            return await self._unless_refused(inp, self._refund(inp))
         except (asyncio.CancelledError, ActivityError) as e:
             if not _is_cancellation(e):
                 raise
@@ -69,7 +69,7 @@ class RefundWorkflow:
             # the amount back. Once asked, the PSP may have refunded: finish what was started
             # (the key makes resending safe), then close as cancelled.
             finish = (
-                self._send_and_book(inp)
+                self._unless_refused(inp, self._send_and_book(inp))
                 if self._sending
                 else self._fail(inp, CANCELLED_BEFORE_SENDING)
             )
@@ -78,10 +78,7 @@ class RefundWorkflow:
 
     async def _refund(self, inp: RefundInput) -> RefundView:
         self._details(f"checking what the PSP has refunded on {inp.payment_id}")
-        try:
-            seen = await _ask_psp(RefundActivities.check_refundable_at_psp, inp)
-        except _Refused as r:
-            return await self._fail(inp, r.reason)
+        seen = await _ask_psp(RefundActivities.check_refundable_at_psp, inp)
         if not seen.fits:
             workflow.logger.info(
                 "refund %s of %s does not fit: the PSP received %s and refunded %s already",
@@ -96,10 +93,7 @@ class RefundWorkflow:
 
     async def _send_and_book(self, inp: RefundInput) -> RefundView:
         self._details(f"refunding {inp.amount_cents} {inp.currency} at the PSP")
-        try:
-            sent = await _ask_psp(RefundActivities.send_refund, inp)
-        except _Refused as r:
-            return await self._fail(inp, r.reason)
+        sent = await _ask_psp(RefundActivities.send_refund, inp)
         # Units first, then the status: a refund that reads SUCCEEDED has its units back.
         if inp.restock:
             self._details(f"putting {len(inp.restock)} line(s) back on sale at {inp.location_id}")
@@ -139,6 +133,14 @@ class RefundWorkflow:
                 about=f"refund {inp.refund_id}",
             )
         return view
+
+    async def _unless_refused(self, inp: RefundInput, steps: Awaitable[RefundView]) -> RefundView:
+        """What ``steps`` end with, or, where the PSP refused the refund (``_Refused`` from
+        either PSP call), the refund failed with the PSP's reason."""
+        try:
+            return await steps
+        except _Refused as r:
+            return await self._fail(inp, r.reason)
 
     async def _fail(self, inp: RefundInput, reason: str) -> RefundView:
         self._details(f"failing: {reason}; releasing {inp.amount_cents} from the cap")
