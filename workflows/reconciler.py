@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -52,6 +52,15 @@ with workflow.unsafe.imports_passed_through():
 
 _A = TypeVar("_A")
 _R = TypeVar("_R")
+_O = TypeVar("_O")
+
+
+class _Orphans(Protocol[_O]):
+    """What a find of orphans returns (``OrphanedOrders``, ``OrphanedRefunds``)."""
+
+    @property
+    def items(self) -> list[_O]: ...
+
 
 NOT_STARTABLE = "not_startable"
 """Failure reason of a refund the reconciler could not rebuild."""
@@ -95,11 +104,9 @@ class ReconcileWorkflow:
     # ---------------------------------------------------------------------------- orders
 
     async def _orders(self, inp: ReconcileInput) -> tuple[list[str], list[str]]:
-        workflow.set_current_details("looking for PENDING orders whose workflow does not run")
-        found = await self._find(ReconcilerActivities.find_orphaned_orders, inp)
         restarted: list[str] = []
         failed: list[str] = []
-        for order in found.items if found else []:
+        for order in await self._orphans("orders", ReconcilerActivities.find_orphaned_orders, inp):
             decision, why = order_decision(order, restart_within_s=inp.restart_within_s)
             workflow.set_current_details(f"order {order.order_id}: {decision.value} ({why})")
             if decision == Decision.RESTART:
@@ -133,11 +140,11 @@ class ReconcileWorkflow:
     # --------------------------------------------------------------------------- refunds
 
     async def _refunds(self, inp: ReconcileInput) -> tuple[list[str], list[str]]:
-        workflow.set_current_details("looking for PENDING refunds whose workflow does not run")
-        found = await self._find(ReconcilerActivities.find_orphaned_refunds, inp)
         restarted: list[str] = []
         failed: list[str] = []
-        for refund in found.items if found else []:
+        for refund in await self._orphans(
+            "refunds", ReconcilerActivities.find_orphaned_refunds, inp
+        ):
             decision, why = refund_decision(refund)
             workflow.set_current_details(f"refund {refund.refund_id}: {decision.value} ({why})")
             if decision == Decision.RESTART:
@@ -241,6 +248,17 @@ class ReconcileWorkflow:
         except ActivityError as e:
             self._errors.append(f"{activity.__name__}: {e.__cause__ or e}")
             return None
+
+    async def _orphans(
+        self,
+        what: str,
+        activity: Callable[[Any, ReconcileInput], Awaitable[_Orphans[_O]]],
+        inp: ReconcileInput,
+    ) -> list[_O]:
+        """The PENDING ``what`` whose workflow does not run; none when the find failed."""
+        workflow.set_current_details(f"looking for PENDING {what} whose workflow does not run")
+        found = await self._find(activity, inp)
+        return found.items if found else []
 
     async def _activity(self, activity: Callable[[Any, _A], Awaitable[_R]], arg: _A) -> _R:
         return await workflow.execute_activity_method(
