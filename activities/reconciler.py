@@ -16,10 +16,11 @@ from typing import TypeVar
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
-from temporalio.client import Client, Schedule, WorkflowExecutionStatus
+from temporalio.client import Client, Schedule
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
+from activities.orphans import OrphanActivities
 from activities.payments import PaymentActivities
 from domain.messages import (
     CourierOffer,
@@ -55,9 +56,8 @@ from domain.names import (
     order_workflow_id,
     refund_workflow_id,
 )
-from domain.reconcile import WORKFLOW_CLOSED, WORKFLOW_MISSING
 from domain.status import FailureReason
-from infra.temporal import describe_or_none, ensure_schedule, interval_schedule
+from infra.temporal import ensure_schedule, interval_schedule
 from store import reconciler as queries
 from store.models import utcnow_iso
 
@@ -72,7 +72,7 @@ def _age_s(created_at: str) -> float:
     return max((datetime.now(UTC) - created).total_seconds(), 0.0)
 
 
-class ReconcilerActivities:
+class ReconcilerActivities(OrphanActivities):
     def __init__(
         self,
         *,
@@ -81,8 +81,7 @@ class ReconcilerActivities:
         payments: PaymentActivities,
         notify_merchant: bool = False,
     ) -> None:
-        self._sessions = sessionmaker
-        self._client = client
+        super().__init__(sessionmaker=sessionmaker, client=client)
         self._payments = payments
         """Its guarded PSP client (breaker, rate limiter) reads the intents of an order."""
         self._notify_merchant = notify_merchant
@@ -248,15 +247,6 @@ class ReconcilerActivities:
             if state is not None:
                 found.append((row, state))
         return found
-
-    async def _workflow_state(self, workflow_id: str) -> str | None:
-        """``missing``, ``closed``, or None while it runs."""
-        desc = await describe_or_none(self._client, workflow_id)
-        if desc is None:
-            return WORKFLOW_MISSING
-        if desc.status == WorkflowExecutionStatus.RUNNING:
-            return None
-        return WORKFLOW_CLOSED
 
 
 def reconciler_schedule(*, task_queue: str, every_s: float, inp: ReconcileInput) -> Schedule:

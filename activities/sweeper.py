@@ -11,9 +11,10 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client
 
 from activities.inventory import InventoryActivities
+from activities.orphans import OrphanActivities
 from domain.messages import ReleaseReport, ReservationKey, StaleReservations, SweepInput
 from domain.names import (
     ACT_FIND_STALE_RESERVATIONS,
@@ -24,11 +25,11 @@ from domain.names import (
     order_workflow_id,
 )
 from infra.hot_stock import reconcile_hot_counters
-from infra.temporal import describe_or_none, ensure_schedule, interval_schedule
+from infra.temporal import ensure_schedule, interval_schedule
 from store import sweeper as queries
 
 
-class SweeperActivities:
+class SweeperActivities(OrphanActivities):
     def __init__(
         self,
         *,
@@ -37,8 +38,7 @@ class SweeperActivities:
         inventory: InventoryActivities,
         redis: aioredis.Redis | None = None,
     ) -> None:
-        self._sessions = sessionmaker
-        self._client = client
+        super().__init__(sessionmaker=sessionmaker, client=client)
         self._inventory = inventory
         self._redis = redis
 
@@ -89,8 +89,7 @@ class SweeperActivities:
         return ReleaseReport(released_orders=released, released_units=units, still_running=running)
 
     async def _order_is_running(self, order_id: str) -> bool:
-        desc = await describe_or_none(self._client, order_workflow_id(order_id))
-        return desc is not None and desc.status == WorkflowExecutionStatus.RUNNING
+        return await self._workflow_state(order_workflow_id(order_id)) is None
 
 
 async def ensure_sweeper_schedule(
