@@ -120,9 +120,8 @@ class ReconcilerActivities(OrphanActivities):
     async def restart_order(self, req: RestartRequest) -> RestartResult:
         async with self._sessions() as s:
             inp = await queries.pending_order_input(s, order_id=req.subject_id)
-        if inp is None:
-            return RestartResult(False, "no longer PENDING, or no stored input")
-        return await self._restart(order_start(inp), req)
+        saga = order_start(inp) if inp is not None else None
+        return await self._restart(req, saga, "no longer PENDING, or no stored input")
 
     @activity.defn(name=ACT_FAIL_ORPHANED_ORDER)
     async def fail_orphaned_order(self, req: FailOrphanedOrder) -> FailResult:
@@ -163,15 +162,17 @@ class ReconcilerActivities(OrphanActivities):
             row = await queries.pending_refund(s, refund_id=req.subject_id)
         if row is None:
             return RestartResult(False, "no longer PENDING")
-        if row.location_id is None or row.payment_id is None:
-            return RestartResult(False, "its order or captured payment is gone")
-        inp = RefundInput.of(
-            row.refund,
-            payment_id=row.payment_id,
-            location_id=row.location_id,
-            notify_merchant=self._notify_merchant,
-        )
-        return await self._restart(refund_start(inp), req)
+        saga = None
+        if row.location_id is not None and row.payment_id is not None:
+            saga = refund_start(
+                RefundInput.of(
+                    row.refund,
+                    payment_id=row.payment_id,
+                    location_id=row.location_id,
+                    notify_merchant=self._notify_merchant,
+                )
+            )
+        return await self._restart(req, saga, "its order or captured payment is gone")
 
     # ---------------------------------------------------------------- finished orders
 
@@ -214,9 +215,14 @@ class ReconcilerActivities(OrphanActivities):
 
     # ------------------------------------------------------------------------- helpers
 
-    async def _restart(self, saga: SagaStart, req: RestartRequest) -> RestartResult:
+    async def _restart(
+        self, req: RestartRequest, saga: SagaStart | None, why_not: str
+    ) -> RestartResult:
         """Start the workflow of a PENDING row that has none, with the input stored with it
-        (an order's ``CheckoutInput``; a refund's amount and restock)."""
+        (an order's ``CheckoutInput``; a refund's amount and restock). With ``saga`` None
+        (the row lacks what it takes to rebuild one) nothing starts, for ``why_not``."""
+        if saga is None:
+            return RestartResult(False, why_not)
         try:
             await self._client.start_workflow(
                 saga.workflow,
