@@ -38,6 +38,10 @@ def refund_workflow_id(refund_id: str) -> str:
     return f"refund-{refund_id}"
 
 
+def notify_workflow_id(event_id: str) -> str:
+    return f"notify-{event_id}"
+
+
 # Workflow type names.
 ORDER_WORKFLOW = "OrderWorkflow"
 PAYMENT_WORKFLOW = "PaymentWorkflow"
@@ -107,11 +111,6 @@ ACT_RECONCILE_HOT_STOCK = "reconcile_hot_stock"
 NOTIFY_WORKFLOW = "NotifyMerchantWorkflow"
 ACT_NOTIFY_MERCHANT = "notify_merchant"
 ACT_RECORD_NOTIFICATION = "record_notification"
-
-
-def notify_workflow_id(event_id: str) -> str:
-    return f"notify-{event_id}"
-
 
 # Refunds: one RefundWorkflow per refund (``refund-<refund_id>``) on the orders queue.
 REFUND_WORKFLOW = "RefundWorkflow"
