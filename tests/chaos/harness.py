@@ -440,7 +440,9 @@ class Burst:
         for a in answers:
             if a is None:
                 p.problems.append(f"order {p.order_id}: a refund request never got an answer")
-            elif a.status == 202:
+            elif a.status in (200, 202):
+                # 202 the first time; 200 when a 503 (Temporal paused: "the refund is stored;
+                # retry with the same key") made call() repeat it and the repeat found it stored
                 p.refunds.append(a.body["refund_id"])
             elif not (a.status == 422 and p.refund == "race"):
                 p.problems.append(f"order {p.order_id}: refund answered {a.status} {a.body}")
