@@ -444,7 +444,9 @@ async def run_relay_task(relay: OutboxRelay) -> tuple[asyncio.Event, asyncio.Tas
 
 
 @pytest.mark.slow
-async def test_redis_restart_while_relaying_loses_nothing(sqlite_url: str, tmp_path: Path) -> None:
+async def test_redis_restart_while_relaying_loses_nothing(
+    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     engine = make_engine(to_async_url(sqlite_url))
@@ -480,7 +482,11 @@ async def test_redis_restart_while_relaying_loses_nothing(sqlite_url: str, tmp_p
     await engine.dispose()
     check_stream(events, expected)
     assert len(expected) >= 50
-    assert metrics.relay_errors.labels("redis")._value.get() > errors_before  # it did fail
+    # It did meet the outage: a publish failed, or the lease (held on the same Redis) could not
+    # be extended first and the relay stood by until Redis was back (which one depends on
+    # where the relay was when Redis died).
+    stood_by = [r for r in caplog.records if "lost its lease" in r.getMessage()]
+    assert metrics.relay_errors.labels("redis")._value.get() > errors_before or stood_by
 
 
 async def _xlen(url: str, stream: str) -> int:
