@@ -130,6 +130,13 @@ SHARD_ACTIVITIES: list[Callable[..., Any]] = [CourierActivities.request_match]
 waiting for their zone matcher's offer."""
 
 
+SHARD_LINGER_S = 1.5
+"""After a stopping shard leaves the ring it keeps polling its queues this long before the
+worker drains: a delivery that routed to it just before it left (the route read the ring a
+moment earlier) gets its ``request_match`` picked up (the offer comes through Redis from the
+zone's next shard, or the activity answers ``ShardMoved`` once the worker drains), instead
+of waiting out the match's schedule-to-start timeout on a queue nobody polls."""
+
 PSP_BREAKER_NAME = "psp"
 PSP_RATE_PREFIX = "ratelimit:psp"
 
@@ -582,6 +589,8 @@ async def serve(
     # other shards take the zones over while this worker drains.
     await asyncio.gather(*(svc.stop() for svc in services), return_exceptions=True)
     await asyncio.gather(*matchers, return_exceptions=True)
+    if services:
+        await asyncio.sleep(SHARD_LINGER_S)
     started = loop.time()
     await asyncio.gather(*(w.shutdown() for w in workers), *background, return_exceptions=True)
     log.info("worker drained in %.1fs", loop.time() - started)
