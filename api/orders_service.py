@@ -49,6 +49,7 @@ from domain.messages import (
     CourierEvent,
     CourierEventResult,
     DeliveryAddress,
+    DeliveryState,
     OrderLine,
     OrderTimeouts,
     OrderView,
@@ -65,6 +66,7 @@ from domain.names import (
     FAILURE_REASON_KEY,
     ORDER_STATUS_KEY,
     ORDER_TOTAL_CENTS_KEY,
+    QUERY_DELIVERY,
     QUERY_ORDER,
     UPDATE_CANCEL,
     UPDATE_COURIER_EVENT,
@@ -118,6 +120,15 @@ _STORED_NOT_STARTED = (
     "the workflow service is not answering; the order is stored and a retry with the "
     "same Idempotency-Key starts it"
 )
+
+
+_UNANSWERED = (
+    ApiProblem,  # the workflow service is unavailable
+    WorkflowNotRunning,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
+)
+"""A query that got no answer: the caller serves what it has."""
 
 
 @dataclass(frozen=True)
@@ -444,16 +455,26 @@ class OrdersService:
             live = await self._temporal.query(
                 order_workflow_id(order.order_id), QUERY_ORDER, OrderView
             )
-        except (
-            ApiProblem,  # the workflow service is unavailable
-            WorkflowNotRunning,
-            WorkflowQueryFailedError,
-            WorkflowQueryRejectedError,
-        ) as exc:
-            # The read model is at most one transition behind; better than no answer.
+        except _UNANSWERED as exc:
+            # The read model is a transition or two behind at most; better than no answer.
             log.info("query of order %s failed, serving the read model: %s", order.order_id, exc)
             return stored
+        if live.dispatching:
+            live = await self._with_offer(live)
         return asdict(live)
+
+    async def _with_offer(self, live: OrderView) -> OrderView:
+        """A dispatching order with the open offer as its delivery workflow knows it (orders
+        started with ``lean-history`` are not told of offers: ``OrderView.with_offer``)."""
+        try:
+            dispatch = await self._temporal.query(
+                delivery_workflow_id(live.order_id), QUERY_DELIVERY, DeliveryState
+            )
+        except _UNANSWERED as exc:
+            # Not started yet, or just ended (the order hears of it next): no open offer.
+            log.info("query of the delivery of %s failed: %s", live.order_id, exc)
+            return live
+        return live.with_offer(dispatch)
 
     async def get(self, session: AsyncSession, order_id: str) -> OrderView:
         order = await self._load(session, order_id)

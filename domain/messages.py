@@ -6,7 +6,7 @@ Fields with defaults can be added later without breaking histories already recor
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from domain.names import ORDER_WORKFLOW, REFUND_WORKFLOW, order_workflow_id, refund_workflow_id
 from domain.status import (
@@ -197,6 +197,19 @@ class OrderView:
             created_at=at,
             updated_at=at,
         )
+
+    @property
+    def dispatching(self) -> bool:
+        """A courier is being looked for: the open offer lives in the delivery's query."""
+        return self.delivery.status == DeliveryStatus.DISPATCHING
+
+    def with_offer(self, dispatch: DeliveryState) -> OrderView:
+        """This view with the open offer as the delivery workflow knows it. Deliveries started
+        with ``quiet-dispatch`` do not tell the order of offers: while it dispatches, whoever
+        reads it (the API, the tests) lays the delivery's state over."""
+        if not self.dispatching or dispatch.status != DeliveryStatus.DISPATCHING:
+            return self
+        return replace(self, delivery=replace(self.delivery, offered_to=dispatch.offered_to))
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,15 @@ MATCH_SCHEDULE_TO_START = timedelta(seconds=5)
 """Nobody polled the shard's queue this long (its worker is gone): route again."""
 REROUTE_PAUSE = timedelta(seconds=1)
 
+PATCH_QUIET_DISPATCH = "quiet-dispatch"
+"""Runs started with it tell the order only that a courier accepted (the signal that must be
+in the order's history before the courier's pick-up can be), not each offer made and
+withdrawn, nor the failure, which the result carries: readers of a dispatching order take
+the open offer from this workflow's ``delivery`` query (``OrderView.with_offer``). It implies
+the three patches before it (``batch-dispatch``, ``local-dispatch-steps``,
+``release-bound-courier-on-cancel``), which such runs no longer check: one marker instead of
+three. Runs started before it replay the old commands (docs/replay.md)."""
+
 
 @workflow.defn(name=names.DELIVERY_WORKFLOW)
 class DeliveryWorkflow:
@@ -78,6 +87,8 @@ class DeliveryWorkflow:
         self._declined: set[str] = set()
         self._local = False
         """Short steps as local activities (``PATCH_LOCAL_DISPATCH_STEPS``); set at the start."""
+        self._quiet = False
+        """Offers not signalled to the order (``PATCH_QUIET_DISPATCH``); set at the start."""
         self._matching: MatchRequest | None = None
         """The zone matcher may be writing an offer of this order to some courier right now
         (``request_match`` running): an answer waits for it, a cancel withdraws it."""
@@ -139,9 +150,12 @@ class DeliveryWorkflow:
     @workflow.run
     async def run(self, inp: DeliveryInput) -> DeliveryResult:
         offers = 0
-        self._local = workflow.patched(PATCH_LOCAL_DISPATCH_STEPS)
+        # A run with the newest patch was started by code that has the older ones: they are
+        # taken as given, without a marker (and search-attribute upsert) of their own each.
+        self._quiet = workflow.patched(PATCH_QUIET_DISPATCH)
+        self._local = self._quiet or workflow.patched(PATCH_LOCAL_DISPATCH_STEPS)
         try:
-            batch = workflow.patched(PATCH_BATCH_DISPATCH)
+            batch = self._quiet or workflow.patched(PATCH_BATCH_DISPATCH)
             for _ in range(inp.max_offers):
                 courier, nobody = await (
                     self._matched(inp) if batch else self._nearest_offered(inp)
@@ -156,7 +170,9 @@ class DeliveryWorkflow:
                         )
                     continue
                 offers += 1
-                await self._tell_parent(DeliveryProgress(DeliveryStatus.DISPATCHING, courier))
+                await self._tell_parent_unless_quiet(
+                    DeliveryProgress(DeliveryStatus.DISPATCHING, courier)
+                )
                 workflow.set_current_details(
                     f"offer {offers}/{inp.max_offers}: waiting {inp.offer_timeout_s:.0f}s for {courier}"
                 )
@@ -178,20 +194,22 @@ class DeliveryWorkflow:
                 self._state.offered_to = None
                 await self._release(courier)
                 self._bound = None
-                await self._tell_parent(DeliveryProgress(DeliveryStatus.DISPATCHING, None))
+                await self._tell_parent_unless_quiet(
+                    DeliveryProgress(DeliveryStatus.DISPATCHING, None)
+                )
         except asyncio.CancelledError:
             offered = self._state.offered_to
             self._state.offered_to = None
             if self._matching is not None:
                 matching, self._matching = self._matching, None
                 await asyncio.shield(asyncio.ensure_future(self._withdraw(matching)))
-            if workflow.patched(PATCH_RELEASE_BOUND_COURIER):
+            if self._quiet or workflow.patched(PATCH_RELEASE_BOUND_COURIER):
                 await asyncio.shield(asyncio.ensure_future(self._release_bound()))
             elif offered is not None and not self._assigned:
                 await asyncio.shield(asyncio.ensure_future(self._release(offered)))
             raise
         self._state.status = DeliveryStatus.FAILED
-        await self._tell_parent(DeliveryProgress(DeliveryStatus.FAILED, None))
+        await self._tell_parent_unless_quiet(DeliveryProgress(DeliveryStatus.FAILED, None))
         workflow.set_current_details(f"no courier accepted after {offers} offers")
         return DeliveryResult(DeliveryStatus.FAILED, None, offers)
 
@@ -296,3 +314,11 @@ class DeliveryWorkflow:
 
     async def _tell_parent(self, progress: DeliveryProgress) -> None:
         await tell_parent(self._inp.parent_workflow_id, names.SIGNAL_DELIVERY_PROGRESS, progress)
+
+    async def _tell_parent_unless_quiet(self, progress: DeliveryProgress) -> None:
+        """Offers made and withdrawn, and the failure (which the result carries too), are told
+        to the order only on runs from before ``PATCH_QUIET_DISPATCH``; the assignment always is: it
+        must be in the order's history before the courier hears back (the pick-up comes next,
+        and the order judges it by the courier it was told of)."""
+        if not self._quiet:
+            await self._tell_parent(progress)

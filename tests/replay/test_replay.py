@@ -21,6 +21,7 @@ from domain import names
 from domain.messages import (
     CheckoutInput,
     DeliveryInput,
+    DeliveryProgress,
     DeliveryResult,
     OrderView,
     PaymentResult,
@@ -213,6 +214,55 @@ async def test_replay_detects_the_payment_moved_back_into_a_child_workflow() -> 
     )
     # The child workflow the edit starts meets the authorize activity the history scheduled.
     assert "child workflow" in failure.lower() and names.ACT_AUTHORIZE_PAYMENT in failure, failure
+
+
+@workflow.defn(name=names.ORDER_WORKFLOW, sandboxed=False)
+class _ReservedOnItsOwnAgainOrderWorkflow(OrderWorkflow):
+    """Today's saga with one careless edit: every status is written on its own again (and
+    its search attribute set) on runs that took the ``lean-history`` branch."""
+
+    @workflow.run
+    async def run(self, inp: CheckoutInput) -> OrderView:
+        return await super().run(inp)
+
+    async def _transition(  # type: ignore[no-untyped-def]
+        self, status, reason=None, *, write: bool = True
+    ) -> None:
+        lean, self._lean = self._lean, False
+        try:
+            await super()._transition(status, reason, write=write or lean)
+        finally:
+            self._lean = lean
+
+
+async def test_replay_detects_reserved_written_on_its_own_again() -> None:
+    failure = await nondeterminism(
+        "happy_path.OrderWorkflow.json",
+        _ReservedOnItsOwnAgainOrderWorkflow,
+        PaymentWorkflow,
+        DeliveryWorkflow,
+    )
+    assert "UpsertWorkflowSearchAttributes" in failure or "LocalActivity" in failure, failure
+
+
+@workflow.defn(name=names.DELIVERY_WORKFLOW, sandboxed=False)
+class _ChattyDeliveryWorkflow(DeliveryWorkflow):
+    """Today's dispatch with one careless edit: it signals every offer again on runs that
+    took the ``quiet-dispatch`` branch."""
+
+    @workflow.run
+    async def run(self, inp: DeliveryInput) -> DeliveryResult:
+        return await super().run(inp)
+
+    async def _tell_parent_unless_quiet(self, progress: DeliveryProgress) -> None:
+        await self._tell_parent(progress)
+
+
+async def test_replay_detects_offers_signalled_to_a_quiet_parent_again() -> None:
+    failure = await nondeterminism(
+        "happy_path.DeliveryWorkflow.json", OrderWorkflow, _ChattyDeliveryWorkflow
+    )
+    assert "SignalExternal" in failure or "signal" in failure.lower(), failure
 
 
 async def test_a_payment_child_of_an_order_from_before_inline_payment_still_replays() -> None:

@@ -30,12 +30,14 @@ from domain.messages import (
     CourierEvent,
     CourierEventResult,
     DeliveryAddress,
+    DeliveryState,
     OrderLine,
     OrderTimeouts,
     OrderView,
 )
 from domain.money import DELIVERY_FEE_CENTS
 from domain.names import (
+    QUERY_DELIVERY,
     QUERY_ORDER,
     UPDATE_COURIER_EVENT,
     UPDATE_COURIER_RESPONSE,
@@ -207,7 +209,18 @@ class Stack:
 
 
 async def view_of(handle: WorkflowHandle[Any, Any]) -> OrderView:
-    return await handle.query(QUERY_ORDER, result_type=OrderView)
+    """The order as the API shows it: its workflow's view, with the open offer from the
+    delivery's query while it dispatches (``OrderView.with_offer``)."""
+    view = await handle.query(QUERY_ORDER, result_type=OrderView)
+    if not view.dispatching:
+        return view
+    # The handle has no public client; the delivery lives on the same one.
+    delivery = handle._client.get_workflow_handle(delivery_workflow_id(view.order_id))
+    try:
+        state = await delivery.query(QUERY_DELIVERY, result_type=DeliveryState)
+    except Exception:  # not started yet: no offer
+        return view
+    return view.with_offer(state)
 
 
 async def wait_for_view(

@@ -198,3 +198,27 @@ def _enum_types(value: object) -> list[type]:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return [t for f in dataclasses.fields(value) for t in _enum_types(getattr(value, f.name))]
     return []
+
+
+def test_a_dispatching_view_shows_the_offer_the_delivery_holds_and_no_other() -> None:
+    dispatching = dataclasses.replace(
+        _VIEW,
+        status=OrderStatus.DISPATCHING,
+        failure_reason=None,
+        delivery=DeliveryView(DeliveryStatus.DISPATCHING),
+    )
+    offered = dispatching.with_offer(DeliveryState(DeliveryStatus.DISPATCHING, "k_7"))
+    assert offered.delivery == DeliveryView(DeliveryStatus.DISPATCHING, "k_7", None)
+    assert dispatching.delivery.offered_to is None  # a new view; the one given is untouched
+    # The offer closed again (declined, timed out): none shown, even if the order heard of it.
+    told = dataclasses.replace(
+        dispatching, delivery=DeliveryView(DeliveryStatus.DISPATCHING, "k_7")
+    )
+    assert (
+        told.with_offer(DeliveryState(DeliveryStatus.DISPATCHING, None)).delivery.offered_to is None
+    )
+    # A delivery that has ended (assigned, failed) or an order past dispatching: as it is.
+    assert (
+        dispatching.with_offer(DeliveryState(DeliveryStatus.ASSIGNED, None, "k_7")) == dispatching
+    )
+    assert _VIEW.with_offer(DeliveryState(DeliveryStatus.DISPATCHING, "k_7")) == _VIEW
