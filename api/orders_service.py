@@ -85,7 +85,7 @@ from domain.status import (
 from infra import metrics as business_metrics
 from infra.hot_stock import read_counters
 from infra.telemetry import metrics
-from store import orders
+from store import couriers, orders
 from store import refunds as refund_book
 from store.models import Location, Order, utcnow_iso
 from store.orders import checkout_input_of
@@ -607,6 +607,15 @@ class OrdersService:
     ) -> bool:
         """After its workflow has closed: is this event one the order already took from this
         courier (its accept, or its delivery)?"""
+        if event.type == CourierEventType.ACCEPTED:
+            # The courier's row says so from the accept on (until it is freed), also while the
+            # order's workflow cannot be asked and its read model is a transition behind.
+            assigned = await couriers.assigned_to(
+                session, order_id=order_id, courier_id=event.courier_id
+            )
+            await session.commit()
+            if assigned:
+                return True
         view = await self.get(session, order_id)
         if view.delivery.courier_id != event.courier_id:
             return False

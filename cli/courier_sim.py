@@ -131,6 +131,18 @@ class CourierSimulator:
                 log.info("%s %s order %s", courier_id, kind, order_id)
             elif status == 409 and resuming and kind == "picked_up":
                 log.info("%s: order %s is past pick-up already", courier_id, order_id)
+            elif status == 409 and kind == "accepted":
+                # Refused, or taken already: an accept whose answer was lost (a timeout while
+                # the dispatch worker drained) and was sent again meets a delivery that has
+                # assigned the courier and closed. The next poll decides from the courier's
+                # row: ASSIGNED to this order, it resumes at the pick-up; free, nothing.
+                log.info(
+                    "%s: accept of order %s refused (409); the next poll looks again",
+                    courier_id,
+                    order_id,
+                )
+                self._handled.discard((courier_id, order_id))
+                return
             elif status == 409:
                 log.info(
                     "%s: %s for order %s refused (409); dropping it", courier_id, kind, order_id

@@ -186,6 +186,18 @@ async def release(s: AsyncSession, *, order_id: str, courier_id: str) -> bool:
     return res.first() is not None
 
 
+async def assigned_to(s: AsyncSession, *, order_id: str, courier_id: str) -> bool:
+    """Does this courier's row say it is assigned to this order (its accept was taken)?"""
+    held = (
+        await s.execute(
+            select(C.c.current_order_id).where(
+                (C.c.courier_id == courier_id) & (C.c.assignment == ASSIGNED)
+            )
+        )
+    ).scalar_one_or_none()
+    return held == order_id
+
+
 async def holder_of(s: AsyncSession, *, order_id: str) -> str | None:
     """The courier whose row holds this order (offered or assigned), if any."""
     return (

@@ -526,6 +526,12 @@ class CourierDriver:
                 self.accepted += 1
             elif step == "declined":
                 self.declined += 1
+            if answer is not None and answer.status == 409 and step == "accepted":
+                # Refused, or the answer to an accept that landed was lost (a 503 while
+                # Temporal paused, then the repeat met a closed delivery): the next poll looks
+                # at the courier's row again, as the courier app would.
+                self.handled.discard((courier, order))
+                return
             if answer is None or answer.status != 202:
                 return  # refused (the order was cancelled, the offer lapsed): nothing to play
 
