@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import TypeAdapter
 from redis.exceptions import RedisError
@@ -129,6 +129,7 @@ _UNANSWERED = (
     WorkflowQueryRejectedError,
 )
 """A query that got no answer: the caller serves what it has."""
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -447,34 +448,32 @@ class OrdersService:
         return order_resource(with_refunds(view, refunds.get(order.order_id, [])))
 
     async def _order_view(self, order: Order) -> dict[str, Any]:
-        """The workflow's own view while it runs, else the read model."""
+        """The workflow's own view while it runs, else the read model (a transition or two
+        behind at most; better than no answer)."""
         stored = dict(order.view)
         if order.status in TERMINAL_STATUSES or self._state.temporal.client is None:
             return stored
-        try:
-            live = await self._temporal.query(
-                order_workflow_id(order.order_id), QUERY_ORDER, OrderView
-            )
-        except _UNANSWERED as exc:
-            # The read model is a transition or two behind at most; better than no answer.
-            log.info("query of order %s failed, serving the read model: %s", order.order_id, exc)
+        live = await self._query(order_workflow_id(order.order_id), QUERY_ORDER, OrderView)
+        if live is None:
             return stored
         if live.dispatching:
-            live = await self._with_offer(live)
+            # The open offer as the delivery knows it: deliveries started with
+            # ``quiet-dispatch`` do not tell the order (``OrderView.with_offer``). None: not
+            # started yet, or just ended (the order hears of it next), so no open offer.
+            dispatch = await self._query(
+                delivery_workflow_id(order.order_id), QUERY_DELIVERY, DeliveryState
+            )
+            if dispatch is not None:
+                live = live.with_offer(dispatch)
         return asdict(live)
 
-    async def _with_offer(self, live: OrderView) -> OrderView:
-        """A dispatching order with the open offer as its delivery workflow knows it (orders
-        started with ``lean-history`` are not told of offers: ``OrderView.with_offer``)."""
+    async def _query(self, workflow_id: str, query: str, result_type: type[_T]) -> _T | None:
+        """The workflow's answer, or None (logged) when it gives none."""
         try:
-            dispatch = await self._temporal.query(
-                delivery_workflow_id(live.order_id), QUERY_DELIVERY, DeliveryState
-            )
+            return await self._temporal.query(workflow_id, query, result_type)
         except _UNANSWERED as exc:
-            # Not started yet, or just ended (the order hears of it next): no open offer.
-            log.info("query of the delivery of %s failed: %s", live.order_id, exc)
-            return live
-        return live.with_offer(dispatch)
+            log.info("query %s of %s failed: %s", query, workflow_id, exc)
+            return None
 
     async def get(self, session: AsyncSession, order_id: str) -> OrderView:
         order = await self._load(session, order_id)

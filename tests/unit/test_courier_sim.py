@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 import httpx
 
@@ -46,16 +47,19 @@ class _Api:
         return httpx.Response(status, json={})
 
 
-async def _play(api: _Api, within_s: float) -> None:
+async def _play(
+    answer: Callable[[httpx.Request], httpx.Response], until: Callable[[], bool], within_s: float
+) -> None:
+    """Run the simulator against ``answer`` until ``until()`` or ``within_s`` has passed."""
     stop = asyncio.Event()
     async with httpx.AsyncClient(
-        transport=httpx.MockTransport(api), base_url="http://api.test"
+        transport=httpx.MockTransport(answer), base_url="http://api.test"
     ) as http:
         sim = CourierSimulator(http, prefix="k-", step_s=0.0, stop=stop)
         task = asyncio.create_task(sim.run())
         deadline = asyncio.get_running_loop().time() + within_s
-        while ("delivered", 202) not in api.events:
-            if asyncio.get_running_loop().time() > deadline:
+        while asyncio.get_running_loop().time() < deadline:
+            if until():
                 break
             await asyncio.sleep(0.05)
         stop.set()
@@ -64,7 +68,7 @@ async def _play(api: _Api, within_s: float) -> None:
 
 async def test_an_accept_that_landed_unseen_is_followed_by_the_pick_up_and_delivery() -> None:
     api = _Api()
-    await _play(api, within_s=10)
+    await _play(api, lambda: ("delivered", 202) in api.events, within_s=10)
     assert api.events == [("accepted", 409), ("picked_up", 202), ("delivered", 202)]
 
 
@@ -78,13 +82,5 @@ async def test_a_refused_accept_of_an_offer_that_went_away_sends_nothing_more() 
             return httpx.Response(409, json={"code": "out_of_order"})
         return api(request)
 
-    stop = asyncio.Event()
-    async with httpx.AsyncClient(
-        transport=httpx.MockTransport(refuse), base_url="http://api.test"
-    ) as http:
-        sim = CourierSimulator(http, prefix="k-", step_s=0.0, stop=stop)
-        task = asyncio.create_task(sim.run())
-        await asyncio.sleep(2.0)  # four polls
-        stop.set()
-        await task
+    await _play(refuse, lambda: False, within_s=2.0)  # four polls
     assert api.events == [("accepted", 409)]
