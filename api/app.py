@@ -37,11 +37,13 @@ from api.routes import (
     repairs,
 )
 from api.state import AppState, TemporalConnector
+from api.write_behind import WriteBehind
 from domain.names import DISPATCH_TASK_QUEUE, ORDERS_TASK_QUEUE
 from infra.cache import CacheAside
 from infra.ratelimit import GcraLimiter
 from infra.redis import make_redis
 from infra.settings import Settings, get_settings, to_sync_url
+from infra.sold_out_edge import SoldOutEdge
 from infra.telemetry import instrument_app, setup_tracing
 from store.db import make_engine, make_sessionmaker
 from store.schema import migrate
@@ -131,6 +133,12 @@ def create_app(
         temporal = TemporalConnector(settings, temporal_client)
         temporal.start()
         sessionmaker = make_sessionmaker(db)
+        limiter = GcraLimiter(
+            cache_redis,
+            rate_per_s=settings.checkout_rate_per_s,
+            burst=settings.checkout_burst,
+            prefix=CHECKOUT_RATE_PREFIX,
+        )
         app.state.tradeflow = AppState(
             settings=settings,
             engine=db,
@@ -138,19 +146,19 @@ def create_app(
             redis=cache_redis,
             temporal=temporal,
             catalogue=Catalogue(sessionmaker, CacheAside(cache_redis, prefix=PRODUCT_CACHE_PREFIX)),
-            checkout_limiter=GcraLimiter(
-                cache_redis,
-                rate_per_s=settings.checkout_rate_per_s,
-                burst=settings.checkout_burst,
-                prefix=CHECKOUT_RATE_PREFIX,
-            ),
+            checkout_limiter=limiter,
+            edge=SoldOutEdge(cache_redis, limiter, ttl_s=settings.edge_idempotency_ttl_s),
             orders_task_queue=orders_task_queue,
             dispatch_task_queue=dispatch_task_queue,
             search_attributes=search_attributes,
         )
+        # Losers answered at the edge, written to SQL behind their answers (api/write_behind.py).
+        write_behind = app.state.write_behind = WriteBehind(sessionmaker, cache_redis, settings)
+        write_behind.start()
         try:
             yield
         finally:
+            await write_behind.stop()
             await app.state.tradeflow.auth.aclose()
             await temporal.stop()
             if redis is None:

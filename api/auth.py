@@ -43,6 +43,7 @@ from api.errors import FORBIDDEN, NOT_FOUND, UNAUTHORIZED, ApiProblem, unavailab
 from domain.roles import STAFF_ROLES, Role
 from infra.ratelimit import GcraLimiter
 from infra.settings import Settings, parse_rate
+from infra.sold_out_edge import order_copy
 from store import courier_tokens
 from store.models import Order
 
@@ -347,6 +348,7 @@ class Authenticator:
         self.mode = auth_mode(settings)
         self._settings = settings
         self._sessionmaker = sessionmaker
+        self._redis = redis
         self._admin_token = admin_token
         self._verifier: JwtVerifier | None = None
         self._failures = GcraLimiter(
@@ -505,7 +507,14 @@ class Authenticator:
                 )
             ).first()
             await session.commit()
-        return None if row is None else str(row[0])
+        if row is not None:
+            return str(row[0])
+        # A loser answered at the edge and not written to SQL yet (api/write_behind.py).
+        try:
+            copy = await order_copy(self._redis, order_id)
+        except (RedisError, OSError):
+            return None
+        return None if copy is None else str(copy["customer_id"])
 
 
 def client_address(request: Request) -> str:

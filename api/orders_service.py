@@ -81,13 +81,13 @@ from domain.status import (
     PaymentStatus,
 )
 from infra import metrics as business_metrics
-from infra.hot_stock import read_counters
+from infra.ratelimit import RateDecision
+from infra.sold_out_edge import Verdict, order_copy
 from infra.telemetry import metrics
 from store import orders
 from store import refunds as refund_book
 from store.models import Location, Order, utcnow_iso
 from store.orders import checkout_input_of
-from store.outbox import appended_events
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,8 @@ class Placed:
     created: bool
     """False when the request repeated an earlier one (same customer, key and body)."""
     order: OrderView
+    body: bytes | None = None
+    """``order`` as JSON when it was made already (a loser answered at the edge)."""
 
 
 def request_hash(body: CheckoutBody) -> str:
@@ -175,6 +177,87 @@ def with_refunds(view: dict[str, Any], refunds: list[RefundView]) -> dict[str, A
     return view
 
 
+def price_lines(
+    products: dict[str, dict[str, Any] | None], lines: list[tuple[str, int]]
+) -> tuple[str, list[OrderLine]]:
+    """The cart priced from the catalogue's products (the price snapshot): its currency and
+    lines; 422 for an unknown SKU, mixed currencies, a quantity or total out of bounds."""
+    unknown = [sku for sku, p in products.items() if p is None]
+    if unknown:
+        metrics.checkout_rejected.labels(code=UNKNOWN_SKU).inc()
+        raise ApiProblem(
+            422,
+            UNKNOWN_SKU,
+            f"unknown SKU(s): {', '.join(unknown[:10])}",
+            extra={"skus": unknown},
+        )
+    currencies = sorted({str(p["currency"]) for p in products.values() if p is not None})
+    if len(currencies) != 1:
+        raise ApiProblem(
+            422,
+            CURRENCY_MISMATCH,
+            f"all items must be sold in one currency, got {', '.join(currencies)}",
+        )
+    priced = []
+    for sku, quantity in lines:
+        if quantity > MAX_QUANTITY:
+            raise ApiProblem(
+                422, VALIDATION_ERROR, f"quantity of {sku} exceeds {MAX_QUANTITY} in total"
+            )
+        product = products[sku]
+        assert product is not None
+        priced.append(
+            OrderLine(
+                sku=sku,
+                quantity=quantity,
+                unit_price_cents=int(product["price_cents"]),
+                hot=bool(product.get("hot", False)),
+            )
+        )
+    total = sum(line_total(li.unit_price_cents, li.quantity) for li in priced)
+    if total + DELIVERY_FEE_CENTS > INT32_MAX:
+        raise ApiProblem(422, VALIDATION_ERROR, "order total is too large")
+    return currencies[0], priced
+
+
+def _rate_limited(decision: RateDecision) -> ApiProblem:
+    metrics.checkout_rejected.labels(code=RATE_LIMITED).inc()
+    return ApiProblem(
+        429,
+        RATE_LIMITED,
+        f"too many orders for this customer; retry in {decision.retry_after_header} s",
+        headers={"Retry-After": decision.retry_after_header},
+    )
+
+
+def _key_reused(order_id: str) -> ApiProblem:
+    return ApiProblem(
+        422,
+        IDEMPOTENCY_KEY_REUSED,
+        "this Idempotency-Key was used with a different request body",
+        extra={"order_id": order_id},
+    )
+
+
+@dataclass(frozen=True)
+class _Normal:
+    """What the edge did for a checkout that goes on to the normal path."""
+
+    priced: tuple[str, list[OrderLine]] | None = None
+    view: OrderView | None = None
+    """The order as accepted (its id is the one the edge registered the key with)."""
+    rate_taken: bool = False
+
+
+@dataclass(frozen=True)
+class _Loser:
+    view: OrderView
+    body: bytes
+    """The 202 body (the view's JSON)."""
+    row: str
+    """The row as the write-behind inserts it (JSON)."""
+
+
 class OrdersService:
     def __init__(self, state: AppState) -> None:
         self._state = state
@@ -185,8 +268,15 @@ class OrdersService:
     async def place(self, session: AsyncSession, body: CheckoutBody, key: str) -> Placed:
         started = time.perf_counter()
         digest = request_hash(body)
-        # A repeat is answered from what was stored, before anything that may have changed
-        # since it was first accepted (the customer's rate, the catalogue): one indexed read.
+        merged = merge_lines(body)
+        edge = await self._at_the_edge(session, body, key, digest, merged)
+        if isinstance(edge, Placed):
+            metrics.checkout_latency.observe(time.perf_counter() - started)
+            return edge
+
+        # The normal path. A repeat is answered from what was stored, before anything that
+        # may have changed since it was first accepted (the customer's rate, the catalogue):
+        # one indexed read. (The edge's index cannot stand in for it: it may be incomplete.)
         existing = await orders.order_by_key(
             session, customer_id=body.customer_id, idempotency_key=key
         )
@@ -195,55 +285,25 @@ class OrdersService:
         if existing is not None:
             return await self._repeat(existing, body, digest)
 
-        await self._check_rate(body.customer_id)
-        currency, lines = await self._price(merge_lines(body))
-        now = utcnow_iso()
-        view = self._initial_view(body, currency, lines, now)
+        if not edge.rate_taken:
+            await self._check_rate(body.customer_id)
+        currency, lines = edge.priced or await self._price(merged)
+        view = edge.view or self._initial_view(body, currency, lines, utcnow_iso())
         inp = self._checkout_input(asdict(view), body, {li.sku for li in lines if li.hot})
 
         location = await session.get(Location, body.location_id)
         if location is None:
             await session.rollback()
             raise ApiProblem(422, UNKNOWN_LOCATION, f"location {body.location_id!r} does not exist")
-        sold_out = await self._sold_out_at_the_edge(body.location_id, lines)
-        if sold_out:
-            # A flash sale's loser: the Redis counter that the order's first step would ask
-            # says no, so the answer is given here, with no workflow (docs/inventory.md).
-            view = replace(
-                view,
-                status=OrderStatus.FAILED,
-                failure_reason=FailureReason.OUT_OF_STOCK,
-                timeline=[*view.timeline, TimelineEntry(OrderStatus.FAILED, now)],
-            )
         inserted = await orders.insert_order_if_new(
             session,
             row={
-                "order_id": view.order_id,
-                "customer_id": body.customer_id,
-                "idempotency_key": key,
-                "request_hash": digest,
-                "location_id": body.location_id,
-                "status": view.status,
-                "failure_reason": view.failure_reason,
-                "currency": currency,
-                "total_cents": view.amounts.total_cents,
-                # A final row: no workflow write can follow one that never started.
-                "seq": orders.FINAL_SEQ if sold_out else 0,
-                "view": asdict(view),
-                "created_at": now,
-                "updated_at": now,
+                **self._row(body, key, digest, view),
+                "seq": 0,
                 # The exact input, so a retry and the reconciler start this and nothing else.
                 "checkout_input": asdict(inp),
             },
         )
-        if inserted and sold_out:
-            # Its timeline and order events, in the same transaction, as a workflow's would be.
-            await orders.append_timeline(session, asdict(view))
-            await session.commit()
-            business_metrics.observe_status_changes(asdict(view), appended_events(session))
-            metrics.orders_created.inc()
-            metrics.checkout_latency.observe(time.perf_counter() - started)
-            return Placed(created=True, order=view)
         if inserted:
             await session.commit()
             metrics.orders_created.inc()
@@ -262,15 +322,115 @@ class OrdersService:
             raise RuntimeError(f"order with key {key!r} conflicted on insert but cannot be read")
         return await self._repeat(existing, body, digest)
 
+    @staticmethod
+    def _row(body: CheckoutBody, key: str, digest: str, view: OrderView) -> dict[str, Any]:
+        """The read-model row of a new order, without ``seq`` and ``checkout_input``."""
+        return {
+            "order_id": view.order_id,
+            "customer_id": body.customer_id,
+            "idempotency_key": key,
+            "request_hash": digest,
+            "location_id": body.location_id,
+            "status": view.status.value,
+            "failure_reason": view.failure_reason.value if view.failure_reason else None,
+            "currency": view.currency,
+            "total_cents": view.amounts.total_cents,
+            "view": asdict(view),
+            "created_at": view.created_at,
+            "updated_at": view.updated_at,
+        }
+
+    async def _at_the_edge(
+        self,
+        session: AsyncSession,
+        body: CheckoutBody,
+        key: str,
+        digest: str,
+        merged: list[tuple[str, int]],
+    ) -> Placed | _Normal:
+        """The sold-out edge (infra/sold_out_edge.py, docs/inventory.md): one Redis round trip
+        that answers a repeat of a loser, takes the rate-limit token, and answers a flash
+        sale's loser with no SQL and no workflow. Anything else goes on to the normal path,
+        told what was done here (priced, the key registered, the token taken)."""
+        products = await self._state.catalogue.products(sku for sku, _ in merged)
+        if any(p is None for p in products.values()):
+            return _Normal()  # unknown SKU: the normal path says so, after its repeat check
+        try:
+            currency, lines = price_lines(products, merged)
+        except ApiProblem:
+            return _Normal()  # the same: a repeat is answered before the cart's problem
+        view = self._initial_view(body, currency, lines, utcnow_iso())
+        normal = _Normal(priced=(currency, lines), view=view)
+        hot = [(li.sku, li.quantity) for li in lines if li.hot]
+        loser = self._loser(body, key, digest, view, lines) if hot else None
+        checked = False
+        while True:
+            try:
+                answer = await self._state.edge.ask(
+                    customer_id=body.customer_id,
+                    key=key,
+                    order_id=view.order_id,
+                    request_hash=digest,
+                    location_id=body.location_id,
+                    hot=hot,
+                    loser_row=loser.row if loser is not None else "",
+                    checked=checked,
+                )
+            except (RedisError, OSError) as exc:
+                # Unknown: the normal path (its own rate check fails open; the workflow decides).
+                log.info("sold-out edge unavailable, taking the normal path: %s", exc)
+                return normal
+            verdict = answer.verdict
+            if verdict == Verdict.SOLD_OUT and loser is not None:
+                business_metrics.flash_sale_claims.labels("sold_out").inc(answer.short_lines)
+                metrics.orders_created.inc()
+                return Placed(created=True, order=loser.view, body=loser.body)
+            if verdict == Verdict.PROCEED:
+                return replace(normal, rate_taken=True)
+            if verdict == Verdict.RATE_LIMITED:
+                assert answer.rate is not None
+                raise _rate_limited(answer.rate)
+            if verdict == Verdict.REPEAT_EDGE:
+                if answer.request_hash != digest:
+                    raise _key_reused(str(answer.order_id))
+                if answer.row is None:
+                    return normal  # its copy is gone: SQL has it once drained
+                return Placed(created=False, order=order_resource(answer.row["view"]))
+            if verdict == Verdict.UNKNOWN_KEY and not checked:
+                # Sold out, and the index may not know every key (docs/inventory.md): SQL does.
+                existing = await orders.order_by_key(
+                    session, customer_id=body.customer_id, idempotency_key=key
+                )
+                await session.commit()
+                if existing is not None:
+                    return await self._repeat(existing, body, digest)
+                checked = True
+                continue
+            return normal  # REPEAT_NORMAL: SQL answers
+
+    def _loser(
+        self, body: CheckoutBody, key: str, digest: str, view: OrderView, lines: list[OrderLine]
+    ) -> _Loser:
+        """The answer and the row of this checkout if the edge finds it sold out: FAILED /
+        OUT_OF_STOCK at once, a final row (no workflow write can follow one never started)."""
+        at = view.created_at
+        failed = replace(
+            view,
+            status=OrderStatus.FAILED,
+            failure_reason=FailureReason.OUT_OF_STOCK,
+            timeline=[*view.timeline, TimelineEntry(OrderStatus.FAILED, at)],
+        )
+        inp = self._checkout_input(asdict(view), body, {li.sku for li in lines if li.hot})
+        row = {**self._row(body, key, digest, failed), "seq": orders.FINAL_SEQ}
+        row["checkout_input"] = asdict(inp)
+        view_json = json.dumps(row.pop("view"), separators=(",", ":"))
+        head = json.dumps(row, separators=(",", ":"))
+        return _Loser(view=failed, body=view_json.encode(), row=f'{head[:-1]},"view":{view_json}}}')
+
     async def _repeat(self, existing: Order, body: CheckoutBody, digest: str) -> Placed:
         """The answer to a request whose key was used before: the stored order, or 422."""
         if existing.request_hash != digest:
-            raise ApiProblem(
-                422,
-                IDEMPOTENCY_KEY_REUSED,
-                "this Idempotency-Key was used with a different request body",
-                extra={"order_id": existing.order_id},
-            )
+            raise _key_reused(existing.order_id)
         if existing.status == OrderStatus.PENDING:
             await self._start(await self._stored_input(existing, body))
         return Placed(created=False, order=await self.current_view(existing))
@@ -294,68 +454,11 @@ class OrdersService:
             log.warning("rate limiter unavailable, letting %s through: %s", customer_id, exc)
             return
         if not decision.allowed:
-            metrics.checkout_rejected.labels(code=RATE_LIMITED).inc()
-            raise ApiProblem(
-                429,
-                RATE_LIMITED,
-                f"too many orders for this customer; retry in {decision.retry_after_header} s",
-                headers={"Retry-After": decision.retry_after_header},
-            )
+            raise _rate_limited(decision)
 
     async def _price(self, lines: list[tuple[str, int]]) -> tuple[str, list[OrderLine]]:
         products = await self._state.catalogue.products(sku for sku, _ in lines)
-        unknown = [sku for sku, p in products.items() if p is None]
-        if unknown:
-            metrics.checkout_rejected.labels(code=UNKNOWN_SKU).inc()
-            raise ApiProblem(
-                422,
-                UNKNOWN_SKU,
-                f"unknown SKU(s): {', '.join(unknown[:10])}",
-                extra={"skus": unknown},
-            )
-        currencies = sorted({str(p["currency"]) for p in products.values() if p is not None})
-        if len(currencies) != 1:
-            raise ApiProblem(
-                422,
-                CURRENCY_MISMATCH,
-                f"all items must be sold in one currency, got {', '.join(currencies)}",
-            )
-        priced = []
-        for sku, quantity in lines:
-            if quantity > MAX_QUANTITY:
-                raise ApiProblem(
-                    422, VALIDATION_ERROR, f"quantity of {sku} exceeds {MAX_QUANTITY} in total"
-                )
-            product = products[sku]
-            assert product is not None
-            priced.append(
-                OrderLine(
-                    sku=sku,
-                    quantity=quantity,
-                    unit_price_cents=int(product["price_cents"]),
-                    hot=bool(product.get("hot", False)),
-                )
-            )
-        total = sum(line_total(li.unit_price_cents, li.quantity) for li in priced)
-        if total + DELIVERY_FEE_CENTS > INT32_MAX:
-            raise ApiProblem(422, VALIDATION_ERROR, "order total is too large")
-        return currencies[0], priced
-
-    async def _sold_out_at_the_edge(self, location_id: str, lines: list[OrderLine]) -> bool:
-        """True when a hot line's Redis counter has fewer units than the line wants: the
-        answer the order's reservation would get from the same counter (``Claim.SOLD_OUT``).
-        Unknown (no counter loaded, Redis unreachable) is False: the workflow decides."""
-        hot = [li for li in lines if li.hot]
-        if not hot:
-            return False
-        try:
-            left = await read_counters(self._state.redis, location_id, [li.sku for li in hot])
-        except (RedisError, OSError) as exc:
-            log.info("flash-sale counters unreadable, the workflow decides: %s", exc)
-            return False
-        short = [li for li, n in zip(hot, left, strict=True) if n is not None and n < li.quantity]
-        business_metrics.flash_sale_claims.labels("sold_out").inc(len(short))
-        return bool(short)
+        return price_lines(products, lines)
 
     def _initial_view(
         self, body: CheckoutBody, currency: str, lines: list[OrderLine], now: str
@@ -465,8 +568,20 @@ class OrdersService:
         # End the transaction before any Temporal call (SQLite holds its lock until then).
         await session.commit()
         if order is None:
+            order = await self._undrained(order_id)
+        if order is None:
             raise ApiProblem(404, NOT_FOUND, f"order {order_id!r} does not exist")
         return order
+
+    async def _undrained(self, order_id: str) -> Order | None:
+        """A loser answered at the edge whose row the write-behind has not written yet: its
+        copy in Redis (docs/inventory.md). Redis unreachable: as if there were none."""
+        try:
+            row = await order_copy(self._state.redis, order_id)
+        except (RedisError, OSError) as exc:
+            log.info("edge copy of order %s unreadable: %s", order_id, exc)
+            return None
+        return Order(**row) if row is not None else None
 
     async def list_page(
         self,

@@ -23,6 +23,7 @@ OrderIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^\x00
 @router.post(
     "",
     status_code=202,
+    response_model=OrderView,
     summary="Place an order",
     description=(
         "Needs an `Idempotency-Key` header (1-255 characters). The first request answers 202 "
@@ -52,11 +53,20 @@ async def place_order(
     session: SessionDep,
     state: StateDep,
     response: Response,
-) -> OrderView:
+) -> OrderView | Response:
     caller.must_be_customer(body.customer_id)
     placed = await OrdersService(state).place(session, body, key)
+    location = f"/v1/orders/{placed.order.order_id}"
+    if placed.body is not None:
+        # Serialized once, by the edge that stored it (the same Order as the model's).
+        return Response(
+            placed.body,
+            status_code=202 if placed.created else 200,
+            media_type="application/json",
+            headers={"Location": location},
+        )
     response.status_code = 202 if placed.created else 200
-    response.headers["Location"] = f"/v1/orders/{placed.order.order_id}"
+    response.headers["Location"] = location
     return placed.order
 
 
