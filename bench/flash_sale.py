@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from bench.orders import _free_port, launched_stack
+from bench.orders import _free_port, launched_stack, load_average
 
 LUA = Path(__file__).with_name("flash_sale.lua")
 
@@ -99,11 +99,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the stack's data dir")
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="the started stack's DATABASE_URL (an empty PostgreSQL database, say) [its SQLite]",
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install -y wrk)")
 
     env = {"TRADEFLOW_CHECKOUT_RATE": "100000/s", "TRADEFLOW_CHECKOUT_BURST": "100000"}
+    if args.database_url:
+        env["DATABASE_URL"] = args.database_url
     floors: list[float] = []
     apis: list[float] = []
     ratios: list[float] = []
@@ -174,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             floor.terminate()
             floor.wait(timeout=10)
+    _say(f"done: {load_average()}")
     common = {"units": args.units, "threads": args.threads, "connections": args.connections}
     print(
         json.dumps(
