@@ -571,7 +571,7 @@ async def order_reader(order_id: _OrderId, caller: CallerDep, request: Request) 
 OrderReaderDep = Annotated[Caller, Depends(order_reader)]
 
 
-def staff(caller: CallerDep) -> Caller:
+async def staff(caller: CallerDep) -> Caller:
     if caller.is_open or caller.role in STAFF_ROLES:
         return caller
     raise _forbidden("this is for merchants and operators")
@@ -581,7 +581,7 @@ StaffDep = Annotated[Caller, Depends(staff)]
 """A merchant or an operator (JWT role, or X-Admin-Token)."""
 
 
-def operator(caller: CallerDep) -> Caller:
+async def operator(caller: CallerDep) -> Caller:
     if caller.is_open or caller.role == Role.OPERATOR:
         return caller
     raise _forbidden("this is for operators")
@@ -590,7 +590,7 @@ def operator(caller: CallerDep) -> Caller:
 OperatorDep = Annotated[Caller, Depends(operator)]
 
 
-def courier_viewer(courier_id: _CourierId, caller: CallerDep) -> Caller:
+async def courier_viewer(courier_id: _CourierId, caller: CallerDep) -> Caller:
     if caller.is_open or caller.role == Role.OPERATOR:
         return caller
     if caller.role == Role.COURIER and caller.subject == courier_id:

@@ -56,6 +56,7 @@ from domain.messages import (
     RepairRequest,
     RepairResult,
     TimelineEntry,
+    as_plain,
     checkout_total_cents,
     order_start,
 )
@@ -250,6 +251,16 @@ class _Normal:
 
 
 @dataclass(frozen=True)
+class _Cart:
+    view: OrderView
+    normal: _Normal
+    hot: list[tuple[str, int]]
+    """(sku, quantity) of the hot lines."""
+    loser: _Loser | None
+    """The answer if a hot line is short (None without hot lines)."""
+
+
+@dataclass(frozen=True)
 class _Loser:
     view: OrderView
     body: bytes
@@ -289,7 +300,8 @@ class OrdersService:
             await self._check_rate(body.customer_id)
         currency, lines = edge.priced or await self._price(merged)
         view = edge.view or self._initial_view(body, currency, lines, utcnow_iso())
-        inp = self._checkout_input(asdict(view), body, {li.sku for li in lines if li.hot})
+        view_dict = as_plain(view)
+        inp = self._checkout_input(view_dict, body, {li.sku for li in lines if li.hot})
 
         location = await session.get(Location, body.location_id)
         if location is None:
@@ -298,10 +310,10 @@ class OrdersService:
         inserted = await orders.insert_order_if_new(
             session,
             row={
-                **self._row(body, key, digest, view),
+                **self._row(body, key, digest, view_dict),
                 "seq": 0,
                 # The exact input, so a retry and the reconciler start this and nothing else.
-                "checkout_input": asdict(inp),
+                "checkout_input": as_plain(inp),
             },
         )
         if inserted:
@@ -323,21 +335,22 @@ class OrdersService:
         return await self._repeat(existing, body, digest)
 
     @staticmethod
-    def _row(body: CheckoutBody, key: str, digest: str, view: OrderView) -> dict[str, Any]:
-        """The read-model row of a new order, without ``seq`` and ``checkout_input``."""
+    def _row(body: CheckoutBody, key: str, digest: str, view: dict[str, Any]) -> dict[str, Any]:
+        """The read-model row of a new order (``view`` as plain data), without ``seq`` and
+        ``checkout_input``."""
         return {
-            "order_id": view.order_id,
+            "order_id": view["order_id"],
             "customer_id": body.customer_id,
             "idempotency_key": key,
             "request_hash": digest,
             "location_id": body.location_id,
-            "status": view.status.value,
-            "failure_reason": view.failure_reason.value if view.failure_reason else None,
-            "currency": view.currency,
-            "total_cents": view.amounts.total_cents,
-            "view": asdict(view),
-            "created_at": view.created_at,
-            "updated_at": view.updated_at,
+            "status": view["status"],
+            "failure_reason": view["failure_reason"],
+            "currency": view["currency"],
+            "total_cents": view["amounts"]["total_cents"],
+            "view": view,
+            "created_at": view["created_at"],
+            "updated_at": view["updated_at"],
         }
 
     async def _at_the_edge(
@@ -352,41 +365,43 @@ class OrdersService:
         that answers a repeat of a loser, takes the rate-limit token, and answers a flash
         sale's loser with no SQL and no workflow. Anything else goes on to the normal path,
         told what was done here (priced, the key registered, the token taken)."""
-        products = await self._state.catalogue.products(sku for sku, _ in merged)
-        if any(p is None for p in products.values()):
-            return _Normal()  # unknown SKU: the normal path says so, after its repeat check
-        try:
-            currency, lines = price_lines(products, merged)
-        except ApiProblem:
-            return _Normal()  # the same: a repeat is answered before the cart's problem
-        view = self._initial_view(body, currency, lines, utcnow_iso())
-        normal = _Normal(priced=(currency, lines), view=view)
-        hot = [(li.sku, li.quantity) for li in lines if li.hot]
-        loser = self._loser(body, key, digest, view, lines) if hot else None
+        catalogue = self._state.catalogue
+        skus = [sku for sku, _ in merged]
+        recent = catalogue.recent(skus)
         checked = False
-        while True:
+        cart: _Cart | None = None
+        for _ in range(3):
+            if recent is None:
+                await catalogue.products(skus)
+                recent = catalogue.recent(skus)
+                if recent is None:
+                    return _Normal()  # unknown SKU: the normal path says so, after its repeat check
+            cart = self._cart(body, key, digest, merged, recent)
+            if cart is None:
+                return _Normal()  # the same: a repeat is answered before the cart's problem
             try:
                 answer = await self._state.edge.ask(
                     customer_id=body.customer_id,
                     key=key,
-                    order_id=view.order_id,
+                    order_id=cart.view.order_id,
                     request_hash=digest,
                     location_id=body.location_id,
-                    hot=hot,
-                    loser_row=loser.row if loser is not None else "",
+                    hot=cart.hot,
+                    priced_from=[(catalogue.cache_key(sku), recent[sku][0]) for sku in skus],
+                    loser_row=cart.loser.row if cart.loser is not None else "",
                     checked=checked,
                 )
             except (RedisError, OSError) as exc:
                 # Unknown: the normal path (its own rate check fails open; the workflow decides).
                 log.info("sold-out edge unavailable, taking the normal path: %s", exc)
-                return normal
+                return cart.normal
             verdict = answer.verdict
-            if verdict == Verdict.SOLD_OUT and loser is not None:
+            if verdict == Verdict.SOLD_OUT and cart.loser is not None:
                 business_metrics.flash_sale_claims.labels("sold_out").inc(answer.short_lines)
                 metrics.orders_created.inc()
-                return Placed(created=True, order=loser.view, body=loser.body)
+                return Placed(created=True, order=cart.loser.view, body=cart.loser.body)
             if verdict == Verdict.PROCEED:
-                return replace(normal, rate_taken=True)
+                return replace(cart.normal, rate_taken=True)
             if verdict == Verdict.RATE_LIMITED:
                 assert answer.rate is not None
                 raise _rate_limited(answer.rate)
@@ -394,8 +409,13 @@ class OrdersService:
                 if answer.request_hash != digest:
                     raise _key_reused(str(answer.order_id))
                 if answer.row is None:
-                    return normal  # its copy is gone: SQL has it once drained
+                    return _Normal()  # its copy is gone: SQL has it once drained
                 return Placed(created=False, order=order_resource(answer.row["view"]))
+            if verdict == Verdict.STALE_PRICES:
+                # The catalogue changed since this process last read it: price from the cache.
+                catalogue.forget(skus)
+                recent = None
+                continue
             if verdict == Verdict.UNKNOWN_KEY and not checked:
                 # Sold out, and the index may not know every key (docs/inventory.md): SQL does.
                 existing = await orders.order_by_key(
@@ -406,7 +426,31 @@ class OrdersService:
                     return await self._repeat(existing, body, digest)
                 checked = True
                 continue
-            return normal  # REPEAT_NORMAL: SQL answers
+            return _Normal()  # REPEAT_NORMAL: SQL answers
+        return _Normal()  # the catalogue kept changing under this checkout: the normal path
+
+    def _cart(
+        self,
+        body: CheckoutBody,
+        key: str,
+        digest: str,
+        merged: list[tuple[str, int]],
+        recent: dict[str, tuple[str, dict[str, Any]]],
+    ) -> _Cart | None:
+        """The checkout priced from ``recent`` products, as the normal path and, if a hot
+        line is short, the loser; None when the cart is a 422."""
+        try:
+            currency, lines = price_lines({sku: p for sku, (_, p) in recent.items()}, merged)
+        except ApiProblem:
+            return None
+        view = self._initial_view(body, currency, lines, utcnow_iso())
+        hot = [(li.sku, li.quantity) for li in lines if li.hot]
+        return _Cart(
+            view=view,
+            normal=_Normal(priced=(currency, lines), view=view),
+            hot=hot,
+            loser=self._loser(body, key, digest, view, lines) if hot else None,
+        )
 
     def _loser(
         self, body: CheckoutBody, key: str, digest: str, view: OrderView, lines: list[OrderLine]
@@ -420,9 +464,16 @@ class OrdersService:
             failure_reason=FailureReason.OUT_OF_STOCK,
             timeline=[*view.timeline, TimelineEntry(OrderStatus.FAILED, at)],
         )
-        inp = self._checkout_input(asdict(view), body, {li.sku for li in lines if li.hot})
-        row = {**self._row(body, key, digest, failed), "seq": orders.FINAL_SEQ}
-        row["checkout_input"] = asdict(inp)
+        placed = as_plain(view)
+        inp = self._checkout_input(placed, body, {li.sku for li in lines if li.hot})
+        failed_dict = {
+            **placed,
+            "status": failed.status,
+            "failure_reason": failed.failure_reason,
+            "timeline": [*placed["timeline"], {"status": OrderStatus.FAILED, "at": at}],
+        }
+        row = {**self._row(body, key, digest, failed_dict), "seq": orders.FINAL_SEQ}
+        row["checkout_input"] = as_plain(inp)
         view_json = json.dumps(row.pop("view"), separators=(",", ":"))
         head = json.dumps(row, separators=(",", ":"))
         return _Loser(view=failed, body=view_json.encode(), row=f'{head[:-1]},"view":{view_json}}}')

@@ -6,7 +6,8 @@ Fields with defaults can be added later without breaking histories already recor
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
 
 from domain.names import ORDER_WORKFLOW, REFUND_WORKFLOW, order_workflow_id, refund_workflow_id
 from domain.status import (
@@ -21,6 +22,26 @@ from domain.status import (
     RefundStatus,
     ReservationState,
 )
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def as_plain(value: Any) -> Any:
+    """``dataclasses.asdict`` without its deep copies, for the API's hot path: dataclasses
+    become dicts and lists/tuples lists, recursively; every other value (str, int, float,
+    bool, None, enums: immutable) is shared, not copied. Several times faster than ``asdict``
+    on an ``OrderView``; the same JSON."""
+    names = _FIELDS.get(type(value))
+    if names is None and is_dataclass(value) and not isinstance(value, type):
+        names = _FIELDS[type(value)] = tuple(f.name for f in fields(value))
+    if names is not None:
+        return {name: as_plain(getattr(value, name)) for name in names}
+    if isinstance(value, list | tuple):
+        return [as_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: as_plain(v) for k, v in value.items()}
+    return value
+
 
 # --------------------------------------------------------------------------- order workflow
 

@@ -7,13 +7,17 @@ Every ``POST /v1/orders`` whose cart could be priced runs ``_EDGE_LUA`` (EVALSHA
    customer ``a:b`` with key ``c`` apart from customer ``a`` with key ``b:c``): a key seen
    before answers ``E`` (a loser answered here: its order id, request hash and row copy) or
    ``N`` (an order of the normal path: SQL holds it and answers the repeat);
-2. the hot counters ``hot:{<loc>:<sku>}:avail`` of the cart's hot lines: is any line short?
-3. a short cart with an index that may be incomplete (``edge:idem:since`` missing: Redis lost
+2. the catalogue cache entries the cart was priced from (``catalogue:product:<sku>``, as this
+   process last read them, ``api/catalogue.py``): one that is not the cache's any more
+   answers ``C`` and the caller prices the cart again from the cache; so the price snapshot
+   is the cache-aside's, as on the normal path, without a round trip of its own;
+3. the hot counters ``hot:{<loc>:<sku>}:avail`` of the cart's hot lines: is any line short?
+4. a short cart with an index that may be incomplete (``edge:idem:since`` missing: Redis lost
    its data, or the index was never built) answers ``U``: the caller asks SQL for the key and
    runs the script again with ``checked``;
-4. the checkout's GCRA token (the very bucket ``GcraLimiter`` keeps under
+5. the checkout's GCRA token (the very bucket ``GcraLimiter`` keeps under
    ``ratelimit:checkout:<customer>``, the same Lua function): refused -> ``L``;
-5. short -> the loser's row is written where reads and the write-behind find it
+6. short -> the loser's row is written where reads and the write-behind find it
    (``edge:order:<order_id>``, the index entry ``e|<order>|<hash>``, one ``XADD`` to
    ``edge:drain``) -> ``S``; otherwise the key is registered for the normal path
    (``n|<order>``) -> ``P`` and the normal path (SQL row, workflow) runs, its token taken.
@@ -65,10 +69,11 @@ def order_copy_key(order_id: str) -> str:
 
 
 # KEYS: 1 index entry, 2 GCRA bucket, 3 INDEX_SINCE_KEY, 4 the new order's copy, 5 DRAIN_STREAM,
-#       6.. the hot counters
+#       then the n hot counters, then the catalogue cache entries the cart was priced from
 # ARGV: 1 new order id, 2 request hash, 3 TTL ms, 4-6 GCRA interval us, burst, cost,
 #       7 checked ('1': SQL has no order for this key), 8 the loser's row (JSON),
-#       9 ORDER_COPY_PREFIX, 10.. the quantity wanted of each counter's SKU
+#       9 ORDER_COPY_PREFIX, 10 n, then the quantity wanted of each counter's SKU, then the
+#       catalogue entries as the caller read them
 _EDGE_LUA = lua_with_now(
     GCRA_LUA_FUNCTION
     + """
@@ -81,10 +86,14 @@ if hit then
   end
   return {'N', string.sub(hit, 3)}
 end
+local n = tonumber(ARGV[10])
+for i = 6 + n, #KEYS do
+  if redis.call('GET', KEYS[i]) ~= ARGV[i + 5] then return {'C'} end
+end
 local short = 0
-for i = 6, #KEYS do
+for i = 6, 5 + n do
   local left = redis.call('GET', KEYS[i])
-  if left and tonumber(left) < tonumber(ARGV[i + 4]) then short = short + 1 end
+  if left and tonumber(left) < tonumber(ARGV[i + 5]) then short = short + 1 end
 end
 if short > 0 and ARGV[7] ~= '1' and redis.call('EXISTS', KEYS[3]) == 0 then return {'U'} end
 local rate = gcra(KEYS[2], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
@@ -114,6 +123,8 @@ class Verdict(StrEnum):
     """The key belongs to an order of the normal path: SQL answers (no token taken)."""
     UNKNOWN_KEY = "U"
     """Sold out, but the index may be incomplete: ask SQL, then again with ``checked``."""
+    STALE_PRICES = "C"
+    """A catalogue entry the cart was priced from is not the cache's now: price again."""
 
 
 @dataclass(frozen=True)
@@ -145,12 +156,15 @@ class SoldOutEdge:
         request_hash: str,
         location_id: str,
         hot: Sequence[tuple[str, int]],
+        priced_from: Sequence[tuple[str, str]],
         loser_row: str,
         checked: bool = False,
     ) -> EdgeAnswer:
         """One round trip; raises Redis errors as they come (the caller takes the normal
-        path). ``hot`` = (sku, quantity) of the hot lines; ``loser_row`` = the row to store
-        if one of them is short (JSON; unused otherwise)."""
+        path). ``hot`` = (sku, quantity) of the hot lines; ``priced_from`` = (cache key,
+        entry) of each catalogue entry the cart was priced from, which must still be the
+        cache's (else STALE_PRICES); ``loser_row`` = the row to store if a hot line is short
+        (JSON; unused otherwise)."""
         raw = await self._script(
             keys=[
                 index_key(customer_id, key),
@@ -159,6 +173,7 @@ class SoldOutEdge:
                 order_copy_key(order_id),
                 DRAIN_STREAM,
                 *(counter_key(location_id, sku) for sku, _ in hot),
+                *(cache_key for cache_key, _ in priced_from),
             ],
             args=[
                 order_id,
@@ -168,7 +183,9 @@ class SoldOutEdge:
                 "1" if checked else "0",
                 loser_row,
                 ORDER_COPY_PREFIX,
+                len(hot),
                 *(q for _, q in hot),
+                *(entry for _, entry in priced_from),
             ],
         )
         verdict = Verdict(raw[0])

@@ -52,13 +52,11 @@ async def insert_orders_if_new(session: AsyncSession, rows: Sequence[dict[str, A
     key that SQL already holds, inserts nothing.)"""
     if not rows:
         return set()
-    stmt = (
-        dialect_insert(session, ORDERS)
-        .values(list(rows))
-        .on_conflict_do_nothing()
-        .returning(ORDERS.c.order_id)
-    )
-    return {r[0] for r in (await session.execute(stmt)).all()}
+    # executemany: one statement compiled once (and cached), sent as multi-row batches by
+    # SQLAlchemy's "insertmanyvalues", RETURNING included; a multi-row .values() would be
+    # compiled anew for every batch size.
+    stmt = dialect_insert(session, ORDERS).on_conflict_do_nothing().returning(ORDERS.c.order_id)
+    return {r[0] for r in (await session.execute(stmt, list(rows))).all()}
 
 
 async def keys_created_since(
@@ -183,9 +181,10 @@ async def append_timeline(s: AsyncSession, view: dict[str, Any], *, outbox: bool
 async def append_timelines(
     s: AsyncSession, views: Sequence[dict[str, Any]], *, outbox: bool = True
 ) -> None:
-    """``append_timeline`` for many views: one multi-row ``INSERT ... ON CONFLICT DO NOTHING
-    RETURNING`` for every timeline entry of them all (not one per entry): the rows that come
-    back are the new ones, and their events go to the outbox in one more statement."""
+    """``append_timeline`` for many views: one ``INSERT ... ON CONFLICT DO NOTHING RETURNING``
+    for every timeline entry of them all (executemany, sent as multi-row batches; not one
+    statement per entry): the rows that come back are the new ones, and their events go to
+    the outbox in one more statement."""
     rows = [
         dict(order_id=view["order_id"], seq=i, status=entry["status"], at=entry["at"])
         for view in views
@@ -195,11 +194,10 @@ async def append_timelines(
         return
     stmt = (
         dialect_insert(s, TIMELINE)
-        .values(rows)
         .on_conflict_do_nothing(index_elements=["order_id", "seq"])
         .returning(TIMELINE.c.order_id, TIMELINE.c.seq)
     )
-    new = sorted((r[0], r[1]) for r in (await s.execute(stmt)).all())
+    new = sorted((r[0], r[1]) for r in (await s.execute(stmt, rows)).all())
     if outbox and new:
         by_id = {view["order_id"]: view for view in views}
         await append_status_changes(s, [(by_id[order_id], seq) for order_id, seq in new])

@@ -98,8 +98,9 @@ async def append_status_change(s: AsyncSession, view: dict[str, Any], seq: int) 
 async def append_status_changes(
     s: AsyncSession, changes: Sequence[tuple[dict[str, Any], int]]
 ) -> list[dict[str, Any]]:
-    """``append_status_change`` for many (view, seq) at once, one multi-row ``INSERT ... ON
-    CONFLICT DO NOTHING``; the payloads added (those not there already)."""
+    """``append_status_change`` for many (view, seq) at once, one ``INSERT ... ON CONFLICT DO
+    NOTHING`` (executemany, sent as multi-row batches); the payloads added (those not there
+    already)."""
     if not changes:
         return []
     payloads = {}
@@ -118,10 +119,8 @@ async def append_status_changes(
                 created_at=created_at,
             )
         )
-    stmt = (
-        dialect_insert(s, EVENTS).values(rows).on_conflict_do_nothing().returning(EVENTS.c.event_id)
-    )
-    added = [payloads[r[0]] for r in (await s.execute(stmt)).all()]
+    stmt = dialect_insert(s, EVENTS).on_conflict_do_nothing().returning(EVENTS.c.event_id)
+    added = [payloads[r[0]] for r in (await s.execute(stmt, rows)).all()]
     s.info.setdefault(_APPENDED, []).extend(added)
     return added
 

@@ -347,3 +347,30 @@ async def test_the_customer_reads_an_undrained_loser_with_its_token(
         assert (mine.status_code, mine.json()["status"]) == (200, "FAILED")
         theirs = await api.http.get(f"/v1/orders/{order_id}", headers=token(unique("c")))
         assert_problem(theirs, 404, "not_found")
+
+
+async def test_a_price_changed_by_another_api_is_the_one_the_loser_gets(
+    api_factory: ApiFactory, redis: aioredis.Redis
+) -> None:
+    """This process remembers the catalogue entries it priced from; the script checks them
+    against the cache, so another API's price change (its invalidation, then a new entry)
+    is what the next checkout here is priced at."""
+    async with api_factory() as api:
+        sku = await hot_sku(api, 0)
+        first = await place(api, order_body(unique("c"), [(sku, 1)]), "k-1")
+        assert first.json()["items"][0]["unit_price_cents"] == 4999
+        cache_key = api.app.state.tradeflow.catalogue.cache_key(sku)
+        entry = json.loads(await redis.get(cache_key))
+        # Another API changed the price: the DB row, its invalidation, a reader's new entry.
+        await api.sql("UPDATE products SET price_cents = 5999 WHERE sku = :s", s=sku)
+        await redis.set(cache_key, json.dumps({**entry, "price_cents": 5999}))
+        second = await place(api, order_body(unique("c"), [(sku, 1)]), "k-2")
+        assert second.json()["items"][0]["unit_price_cents"] == 5999
+        # Invalidated and not read again yet: the DB's price.
+        await api.sql("UPDATE products SET price_cents = 6999 WHERE sku = :s", s=sku)
+        await redis.delete(cache_key)
+        third = await place(api, order_body(unique("c"), [(sku, 1)]), "k-3")
+        assert (third.json()["status"], third.json()["items"][0]["unit_price_cents"]) == (
+            "FAILED",
+            6999,
+        )
