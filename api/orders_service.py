@@ -276,15 +276,29 @@ class OrdersService:
 
     # ------------------------------------------------------------------------------ place
 
-    async def place(self, session: AsyncSession, body: CheckoutBody, key: str) -> Placed:
+    async def place(self, body: CheckoutBody, key: str) -> Placed:
+        """Accept a checkout: answered at the edge (no session opened at all), or the normal
+        path with a session of its own."""
         started = time.perf_counter()
         digest = request_hash(body)
         merged = merge_lines(body)
-        edge = await self._at_the_edge(session, body, key, digest, merged)
+        edge = await self._at_the_edge(body, key, digest, merged)
         if isinstance(edge, Placed):
             metrics.checkout_latency.observe(time.perf_counter() - started)
             return edge
+        async with self._state.sessionmaker() as session:
+            return await self._place(session, body, key, digest, merged, edge, started)
 
+    async def _place(
+        self,
+        session: AsyncSession,
+        body: CheckoutBody,
+        key: str,
+        digest: str,
+        merged: list[tuple[str, int]],
+        edge: _Normal,
+        started: float,
+    ) -> Placed:
         # The normal path. A repeat is answered from what was stored, before anything that
         # may have changed since it was first accepted (the customer's rate, the catalogue):
         # one indexed read. (The edge's index cannot stand in for it: it may be incomplete.)
@@ -355,7 +369,6 @@ class OrdersService:
 
     async def _at_the_edge(
         self,
-        session: AsyncSession,
         body: CheckoutBody,
         key: str,
         digest: str,
@@ -418,10 +431,11 @@ class OrdersService:
                 continue
             if verdict == Verdict.UNKNOWN_KEY and not checked:
                 # Sold out, and the index may not know every key (docs/inventory.md): SQL does.
-                existing = await orders.order_by_key(
-                    session, customer_id=body.customer_id, idempotency_key=key
-                )
-                await session.commit()
+                async with self._state.sessionmaker() as session:
+                    existing = await orders.order_by_key(
+                        session, customer_id=body.customer_id, idempotency_key=key
+                    )
+                    await session.commit()
                 if existing is not None:
                     return await self._repeat(existing, body, digest)
                 checked = True

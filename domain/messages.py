@@ -31,16 +31,24 @@ def as_plain(value: Any) -> Any:
     become dicts and lists/tuples lists, recursively; every other value (str, int, float,
     bool, None, enums: immutable) is shared, not copied. Several times faster than ``asdict``
     on an ``OrderView``; the same JSON."""
-    names = _FIELDS.get(type(value))
-    if names is None and is_dataclass(value) and not isinstance(value, type):
-        names = _FIELDS[type(value)] = tuple(f.name for f in fields(value))
+    kind = type(value)
+    names = _FIELDS.get(kind)
     if names is not None:
         return {name: as_plain(getattr(value, name)) for name in names}
-    if isinstance(value, list | tuple):
+    if kind in _LEAVES:
+        return value
+    if kind is list or kind is tuple:
         return [as_plain(v) for v in value]
-    if isinstance(value, dict):
+    if kind is dict:
         return {k: as_plain(v) for k, v in value.items()}
+    if is_dataclass(value) and not isinstance(value, type):
+        _FIELDS[kind] = tuple(f.name for f in fields(value))
+        return as_plain(value)
+    _LEAVES.add(kind)  # str, int, an enum...: shared as it is from now on
     return value
+
+
+_LEAVES: set[type] = {str, int, float, bool, type(None)}
 
 
 # --------------------------------------------------------------------------- order workflow

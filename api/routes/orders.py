@@ -50,12 +50,11 @@ async def place_order(
     caller: CallerDep,
     body: CheckoutBody,
     key: IdempotencyKeyDep,
-    session: SessionDep,
     state: StateDep,
     response: Response,
 ) -> OrderView | Response:
     caller.must_be_customer(body.customer_id)
-    placed = await OrdersService(state).place(session, body, key)
+    placed = await OrdersService(state).place(body, key)
     location = f"/v1/orders/{placed.order.order_id}"
     if placed.body is not None:
         # Serialized once, by the edge that stored it (the same Order as the model's).
