@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
 from api.catalogue import PRODUCT_CACHE_PREFIX, Catalogue
+from api.checkout_fast_path import CheckoutFastPath
 from api.errors import install_error_handlers
 from api.middleware import ObservabilityMiddleware
 from api.openapi import install_problem_openapi
@@ -172,6 +173,9 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    # Innermost of the middleware: inside the error handling, metrics and tracing, outside
+    # the router (a sold-out checkout is answered there; docs/inventory.md).
+    app.add_middleware(CheckoutFastPath)
     install_error_handlers(app)
     # Outermost: sees the final status code. Spans come from FastAPI itself where it can.
     app.add_middleware(ObservabilityMiddleware, spans=not NATIVE_TELEMETRY)

@@ -241,7 +241,7 @@ def _key_reused(order_id: str) -> ApiProblem:
 
 
 @dataclass(frozen=True)
-class _Normal:
+class EdgeOutcome:
     """What the edge did for a checkout that goes on to the normal path."""
 
     priced: tuple[str, list[OrderLine]] | None = None
@@ -253,7 +253,7 @@ class _Normal:
 @dataclass(frozen=True)
 class _Cart:
     view: OrderView
-    normal: _Normal
+    normal: EdgeOutcome
     hot: list[tuple[str, int]]
     """(sku, quantity) of the hot lines."""
     loser: _Loser | None
@@ -276,18 +276,29 @@ class OrdersService:
 
     # ------------------------------------------------------------------------------ place
 
-    async def place(self, body: CheckoutBody, key: str) -> Placed:
-        """Accept a checkout: answered at the edge (no session opened at all), or the normal
-        path with a session of its own."""
+    async def edge(self, body: CheckoutBody, key: str) -> Placed | EdgeOutcome:
+        """The checkout asked at the sold-out edge: answered there (no session opened at
+        all), or what the edge did for the normal path (``place(..., edge=)``)."""
         started = time.perf_counter()
-        digest = request_hash(body)
-        merged = merge_lines(body)
-        edge = await self._at_the_edge(body, key, digest, merged)
+        edge = await self._at_the_edge(body, key, request_hash(body), merge_lines(body))
         if isinstance(edge, Placed):
             metrics.checkout_latency.observe(time.perf_counter() - started)
+        return edge
+
+    async def place(
+        self, body: CheckoutBody, key: str, *, edge: Placed | EdgeOutcome | None = None
+    ) -> Placed:
+        """Accept a checkout: at the edge, or on the normal path with a session of its own.
+        ``edge``: what ``edge()`` answered for this request already (it is not asked again)."""
+        started = time.perf_counter()
+        if edge is None:
+            edge = await self.edge(body, key)
+        if isinstance(edge, Placed):
             return edge
         async with self._state.sessionmaker() as session:
-            return await self._place(session, body, key, digest, merged, edge, started)
+            return await self._place(
+                session, body, key, request_hash(body), merge_lines(body), edge, started
+            )
 
     async def _place(
         self,
@@ -296,7 +307,7 @@ class OrdersService:
         key: str,
         digest: str,
         merged: list[tuple[str, int]],
-        edge: _Normal,
+        edge: EdgeOutcome,
         started: float,
     ) -> Placed:
         # The normal path. A repeat is answered from what was stored, before anything that
@@ -373,7 +384,7 @@ class OrdersService:
         key: str,
         digest: str,
         merged: list[tuple[str, int]],
-    ) -> Placed | _Normal:
+    ) -> Placed | EdgeOutcome:
         """The sold-out edge (infra/sold_out_edge.py, docs/inventory.md): one Redis round trip
         that answers a repeat of a loser, takes the rate-limit token, and answers a flash
         sale's loser with no SQL and no workflow. Anything else goes on to the normal path,
@@ -388,10 +399,12 @@ class OrdersService:
                 await catalogue.products(skus)
                 recent = catalogue.recent(skus)
                 if recent is None:
-                    return _Normal()  # unknown SKU: the normal path says so, after its repeat check
+                    return (
+                        EdgeOutcome()
+                    )  # unknown SKU: the normal path says so, after its repeat check
             cart = self._cart(body, key, digest, merged, recent)
             if cart is None:
-                return _Normal()  # the same: a repeat is answered before the cart's problem
+                return EdgeOutcome()  # the same: a repeat is answered before the cart's problem
             try:
                 answer = await self._state.edge.ask(
                     customer_id=body.customer_id,
@@ -422,7 +435,7 @@ class OrdersService:
                 if answer.request_hash != digest:
                     raise _key_reused(str(answer.order_id))
                 if answer.row is None:
-                    return _Normal()  # its copy is gone: SQL has it once drained
+                    return EdgeOutcome()  # its copy is gone: SQL has it once drained
                 return Placed(created=False, order=order_resource(answer.row["view"]))
             if verdict == Verdict.STALE_PRICES:
                 # The catalogue changed since this process last read it: price from the cache.
@@ -440,8 +453,8 @@ class OrdersService:
                     return await self._repeat(existing, body, digest)
                 checked = True
                 continue
-            return _Normal()  # REPEAT_NORMAL: SQL answers
-        return _Normal()  # the catalogue kept changing under this checkout: the normal path
+            return EdgeOutcome()  # REPEAT_NORMAL: SQL answers
+        return EdgeOutcome()  # the catalogue kept changing under this checkout: the normal path
 
     def _cart(
         self,
@@ -461,7 +474,7 @@ class OrdersService:
         hot = [(li.sku, li.quantity) for li in lines if li.hot]
         return _Cart(
             view=view,
-            normal=_Normal(priced=(currency, lines), view=view),
+            normal=EdgeOutcome(priced=(currency, lines), view=view),
             hot=hot,
             loser=self._loser(body, key, digest, view, lines) if hot else None,
         )

@@ -235,8 +235,9 @@ class Settings(BaseSettings):
     row copy): a repeat within this answers the first order; see docs/inventory.md."""
     write_behind_batch: int = Field(default=500, ge=1, le=10_000)
     """Sold-out losers written to SQL per transaction by the write-behind."""
-    write_behind_linger_s: float = Field(default=0.05, ge=0)
-    """The write-behind waits this long for a batch to fill once its first entry came."""
+    write_behind_linger_s: float = Field(default=0.25, ge=0)
+    """The write-behind waits this long for a batch to fill once its first entry came (a row
+    costs ~380 us of API CPU in batches of 20, ~180 us in batches of 100; docs/benchmarks.md)."""
     write_behind_reclaim_s: float = Field(default=30.0, gt=0)
     """Entries another API took but has not written for this long are taken over."""
     # -- worker deployment versioning and drain (worker.py, docs/operations.md) --------------
