@@ -374,3 +374,25 @@ async def test_a_price_changed_by_another_api_is_the_one_the_loser_gets(
             "FAILED",
             6999,
         )
+
+
+async def test_the_fast_path_answers_like_the_route(api_factory: ApiFactory) -> None:
+    """Losers answered below the router (api/checkout_fast_path.py) are counted under the
+    route's template, its problems are problems, and a body the model refuses still gets the
+    route's own 422."""
+    async with api_factory() as api:
+        sku = await hot_sku(api, 0)
+        body = order_body(unique("c"), [(sku, 1)])
+        assert (await place(api, body, "k-1")).status_code == 202
+        assert_problem(
+            await api.http.post("/v1/orders", json=body, headers={"Idempotency-Key": " "}),
+            400,
+            "validation_error",
+        )
+        bad = await place(api, {**body, "items": []}, "k-2")
+        problem = assert_problem(bad, 422, "validation_error")
+        assert problem["errors"]
+        text = (await api.http.get("/metrics")).text
+        assert 'tradeflow_http_requests_total{method="POST",route="/v1/orders",status="202"}' in (
+            text
+        )
