@@ -82,10 +82,12 @@ class CheckoutFastPath:
             body = CheckoutBody.model_validate(json.loads(raw))
         except (ValueError, ValidationError):
             return False  # the route answers 422 as it always has
-        key = await idempotency_key(request.headers.get("idempotency-key"))
+        # In the route's order: the credentials (401), the key (400), the customer (403).
         state = scope["app"].state.tradeflow
-        if state.auth.enabled:
-            (await state.auth.caller(request)).must_be_customer(body.customer_id)
+        caller = await state.auth.caller(request) if state.auth.enabled else None
+        key = await idempotency_key(request.headers.get("idempotency-key"))
+        if caller is not None:
+            caller.must_be_customer(body.customer_id)
         try:
             edge = await OrdersService(state).edge(body, key)
         except ApiProblem:

@@ -347,6 +347,18 @@ async def test_the_customer_reads_an_undrained_loser_with_its_token(
         assert (mine.status_code, mine.json()["status"]) == (200, "FAILED")
         theirs = await api.http.get(f"/v1/orders/{order_id}", headers=token(unique("c")))
         assert_problem(theirs, 404, "not_found")
+        # The fast path answers in the route's order: credentials, key, customer.
+        body = order_body(customer, [(sku, 1)])
+        anonymous = await api.http.post("/v1/orders", json=body, headers={"Idempotency-Key": ""})
+        assert_problem(anonymous, 401, "unauthorized")
+        keyless = await api.http.post(
+            "/v1/orders", json=body, headers={"Idempotency-Key": "", **token(customer)}
+        )
+        assert_problem(keyless, 400, "validation_error")
+        other = await api.http.post(
+            "/v1/orders", json=body, headers={"Idempotency-Key": "k-9", **token(unique("c"))}
+        )
+        assert_problem(other, 403, "forbidden")
 
 
 async def test_a_price_changed_by_another_api_is_the_one_the_loser_gets(
