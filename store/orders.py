@@ -16,7 +16,7 @@ from temporalio.converter import value_to_type
 from domain.messages import CheckoutInput
 from store.models import Order, OrderTimeline
 from store.outbox import append_status_changes
-from store.sql import dialect_insert, insert_ignore
+from store.sql import insert_ignore, insert_many_ignore
 
 FINAL_SEQ = 2_000_000_000
 """``orders.seq`` of a row no workflow will write again (the reconciler's fail, the API's
@@ -52,11 +52,8 @@ async def insert_orders_if_new(session: AsyncSession, rows: Sequence[dict[str, A
     key that SQL already holds, inserts nothing.)"""
     if not rows:
         return set()
-    # executemany: one statement compiled once (and cached), sent as multi-row batches by
-    # SQLAlchemy's "insertmanyvalues", RETURNING included; a multi-row .values() would be
-    # compiled anew for every batch size.
-    stmt = dialect_insert(session, ORDERS).on_conflict_do_nothing().returning(ORDERS.c.order_id)
-    return {r[0] for r in (await session.execute(stmt, list(rows))).all()}
+    inserted = await insert_many_ignore(session, ORDERS, rows, returning=[ORDERS.c.order_id])
+    return {r[0] for r in inserted}
 
 
 async def keys_created_since(
@@ -192,12 +189,14 @@ async def append_timelines(
     ]
     if not rows:
         return
-    stmt = (
-        dialect_insert(s, TIMELINE)
-        .on_conflict_do_nothing(index_elements=["order_id", "seq"])
-        .returning(TIMELINE.c.order_id, TIMELINE.c.seq)
+    added = await insert_many_ignore(
+        s,
+        TIMELINE,
+        rows,
+        returning=[TIMELINE.c.order_id, TIMELINE.c.seq],
+        conflict_on=["order_id", "seq"],
     )
-    new = sorted((r[0], r[1]) for r in (await s.execute(stmt, rows)).all())
+    new = sorted((r[0], r[1]) for r in added)
     if outbox and new:
         by_id = {view["order_id"]: view for view in views}
         await append_status_changes(s, [(by_id[order_id], seq) for order_id, seq in new])

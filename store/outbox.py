@@ -26,7 +26,7 @@ from sqlalchemy import BigInteger, Column, Index, Integer, Table, delete, func, 
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import JSON, Field, SQLModel
 
-from store.sql import dialect_insert
+from store.sql import insert_many_ignore
 
 EVENT_TYPE = "order.status_changed"
 _APPENDED = "tradeflow.outbox.appended"
@@ -119,8 +119,8 @@ async def append_status_changes(
                 created_at=created_at,
             )
         )
-    stmt = dialect_insert(s, EVENTS).on_conflict_do_nothing().returning(EVENTS.c.event_id)
-    added = [payloads[r[0]] for r in (await s.execute(stmt, rows)).all()]
+    inserted = await insert_many_ignore(s, EVENTS, rows, returning=[EVENTS.c.event_id])
+    added = [payloads[r[0]] for r in inserted]
     s.info.setdefault(_APPENDED, []).extend(added)
     return added
 
