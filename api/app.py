@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
 from api.catalogue import PRODUCT_CACHE_PREFIX, Catalogue
+from api.checkout_fast_path import CheckoutFastPath
 from api.errors import install_error_handlers
 from api.middleware import ObservabilityMiddleware
 from api.openapi import install_problem_openapi
@@ -37,11 +38,13 @@ from api.routes import (
     repairs,
 )
 from api.state import AppState, TemporalConnector
+from api.write_behind import WriteBehind
 from domain.names import DISPATCH_TASK_QUEUE, ORDERS_TASK_QUEUE
 from infra.cache import CacheAside
 from infra.ratelimit import GcraLimiter
 from infra.redis import make_redis
 from infra.settings import Settings, get_settings, to_sync_url
+from infra.sold_out_edge import SoldOutEdge
 from infra.telemetry import instrument_app, setup_tracing
 from store.db import make_engine, make_sessionmaker
 from store.schema import migrate
@@ -131,6 +134,12 @@ def create_app(
         temporal = TemporalConnector(settings, temporal_client)
         temporal.start()
         sessionmaker = make_sessionmaker(db)
+        limiter = GcraLimiter(
+            cache_redis,
+            rate_per_s=settings.checkout_rate_per_s,
+            burst=settings.checkout_burst,
+            prefix=CHECKOUT_RATE_PREFIX,
+        )
         app.state.tradeflow = AppState(
             settings=settings,
             engine=db,
@@ -138,19 +147,19 @@ def create_app(
             redis=cache_redis,
             temporal=temporal,
             catalogue=Catalogue(sessionmaker, CacheAside(cache_redis, prefix=PRODUCT_CACHE_PREFIX)),
-            checkout_limiter=GcraLimiter(
-                cache_redis,
-                rate_per_s=settings.checkout_rate_per_s,
-                burst=settings.checkout_burst,
-                prefix=CHECKOUT_RATE_PREFIX,
-            ),
+            checkout_limiter=limiter,
+            edge=SoldOutEdge(cache_redis, limiter, ttl_s=settings.edge_idempotency_ttl_s),
             orders_task_queue=orders_task_queue,
             dispatch_task_queue=dispatch_task_queue,
             search_attributes=search_attributes,
         )
+        # Losers answered at the edge, written to SQL behind their answers (api/write_behind.py).
+        write_behind = app.state.write_behind = WriteBehind(sessionmaker, cache_redis, settings)
+        write_behind.start()
         try:
             yield
         finally:
+            await write_behind.stop()
             await app.state.tradeflow.auth.aclose()
             await temporal.stop()
             if redis is None:
@@ -164,10 +173,15 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    # Innermost of the middleware: inside the error handling, metrics and tracing, outside
+    # the router (a sold-out checkout is answered there; docs/inventory.md).
+    app.add_middleware(CheckoutFastPath)
     install_error_handlers(app)
     # Outermost: sees the final status code. Spans come from FastAPI itself where it can.
     app.add_middleware(ObservabilityMiddleware, spans=not NATIVE_TELEMETRY)
-    for module in (health, products, inventory, admin, orders, deliveries, couriers, payments):
+    # Orders first: a request is matched against the routes in this order, and checkout is
+    # the route under the most load (a flash sale).
+    for module in (orders, health, products, inventory, admin, deliveries, couriers, payments):
         app.include_router(module.router)
     app.include_router(refunds.router)
     app.include_router(repairs.router)

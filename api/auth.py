@@ -43,6 +43,7 @@ from api.errors import FORBIDDEN, NOT_FOUND, UNAUTHORIZED, ApiProblem, unavailab
 from domain.roles import STAFF_ROLES, Role
 from infra.ratelimit import GcraLimiter
 from infra.settings import Settings, parse_rate
+from infra.sold_out_edge import order_copy
 from store import courier_tokens
 from store.models import Order
 
@@ -347,6 +348,7 @@ class Authenticator:
         self.mode = auth_mode(settings)
         self._settings = settings
         self._sessionmaker = sessionmaker
+        self._redis = redis
         self._admin_token = admin_token
         self._verifier: JwtVerifier | None = None
         self._failures = GcraLimiter(
@@ -505,7 +507,14 @@ class Authenticator:
                 )
             ).first()
             await session.commit()
-        return None if row is None else str(row[0])
+        if row is not None:
+            return str(row[0])
+        # A loser answered at the edge and not written to SQL yet (api/write_behind.py).
+        try:
+            copy = await order_copy(self._redis, order_id)
+        except (RedisError, OSError):
+            return None
+        return None if copy is None else str(copy["customer_id"])
 
 
 def client_address(request: Request) -> str:
@@ -562,7 +571,7 @@ async def order_reader(order_id: _OrderId, caller: CallerDep, request: Request) 
 OrderReaderDep = Annotated[Caller, Depends(order_reader)]
 
 
-def staff(caller: CallerDep) -> Caller:
+async def staff(caller: CallerDep) -> Caller:
     if caller.is_open or caller.role in STAFF_ROLES:
         return caller
     raise _forbidden("this is for merchants and operators")
@@ -572,7 +581,7 @@ StaffDep = Annotated[Caller, Depends(staff)]
 """A merchant or an operator (JWT role, or X-Admin-Token)."""
 
 
-def operator(caller: CallerDep) -> Caller:
+async def operator(caller: CallerDep) -> Caller:
     if caller.is_open or caller.role == Role.OPERATOR:
         return caller
     raise _forbidden("this is for operators")
@@ -581,7 +590,7 @@ def operator(caller: CallerDep) -> Caller:
 OperatorDep = Annotated[Caller, Depends(operator)]
 
 
-def courier_viewer(courier_id: _CourierId, caller: CallerDep) -> Caller:
+async def courier_viewer(courier_id: _CourierId, caller: CallerDep) -> Caller:
     if caller.is_open or caller.role == Role.OPERATOR:
         return caller
     if caller.role == Role.COURIER and caller.subject == courier_id:

@@ -17,7 +17,12 @@ from infra.settings import Settings
 MAX_IDEMPOTENCY_KEY = 255
 
 
-def get_state(request: Request) -> AppState:
+# The dependencies here are ``async def`` though they never wait: FastAPI runs a plain ``def``
+# dependency in its thread pool, a hand-off to a thread and back (~50-100 us) per dependency
+# per request, which a checkout paid several times (docs/benchmarks.md, "Flash sale").
+
+
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.tradeflow
     return state
 
@@ -25,7 +30,7 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_settings(state: StateDep) -> Settings:
+async def get_settings(state: StateDep) -> Settings:
     return state.settings
 
 
@@ -40,7 +45,7 @@ async def get_session(state: StateDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
-def get_redis(state: StateDep) -> aioredis.Redis:
+async def get_redis(state: StateDep) -> aioredis.Redis:
     return state.redis
 
 
@@ -52,7 +57,7 @@ AdminDep = Depends(admin)
 403 when wrong), or an operator's JWT when authentication is on (api/auth.py)."""
 
 
-def idempotency_key(
+async def idempotency_key(
     key: Annotated[
         str | None,
         Header(

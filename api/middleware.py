@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -27,6 +28,23 @@ def _route_template(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
     return path if isinstance(path, str) else UNMATCHED_ROUTE
+
+
+_SERIES: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _series(method: str, route: str, status: int) -> tuple[Any, Any]:
+    """The request counter and latency histogram of (method, route, status), looked up once:
+    ``labels()`` validates and locks on every call, a few us each on every request. Bounded:
+    routes are templates (or ``unmatched``), methods and statuses few."""
+    key = (method, route, status)
+    found = _SERIES.get(key)
+    if found is None:
+        found = _SERIES[key] = (
+            metrics.http_requests.labels(method=method, route=route, status=str(status)),
+            metrics.http_latency.labels(method=method, route=route),
+        )
+    return found
 
 
 class ObservabilityMiddleware:
@@ -74,9 +92,6 @@ class ObservabilityMiddleware:
                     span.set_attribute("http.response.status_code", status_code)
                     if status_code >= 500:
                         span.set_status(Status(StatusCode.ERROR))
-                metrics.http_requests.labels(
-                    method=method, route=route, status=str(status_code)
-                ).inc()
-                metrics.http_latency.labels(method=method, route=route).observe(
-                    time.perf_counter() - started
-                )
+                requests, latency = _series(method, route, status_code)
+                requests.inc()
+                latency.observe(time.perf_counter() - started)

@@ -17,6 +17,7 @@ from api.auth import Authenticator
 from api.catalogue import Catalogue
 from infra.ratelimit import GcraLimiter
 from infra.settings import Settings
+from infra.sold_out_edge import SoldOutEdge
 from infra.temporal import connect
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ class AppState:
     temporal: TemporalConnector
     catalogue: Catalogue
     checkout_limiter: GcraLimiter
+    edge: SoldOutEdge
+    """The checkout's one Redis round trip: idempotency index, rate limit, sold-out answer."""
     orders_task_queue: str
     dispatch_task_queue: str
     search_attributes: bool

@@ -6,7 +6,8 @@ Fields with defaults can be added later without breaking histories already recor
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any
 
 from domain.names import ORDER_WORKFLOW, REFUND_WORKFLOW, order_workflow_id, refund_workflow_id
 from domain.status import (
@@ -21,6 +22,34 @@ from domain.status import (
     RefundStatus,
     ReservationState,
 )
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def as_plain(value: Any) -> Any:
+    """``dataclasses.asdict`` without its deep copies, for the API's hot path: dataclasses
+    become dicts and lists/tuples lists, recursively; every other value (str, int, float,
+    bool, None, enums: immutable) is shared, not copied. Several times faster than ``asdict``
+    on an ``OrderView``; the same JSON."""
+    kind = type(value)
+    names = _FIELDS.get(kind)
+    if names is not None:
+        return {name: as_plain(getattr(value, name)) for name in names}
+    if kind in _LEAVES:
+        return value
+    if kind is list or kind is tuple:
+        return [as_plain(v) for v in value]
+    if kind is dict:
+        return {k: as_plain(v) for k, v in value.items()}
+    if is_dataclass(value) and not isinstance(value, type):
+        _FIELDS[kind] = tuple(f.name for f in fields(value))
+        return as_plain(value)
+    _LEAVES.add(kind)  # str, int, an enum...: shared as it is from now on
+    return value
+
+
+_LEAVES: set[type] = {str, int, float, bool, type(None)}
+
 
 # --------------------------------------------------------------------------- order workflow
 

@@ -11,40 +11,45 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from infra.metrics import limiter_refusals
 from infra.redis import lua_with_now
 
+GCRA_LUA_FUNCTION = """
+local function gcra(key, interval, burst, cost)
+  local tat = tonumber(redis.call('GET', key))
+  if tat == nil or tat < now then
+    tat = now
+  end
+  local new_tat = tat + interval * cost
+  local allow_at = new_tat - interval * burst
+  local diff = now - allow_at
+  if diff < 0 then
+    return {0, math.ceil(-diff), 0}
+  end
+  local ttl_ms = math.ceil((new_tat - now) / 1000)
+  if ttl_ms < 1 then
+    ttl_ms = 1
+  end
+  redis.call('SET', key, string.format('%d', new_tat), 'PX', ttl_ms)
+  return {1, 0, math.floor(diff / interval)}
+end
+"""
+"""The decision as a Lua function ``gcra(key, interval_us, burst, cost)`` returning
+``{allowed (0/1), retry_after_us, remaining}``; it needs ``now`` (``lua_with_now``). Other
+scripts that must take a checkout's token in the same round trip (``infra/sold_out_edge.py``)
+embed it, so there is one limit and one spelling of it."""
+
 # KEYS[1] = bucket key
 # ARGV[1] = emission interval in microseconds (1e6 / rate), ARGV[2] = burst, ARGV[3] = cost
 # Returns {allowed (0/1), retry_after_us, remaining}.
-_GCRA_LUA = lua_with_now("""
-local key = KEYS[1]
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', key))
-if tat == nil or tat < now then
-  tat = now
-end
-
-local new_tat = tat + interval * cost
-local allow_at = new_tat - interval * burst
-local diff = now - allow_at
-
-if diff < 0 then
-  return {0, math.ceil(-diff), 0}
-end
-
-local ttl_ms = math.ceil((new_tat - now) / 1000)
-if ttl_ms < 1 then
-  ttl_ms = 1
-end
-redis.call('SET', key, string.format('%d', new_tat), 'PX', ttl_ms)
-return {1, 0, math.floor(diff / interval)}
-""")
+_GCRA_LUA = lua_with_now(
+    GCRA_LUA_FUNCTION
+    + "return gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))\n"
+)
 
 
 @dataclass(frozen=True)
@@ -86,13 +91,15 @@ class GcraLimiter:
     def key(self, key: str) -> str:
         return f"{self._prefix}:{key}"
 
-    async def allow(self, key: str, cost: int = 1) -> RateDecision:
-        """Take ``cost`` tokens for ``key`` if they are there. Raises redis errors as they come."""
+    def args(self, cost: int = 1) -> list[int]:
+        """The ``gcra()`` arguments after the key: interval (us), burst, cost."""
         if cost < 1 or cost > self._burst:
             raise ValueError(f"cost must be between 1 and burst ({self._burst})")
-        allowed, retry_us, remaining = await self._script(
-            keys=[self.key(key)], args=[self._interval_us, self._burst, cost]
-        )
+        return [self._interval_us, self._burst, cost]
+
+    def decision(self, answer: Any) -> RateDecision:
+        """``gcra()``'s answer as a decision (a refusal counted)."""
+        allowed, retry_us, remaining = answer
         if not int(allowed):
             limiter_refusals.labels(self._prefix).inc()
         return RateDecision(
@@ -100,3 +107,8 @@ class GcraLimiter:
             retry_after_s=int(retry_us) / 1_000_000,
             remaining=int(remaining),
         )
+
+    async def allow(self, key: str, cost: int = 1) -> RateDecision:
+        """Take ``cost`` tokens for ``key`` if they are there. Raises redis errors as they come."""
+        answer = await self._script(keys=[self.key(key)], args=self.args(cost))
+        return self.decision(answer)

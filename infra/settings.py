@@ -229,6 +229,17 @@ class Settings(BaseSettings):
     """One relay publishes at a time (Redis lease); a dead one's lease ends after this."""
     outbox_retention_h: float = Field(default=168.0, gt=0)
     """Published events are deleted from the outbox after this long."""
+    # -- the sold-out edge and its write-behind (infra/sold_out_edge.py, api/write_behind.py) --
+    edge_idempotency_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    """How long the Redis idempotency index keeps a checkout's key (and a sold-out loser's
+    row copy): a repeat within this answers the first order; see docs/inventory.md."""
+    write_behind_batch: int = Field(default=500, ge=1, le=10_000)
+    """Sold-out losers written to SQL per transaction by the write-behind."""
+    write_behind_linger_s: float = Field(default=0.25, ge=0)
+    """The write-behind waits this long for a batch to fill once its first entry came (a row
+    costs ~380 us of API CPU in batches of 20, ~180 us in batches of 100; docs/benchmarks.md)."""
+    write_behind_reclaim_s: float = Field(default=30.0, gt=0)
+    """Entries another API took but has not written for this long are taken over."""
     # -- worker deployment versioning and drain (worker.py, docs/operations.md) --------------
     worker_versioning: bool = False
     """Worker Deployment Versioning: workers poll as ``<deployment>:<build id>`` and pin each

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Table, and_, or_, select, update
@@ -14,8 +15,8 @@ from temporalio.converter import value_to_type
 
 from domain.messages import CheckoutInput
 from store.models import Order, OrderTimeline
-from store.outbox import append_status_change
-from store.sql import dialect_insert, insert_ignore
+from store.outbox import append_status_changes
+from store.sql import insert_ignore, insert_many_ignore
 
 FINAL_SEQ = 2_000_000_000
 """``orders.seq`` of a row no workflow will write again (the reconciler's fail, the API's
@@ -43,6 +44,36 @@ async def insert_order_if_new(session: AsyncSession, *, row: dict[str, Any]) -> 
     One statement, so two concurrent first requests with one key cannot both insert."""
     stmt = insert_ignore(session, ORDERS, row, conflict_on=["customer_id", "idempotency_key"])
     return (await session.execute(stmt)).first() is not None
+
+
+async def insert_orders_if_new(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> set[str]:
+    """Insert the rows whose order id and (customer_id, idempotency_key) are both new, in one
+    multi-row statement; the order ids inserted. (The write-behind's: a redelivered row, or a
+    key that SQL already holds, inserts nothing.)"""
+    if not rows:
+        return set()
+    inserted = await insert_many_ignore(session, ORDERS, rows, returning=[ORDERS.c.order_id])
+    return {r[0] for r in inserted}
+
+
+async def keys_created_since(
+    session: AsyncSession, cutoff: str, *, after: tuple[str, str] | None, limit: int
+) -> list[tuple[str, str, str, str]]:
+    """(order_id, customer_id, idempotency_key, created_at) of the orders created at or after
+    ``cutoff``, oldest first, from after ``after`` = (created_at, order_id)."""
+    stmt = select(
+        ORDERS.c.order_id, ORDERS.c.customer_id, ORDERS.c.idempotency_key, ORDERS.c.created_at
+    ).where(ORDERS.c.created_at >= cutoff)
+    if after is not None:
+        created_at, order_id = after
+        stmt = stmt.where(
+            or_(
+                ORDERS.c.created_at > created_at,
+                and_(ORDERS.c.created_at == created_at, ORDERS.c.order_id > order_id),
+            )
+        )
+    stmt = stmt.order_by(ORDERS.c.created_at, ORDERS.c.order_id).limit(limit)
+    return [(r[0], r[1], r[2], r[3]) for r in (await session.execute(stmt)).all()]
 
 
 async def order_by_key(
@@ -140,24 +171,32 @@ async def record_order(
 
 async def append_timeline(s: AsyncSession, view: dict[str, Any], *, outbox: bool = True) -> None:
     """The timeline rows of ``view`` not written yet, each new one also to the event outbox
-    (``store.outbox``), in the caller's transaction. One multi-row ``INSERT ... ON CONFLICT
-    DO NOTHING RETURNING seq`` for the whole timeline (not one per entry): the rows that come
-    back are the new ones."""
-    order_id = view["order_id"]
-    timeline = view["timeline"]
-    if not timeline:
-        return
+    (``store.outbox``), in the caller's transaction."""
+    await append_timelines(s, [view], outbox=outbox)
+
+
+async def append_timelines(
+    s: AsyncSession, views: Sequence[dict[str, Any]], *, outbox: bool = True
+) -> None:
+    """``append_timeline`` for many views: one ``INSERT ... ON CONFLICT DO NOTHING RETURNING``
+    for every timeline entry of them all (executemany, sent as multi-row batches; not one
+    statement per entry): the rows that come back are the new ones, and their events go to
+    the outbox in one more statement."""
     rows = [
-        dict(order_id=order_id, seq=i, status=entry["status"], at=entry["at"])
-        for i, entry in enumerate(timeline)
+        dict(order_id=view["order_id"], seq=i, status=entry["status"], at=entry["at"])
+        for view in views
+        for i, entry in enumerate(view["timeline"])
     ]
-    stmt = (
-        dialect_insert(s, TIMELINE)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["order_id", "seq"])
-        .returning(TIMELINE.c.seq)
+    if not rows:
+        return
+    added = await insert_many_ignore(
+        s,
+        TIMELINE,
+        rows,
+        returning=[TIMELINE.c.order_id, TIMELINE.c.seq],
+        conflict_on=["order_id", "seq"],
     )
-    new = sorted(r[0] for r in (await s.execute(stmt)).all())
-    if outbox:
-        for i in new:
-            await append_status_change(s, view, i)
+    new = sorted((r[0], r[1]) for r in added)
+    if outbox and new:
+        by_id = {view["order_id"]: view for view in views}
+        await append_status_changes(s, [(by_id[order_id], seq) for order_id, seq in new])

@@ -26,7 +26,7 @@ from sqlalchemy import BigInteger, Column, Index, Integer, Table, delete, func, 
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import JSON, Field, SQLModel
 
-from store.sql import insert_ignore
+from store.sql import insert_many_ignore
 
 EVENT_TYPE = "order.status_changed"
 _APPENDED = "tradeflow.outbox.appended"
@@ -92,24 +92,36 @@ def event_payload(view: dict[str, Any], seq: int) -> dict[str, Any]:
 async def append_status_change(s: AsyncSession, view: dict[str, Any], seq: int) -> bool:
     """Add the event for timeline entry ``seq`` of ``view`` (call inside the read-model
     transaction); False when it was there already."""
-    payload = event_payload(view, seq)
-    res = await s.execute(
-        insert_ignore(
-            s,
-            EVENTS,
+    return bool(await append_status_changes(s, [(view, seq)]))
+
+
+async def append_status_changes(
+    s: AsyncSession, changes: Sequence[tuple[dict[str, Any], int]]
+) -> list[dict[str, Any]]:
+    """``append_status_change`` for many (view, seq) at once, one ``INSERT ... ON CONFLICT DO
+    NOTHING`` (executemany, sent as multi-row batches); the payloads added (those not there
+    already)."""
+    if not changes:
+        return []
+    payloads = {}
+    rows = []
+    created_at = _now()
+    for view, seq in changes:
+        payload = event_payload(view, seq)
+        payloads[payload["event_id"]] = payload
+        rows.append(
             dict(
                 event_id=payload["event_id"],
                 order_id=view["order_id"],
                 seq=seq,
                 status=payload["status"],
                 payload=payload,
-                created_at=_now(),
-            ),
+                created_at=created_at,
+            )
         )
-    )
-    added = res.first() is not None
-    if added:
-        s.info.setdefault(_APPENDED, []).append(payload)
+    inserted = await insert_many_ignore(s, EVENTS, rows, returning=[EVENTS.c.event_id])
+    added = [payloads[r[0]] for r in inserted]
+    s.info.setdefault(_APPENDED, []).extend(added)
     return added
 
 
