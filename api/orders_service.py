@@ -84,6 +84,7 @@ from domain.status import (
     PaymentStatus,
 )
 from infra import metrics as business_metrics
+from infra.hot_stock import read_counters
 from infra.ratelimit import RateDecision
 from infra.sold_out_edge import Verdict, order_copy
 from infra.telemetry import metrics
@@ -91,6 +92,7 @@ from store import couriers, orders
 from store import refunds as refund_book
 from store.models import Location, Order, utcnow_iso
 from store.orders import checkout_input_of
+from store.outbox import appended_events
 
 log = logging.getLogger(__name__)
 
@@ -344,15 +346,36 @@ class OrdersService:
         if location is None:
             await session.rollback()
             raise ApiProblem(422, UNKNOWN_LOCATION, f"location {body.location_id!r} does not exist")
+        if await self._sold_out_by_now(body.location_id, lines):
+            # A crowd at the sale's opening: the edge saw units left, the winners' workflows
+            # have claimed them since. The answer the order's first step would get, given
+            # here (its row, timeline and events in one transaction), with no workflow.
+            view = replace(
+                view,
+                status=OrderStatus.FAILED,
+                failure_reason=FailureReason.OUT_OF_STOCK,
+                timeline=[*view.timeline, TimelineEntry(OrderStatus.FAILED, view.created_at)],
+            )
+            view_dict = as_plain(view)
+        sold_out = view.status == OrderStatus.FAILED
         inserted = await orders.insert_order_if_new(
             session,
             row={
                 **self._row(body, key, digest, view_dict),
-                "seq": 0,
+                # A final row: no workflow write can follow one that never started.
+                "seq": orders.FINAL_SEQ if sold_out else 0,
                 # The exact input, so a retry and the reconciler start this and nothing else.
                 "checkout_input": as_plain(inp),
             },
         )
+        if inserted and sold_out:
+            await orders.append_timeline(session, view_dict)
+            events = appended_events(session)
+            await session.commit()
+            business_metrics.observe_status_changes(view_dict, events)
+            metrics.orders_created.inc()
+            metrics.checkout_latency.observe(time.perf_counter() - started)
+            return Placed(created=True, order=view)
         if inserted:
             await session.commit()
             metrics.orders_created.inc()
@@ -370,6 +393,23 @@ class OrdersService:
         if existing is None:  # pragma: no cover - the conflicting row cannot vanish
             raise RuntimeError(f"order with key {key!r} conflicted on insert but cannot be read")
         return await self._repeat(existing, body, digest)
+
+    async def _sold_out_by_now(self, location_id: str, lines: list[OrderLine]) -> bool:
+        """True when a hot line's Redis counter now has fewer units than the line wants (read
+        late on the normal path: at a sale's opening the edge, asked first, saw units the
+        winners have claimed since). Unknown (no counter, Redis unreachable): False, the
+        workflow decides."""
+        hot = [li for li in lines if li.hot]
+        if not hot:
+            return False
+        try:
+            left = await read_counters(self._state.redis, location_id, [li.sku for li in hot])
+        except (RedisError, OSError) as exc:
+            log.info("flash-sale counters unreadable, the workflow decides: %s", exc)
+            return False
+        short = [li for li, n in zip(hot, left, strict=True) if n is not None and n < li.quantity]
+        business_metrics.flash_sale_claims.labels("sold_out").inc(len(short))
+        return bool(short)
 
     @staticmethod
     def _row(body: CheckoutBody, key: str, digest: str, view: dict[str, Any]) -> dict[str, Any]:
