@@ -20,9 +20,12 @@ import redis.asyncio as aioredis
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import mint_token
+from api.orders_service import EdgeOutcome, OrdersService
+from api.schemas import CheckoutBody
 from api.write_behind import WriteBehind
 from domain.names import order_workflow_id
 from domain.roles import Role
+from infra.hot_stock import counter_key
 from infra.redis import make_redis
 from infra.sold_out_edge import (
     DRAIN_GROUP,
@@ -408,3 +411,33 @@ async def test_the_fast_path_answers_like_the_route(api_factory: ApiFactory) -> 
         assert 'tradeflow_http_requests_total{method="POST",route="/v1/orders",status="202"}' in (
             text
         )
+
+
+async def test_units_claimed_after_the_edge_let_a_checkout_through_end_it_with_no_workflow(
+    edge_api: Api, redis: aioredis.Redis
+) -> None:
+    """A crowd at a sale's opening: the edge sees a unit left, a winner claims it before this
+    checkout's normal path writes its row. The normal path reads the counter again there and
+    answers OUT_OF_STOCK itself, written in the request, with no workflow."""
+    api = edge_api
+    sku = await hot_sku(api, 1)
+    body = order_body(unique("c"), [(sku, 1)])
+    checkout = CheckoutBody.model_validate(body)
+    service = OrdersService(api.app.state.tradeflow)
+    passed = await service.edge(checkout, "k-late")
+    assert isinstance(passed, EdgeOutcome), passed  # one unit left: on to the normal path
+    await redis.set(counter_key("main", sku), 0)  # the winner's workflow claims it now
+
+    placed = await service.place(checkout, "k-late", edge=passed)
+
+    order = placed.order
+    assert placed.created
+    assert (order.status, order.failure_reason) == ("FAILED", "OUT_OF_STOCK")
+    await no_workflow(api, order.order_id)
+    row, timeline, events = await sql_rows(api, order.order_id)  # written in the request
+    assert [tuple(x)[:3] for x in row] == [("FAILED", "OUT_OF_STOCK", FINAL_SEQ)]
+    assert timeline == events == ["PENDING", "FAILED"]
+    again = await place(api, body, "k-late")  # the key was the normal path's: SQL answers
+    assert again.status_code == 200, again.text
+    assert again.json()["order_id"] == order.order_id
+    assert again.json()["status"] == "FAILED"
