@@ -235,6 +235,17 @@ def price_lines(
     return currencies[0], priced
 
 
+def _out_of_stock(view: OrderView) -> OrderView:
+    """The order as a flash sale's loser: ``FAILED`` / ``OUT_OF_STOCK`` the moment it was
+    placed, the answer its reservation would have got (the edge's and the normal path's)."""
+    return replace(
+        view,
+        status=OrderStatus.FAILED,
+        failure_reason=FailureReason.OUT_OF_STOCK,
+        timeline=[*view.timeline, TimelineEntry(OrderStatus.FAILED, view.created_at)],
+    )
+
+
 def _rate_limited(decision: RateDecision) -> ApiProblem:
     metrics.checkout_rejected.labels(code=RATE_LIMITED).inc()
     return ApiProblem(
@@ -350,12 +361,7 @@ class OrdersService:
             # A crowd at the sale's opening: the edge saw units left, the winners' workflows
             # have claimed them since. The answer the order's first step would get, given
             # here (its row, timeline and events in one transaction), with no workflow.
-            view = replace(
-                view,
-                status=OrderStatus.FAILED,
-                failure_reason=FailureReason.OUT_OF_STOCK,
-                timeline=[*view.timeline, TimelineEntry(OrderStatus.FAILED, view.created_at)],
-            )
+            view = _out_of_stock(view)
             view_dict = as_plain(view)
         sold_out = view.status == OrderStatus.FAILED
         inserted = await orders.insert_order_if_new(
@@ -451,9 +457,8 @@ class OrdersService:
                 await catalogue.products(skus)
                 recent = catalogue.recent(skus)
                 if recent is None:
-                    return (
-                        EdgeOutcome()
-                    )  # unknown SKU: the normal path says so, after its repeat check
+                    # Unknown SKU: the normal path says so, after its repeat check.
+                    return EdgeOutcome()
             cart = self._cart(body, key, digest, merged, recent)
             if cart is None:
                 return EdgeOutcome()  # the same: a repeat is answered before the cart's problem
@@ -536,21 +541,9 @@ class OrdersService:
     ) -> _Loser:
         """The answer and the row of this checkout if the edge finds it sold out: FAILED /
         OUT_OF_STOCK at once, a final row (no workflow write can follow one never started)."""
-        at = view.created_at
-        failed = replace(
-            view,
-            status=OrderStatus.FAILED,
-            failure_reason=FailureReason.OUT_OF_STOCK,
-            timeline=[*view.timeline, TimelineEntry(OrderStatus.FAILED, at)],
-        )
-        placed = as_plain(view)
-        inp = self._checkout_input(placed, body, {li.sku for li in lines if li.hot})
-        failed_dict = {
-            **placed,
-            "status": failed.status,
-            "failure_reason": failed.failure_reason,
-            "timeline": [*placed["timeline"], {"status": OrderStatus.FAILED, "at": at}],
-        }
+        failed = _out_of_stock(view)
+        failed_dict = as_plain(failed)
+        inp = self._checkout_input(failed_dict, body, {li.sku for li in lines if li.hot})
         row = {**self._row(body, key, digest, failed_dict), "seq": orders.FINAL_SEQ}
         row["checkout_input"] = as_plain(inp)
         view_json = json.dumps(row.pop("view"), separators=(",", ":"))
